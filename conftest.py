@@ -1,0 +1,17 @@
+"""
+Test set-up shared by the whole suite.
+
+Kolibri vendors Django and morango inside ``kolibri/dist``; importing ``kolibri``
+puts them on ``sys.path``, so it must happen before pytest-django looks for Django.
+Each run gets its own KOLIBRI_HOME with this plugin enabled.
+"""
+import os
+import tempfile
+
+os.environ["KOLIBRI_HOME"] = tempfile.mkdtemp(prefix="sync-extras-test-home-")
+os.environ["KOLIBRI_PLUGIN_ENABLE"] = "kolibri_sync_extras_plugin"
+os.environ.setdefault(
+    "DJANGO_SETTINGS_MODULE", "kolibri.deployment.default.settings.test"
+)
+
+import kolibri  # noqa: E402,F401

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class SyncExtrasConfig(AppConfig):
+    name = "kolibri_sync_extras_plugin"
+    verbose_name = "Kolibri Sync Extras"
+
+    def ready(self):
+        from .config import get_background_settings
+        from .jobs import connect_request_signals
+
+        # fail at start-up, naming the option, rather than at a client's first sync
+        get_background_settings()
+        connect_request_signals()

@@ -1,0 +1,264 @@
+"""
+Bookkeeping between transfer sessions and the Kolibri jobs that run their stages.
+
+Nothing here is stored beside Kolibri's job storage: a stage's job id is derived
+from the transfer session and the stage, so at most one job serves a stage however
+often, or however concurrently, the client asks for it; the job's kwargs and
+metadata name the session it serves.
+"""
+import logging
+import threading
+import uuid
+
+from django.core.signals import request_finished
+from django.core.signals import request_started
+from django.utils import timezone
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
+
+from kolibri.core.tasks.job import State
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "job_id_for",
+    "stage_status_for_job_state",
+    "settle_stage",
+    "schedule_background_stage",
+    "settle_from_job",
+]
+
+# a fixed namespace, so a stage's job id is the same in every process and release
+_JOB_ID_NAMESPACE = uuid.UUID("5c1f2a47-3b1e-4a55-9d0c-7f0a2b6e9c41")
+
+#: Job states after which the job will not touch the stage again.
+FINISHED_JOB_STATES = frozenset((State.COMPLETED, State.FAILED, State.CANCELED))
+
+_STAGE_STATUS_BY_JOB_STATE = {
+    State.COMPLETED: transfer_statuses.COMPLETED,
+    State.FAILED: transfer_statuses.ERRORED,
+    State.CANCELED: transfer_statuses.ERRORED,
+    # the job is gone from job storage before it finished
+    None: transfer_statuses.ERRORED,
+}
+
+
+def job_id_for(transfer_session_id, stage):
+    """
+    :param transfer_session_id: A transfer session id (hex)
+    :param stage: A ``transfer_stages`` constant
+    :return: The id of the one job that runs this stage of this transfer session
+    :rtype: str
+    """
+    return uuid.uuid5(
+        _JOB_ID_NAMESPACE, "{}:{}".format(transfer_session_id, stage)
+    ).hex
+
+
+def stage_status_for_job_state(job_state):
+    """
+    The one mapping from a Kolibri job state to the status its stage should end in.
+
+    :param job_state: A ``kolibri.core.tasks.job.State`` value, or ``None`` for a job
+        that is no longer in job storage
+    :return: A ``transfer_statuses`` constant, or ``None`` while the job may still run
+    :rtype: str|None
+    """
+    return _STAGE_STATUS_BY_JOB_STATE.get(job_state)
+
+
+def settle_stage(transfer_session_id, stage, stage_status):
+    """
+    Finish a background stage with ``stage_status``, but only while the transfer
+    session is still at that stage and waiting on it: a late or repeated report
+    never rewrites a stage that has already been settled or left behind.
+
+    :return: Whether the transfer session was updated
+    :rtype: bool
+    """
+    updated = TransferSession.objects.filter(
+        id=transfer_session_id,
+        transfer_stage=stage,
+        transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
+    ).update(
+        transfer_stage_status=stage_status, last_activity_timestamp=timezone.now()
+    )
+    return bool(updated)
+
+
+def settle_from_job(job, job_state):
+    """
+    Settle the stage a job serves from the job's state, if that state is final.
+
+    Called by the plugin's job hook whenever job storage changes a job of ours, so a
+    job that failed, was cancelled, or was cleared before finishing ends its stage
+    as ERRORED and the polling client stops instead of waiting forever.
+
+    :type job: kolibri.core.tasks.job.Job
+    :param job_state: The job's new state, or ``None`` if it was removed unfinished
+    """
+    stage_status = stage_status_for_job_state(job_state)
+    if stage_status is None:
+        return
+    transfer_session_id = job.kwargs.get("transfer_session_id")
+    stage = job.kwargs.get("stage")
+    if settle_stage(transfer_session_id, stage, stage_status):
+        log = logger.info if stage_status == transfer_statuses.COMPLETED else logger.error
+        log(
+            "Stage %s of transfer session %s is %s: its job %s is %s",
+            stage,
+            transfer_session_id,
+            stage_status,
+            job.job_id,
+            job_state or "gone from job storage",
+        )
+
+
+def _job_metadata(context):
+    """
+    What Kolibri's task list shows about a background stage.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: dict
+    """
+    from kolibri.core.auth.models import Facility
+    from kolibri.core.auth.sync_event_hook_utils import get_dataset_id
+
+    dataset_id = get_dataset_id(context)
+    facility = (
+        Facility.objects.filter(dataset_id=dataset_id).values("id", "name").first()
+        or {}
+    )
+    return {
+        "type": "SYNC_BACKGROUND_STAGE",
+        "stage": context.stage,
+        "direction": "push" if context.is_push else "pull",
+        "transfer_session_id": context.transfer_session.id,
+        "sync_session_id": context.sync_session.id,
+        "dataset_id": dataset_id,
+        "facility_id": facility.get("id"),
+        "facility_name": facility.get("name"),
+        "client_instance_id": context.sync_session.client_instance_id,
+    }
+
+
+def _request_data_for_stage(context):
+    """
+    :return: The parts of the client's request data the stage will read in the job
+    :rtype: dict
+    """
+    data = getattr(context.request, "data", None) or {}
+    return {key: data[key] for key in ("client_fsic",) if key in data}
+
+
+def stage_job_request(context):
+    """
+    The arguments to enqueue the job for the context's current stage with.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: dict
+    """
+    metadata = _job_metadata(context)
+    return dict(
+        job_id=job_id_for(context.transfer_session.id, context.stage),
+        facility_id=metadata["facility_id"],
+        extra_metadata=metadata,
+        kwargs=dict(
+            transfer_session_id=context.transfer_session.id,
+            stage=context.stage,
+            request_data=_request_data_for_stage(context),
+            capabilities=sorted(context.capabilities),
+        ),
+    )
+
+
+def enqueue_stage_job(job_request):
+    """
+    Enqueue the stage job unless the job serving that stage is already waiting or
+    running. A finished job with the same id is replaced: that is a new attempt.
+
+    :param job_request: See :func:`stage_job_request`
+    :return: Whether a job was enqueued
+    :rtype: bool
+    """
+    from kolibri.core.tasks.exceptions import JobNotFound
+    from kolibri.core.tasks.main import job_storage
+
+    from .tasks import run_background_stage
+
+    try:
+        existing = job_storage.get_job(job_request["job_id"])
+    except JobNotFound:
+        existing = None
+    if existing is not None and existing.state not in FINISHED_JOB_STATES:
+        return False
+    run_background_stage.enqueue(**job_request)
+    return True
+
+
+# Jobs wait for the end of the request that asked for them: morango's PATCH view
+# saves the whole transfer session row after the controller returns, which would
+# overwrite the status of a job that had already finished.
+_request_state = threading.local()
+
+
+def _on_request_started(**kwargs):
+    _request_state.jobs = []
+
+
+def _on_request_finished(**kwargs):
+    job_requests = getattr(_request_state, "jobs", None)
+    _request_state.jobs = None
+    for job_request in job_requests or ():
+        _enqueue_or_fail_stage(job_request)
+
+
+def _enqueue_or_fail_stage(job_request):
+    stage_kwargs = job_request["kwargs"]
+    try:
+        enqueue_stage_job(job_request)
+    except Exception:
+        logger.exception(
+            "Could not enqueue job %s for stage %s of transfer session %s",
+            job_request["job_id"],
+            stage_kwargs["stage"],
+            stage_kwargs["transfer_session_id"],
+        )
+        settle_stage(
+            stage_kwargs["transfer_session_id"],
+            stage_kwargs["stage"],
+            transfer_statuses.ERRORED,
+        )
+
+
+def connect_request_signals():
+    """Track request boundaries so stage jobs start after their request ends."""
+    request_started.connect(
+        _on_request_started, dispatch_uid="kolibri_sync_extras_request_started"
+    )
+    request_finished.connect(
+        _on_request_finished, dispatch_uid="kolibri_sync_extras_request_finished"
+    )
+
+
+def schedule_background_stage(context):
+    """
+    Arrange for a Kolibri job to run the context's current stage.
+
+    Inside a request the job is enqueued once the request has finished; outside one
+    (no request is being served on this thread) it is enqueued at once.
+
+    :type context: morango.sync.context.LocalSessionContext
+    """
+    job_request = stage_job_request(context)
+    pending = getattr(_request_state, "jobs", None)
+    if pending is None:
+        _enqueue_or_fail_stage(job_request)
+    else:
+        pending.append(job_request)
+    logger.info(
+        "Stage %s of transfer session %s will run in background job %s",
+        context.stage,
+        context.transfer_session.id,
+        job_request["job_id"],
+    )

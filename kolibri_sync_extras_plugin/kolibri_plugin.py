@@ -1,0 +1,57 @@
+"""
+The plugin's entry point for Kolibri.
+
+Kolibri imports this module before Django is configured, so it only names modules
+and declares hooks; everything that touches Django or morango is imported when a
+hook is first called.
+"""
+from kolibri.core.auth.hooks import FacilityDataSyncHook
+from kolibri.core.tasks.hooks import JobHook
+from kolibri.plugins import KolibriPluginBase
+from kolibri.plugins.hooks import register_hook
+
+RUN_STAGE_TASK = "kolibri_sync_extras_plugin.tasks.run_background_stage"
+
+
+class SyncExtrasPlugin(KolibriPluginBase):
+    """Runs configured server-side sync stages in Kolibri background jobs."""
+
+    kolibri_options = "options"
+
+
+@register_hook
+class BackgroundStageSyncHook(FacilityDataSyncHook):
+    """Offers the background stage operation to every stage of every sync."""
+
+    def get_sync_operations(self, context):
+        """
+        :type context: morango.sync.context.SessionContext
+        :rtype: list
+        """
+        from .operations import BackgroundStageOperation
+
+        return [BackgroundStageOperation()]
+
+
+@register_hook
+class BackgroundStageJobHook(JobHook):
+    """Settles a background stage when job storage finishes or drops its job."""
+
+    def schedule(self, job, orm_job):
+        pass
+
+    def update(self, job, orm_job, state=None, **kwargs):
+        if state is None or job.func != RUN_STAGE_TASK:
+            return
+        from .jobs import settle_from_job
+
+        settle_from_job(job, state)
+
+    def clear(self, job, orm_job):
+        if job.func != RUN_STAGE_TASK:
+            return
+        from .jobs import FINISHED_JOB_STATES
+        from .jobs import settle_from_job
+
+        # a job cleared before it finished will never settle its stage
+        settle_from_job(job, job.state if job.state in FINISHED_JOB_STATES else None)

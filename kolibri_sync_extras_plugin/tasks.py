@@ -1,0 +1,157 @@
+"""
+The Kolibri task that runs one deferred sync stage.
+
+Kolibri imports this module from every installed app to find registered tasks.
+"""
+import logging
+import time
+
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
+
+from kolibri.core.tasks.constants import Priority
+from kolibri.core.tasks.decorators import register_task
+
+from .context import BackgroundSessionContext
+from .errors import BackgroundStageError
+from .errors import StageNoLongerAwaited
+from .jobs import settle_stage
+
+logger = logging.getLogger(__name__)
+
+SYNC_EXTRAS_QUEUE = "sync_extras"
+
+#: How often a stage that morango asks to retry (a transaction isolation conflict
+#: returns PENDING) is tried again in the same job before the stage fails.
+MAX_STAGE_ATTEMPTS = 10
+_RETRY_DELAY_SECONDS = 0.5
+
+
+def _awaited_transfer_session(transfer_session_id, stage):
+    """
+    :return: The transfer session, if it is active and still waiting on ``stage``
+    :rtype: TransferSession
+    :raises StageNoLongerAwaited: otherwise, saying why
+    """
+    transfer_session = TransferSession.objects.filter(id=transfer_session_id).first()
+    if transfer_session is None:
+        raise StageNoLongerAwaited(
+            "transfer session {} no longer exists".format(transfer_session_id)
+        )
+    if not transfer_session.active:
+        raise StageNoLongerAwaited(
+            "transfer session {} was closed".format(transfer_session_id)
+        )
+    if (
+        transfer_session.transfer_stage != stage
+        or transfer_session.transfer_stage_status
+        not in transfer_statuses.IN_PROGRESS_STATES
+    ):
+        raise StageNoLongerAwaited(
+            "transfer session {} is at {}:{}, not waiting on {}".format(
+                transfer_session_id,
+                transfer_session.transfer_stage,
+                transfer_session.transfer_stage_status,
+                stage,
+            )
+        )
+    return transfer_session
+
+
+def _stage_middleware(stage):
+    """
+    :return: morango's operations for ``stage``, as the controller would invoke them
+    :rtype: morango.registry.SessionMiddlewareOperations
+    """
+    from morango.registry import session_middleware
+
+    return next(m for m in session_middleware if m.related_stage == stage)
+
+
+def _stage_signal(stage):
+    """
+    :return: The signal group morango's server controller fires for ``stage``, which
+        Kolibri listens to (cleanup's ``completed`` runs its post-transfer hooks)
+    """
+    from morango.api.viewsets import session_controller
+
+    return getattr(session_controller.signals, stage)
+
+
+def _run_stage_operations(context, stage):
+    """
+    Invoke the stage's operations until they report it complete, retrying the
+    PENDING that morango returns after a transaction isolation conflict.
+    """
+    middleware = _stage_middleware(stage)
+    for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
+        result = middleware(context)
+        if result == transfer_statuses.COMPLETED:
+            return
+        if result != transfer_statuses.PENDING:
+            raise BackgroundStageError(
+                "stage {} ended {} in the background".format(stage, result)
+            )
+        time.sleep(_RETRY_DELAY_SECONDS * attempt)
+    raise BackgroundStageError(
+        "stage {} was still pending after {} attempts".format(stage, MAX_STAGE_ATTEMPTS)
+    )
+
+
+@register_task(queue=SYNC_EXTRAS_QUEUE, priority=Priority.HIGH)
+def run_background_stage(
+    transfer_session_id, stage, request_data=None, capabilities=None
+):
+    """
+    Run one server-side stage of a transfer session, then settle its status.
+
+    The stage must be the one the transfer session is waiting on; otherwise the job
+    ends without touching any data. A failing stage is settled as ERRORED (so the
+    polling client stops with an error) and the exception fails the job.
+
+    :param transfer_session_id: The transfer session's id
+    :param stage: A ``transfer_stages`` constant
+    :param request_data: See :class:`~.context.RecordedRequest`
+    :param capabilities: The capabilities the client advertised
+    :return: A summary for the job's result
+    :rtype: dict
+    """
+    try:
+        transfer_session = _awaited_transfer_session(transfer_session_id, stage)
+    except StageNoLongerAwaited as e:
+        logger.warning("Background stage %s not run: %s", stage, e)
+        return {"stage": stage, "ran": False, "reason": str(e)}
+
+    context = BackgroundSessionContext(
+        transfer_session, request_data=request_data, capabilities=capabilities
+    )
+    signal = _stage_signal(stage)
+    started = time.time()
+    logger.info(
+        "Running stage %s of transfer session %s in the background",
+        stage,
+        transfer_session_id,
+    )
+    try:
+        _run_stage_operations(context, stage)
+    except Exception as e:
+        logger.exception(
+            "Background stage %s of transfer session %s failed",
+            stage,
+            transfer_session_id,
+        )
+        settle_stage(transfer_session_id, stage, transfer_statuses.ERRORED)
+        context.error = e
+        signal.completed.fire(context=context)
+        raise
+
+    settle_stage(transfer_session_id, stage, transfer_statuses.COMPLETED)
+    signal.completed.fire(context=context)
+    duration = time.time() - started
+    logger.info(
+        "Stage %s of transfer session %s completed in the background in %.2fs",
+        stage,
+        transfer_session_id,
+        duration,
+    )
+    return {"stage": stage, "ran": True, "duration": round(duration, 3)}
