@@ -15,3 +15,7 @@ os.environ.setdefault(
 )
 
 import kolibri  # noqa: E402,F401
+import django  # noqa: E402
+
+# pytest-django looked for Django before the import above made it importable
+django.setup()

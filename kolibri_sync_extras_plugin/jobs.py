@@ -34,8 +34,10 @@ _JOB_ID_NAMESPACE = uuid.UUID("5c1f2a47-3b1e-4a55-9d0c-7f0a2b6e9c41")
 #: Job states after which the job will not touch the stage again.
 FINISHED_JOB_STATES = frozenset((State.COMPLETED, State.FAILED, State.CANCELED))
 
+# A COMPLETED job has already settled its stage itself, or found that the stage was
+# no longer waiting on it (a closed session, a stage moved on): either way the job's
+# state says nothing more about the stage.
 _STAGE_STATUS_BY_JOB_STATE = {
-    State.COMPLETED: transfer_statuses.COMPLETED,
     State.FAILED: transfer_statuses.ERRORED,
     State.CANCELED: transfer_statuses.ERRORED,
     # the job is gone from job storage before it finished
@@ -61,7 +63,8 @@ def stage_status_for_job_state(job_state):
 
     :param job_state: A ``kolibri.core.tasks.job.State`` value, or ``None`` for a job
         that is no longer in job storage
-    :return: A ``transfer_statuses`` constant, or ``None`` while the job may still run
+    :return: A ``transfer_statuses`` constant, or ``None`` when the job's state leaves
+        the stage to the job (still waiting or running, or completed)
     :rtype: str|None
     """
     return _STAGE_STATUS_BY_JOB_STATE.get(job_state)
@@ -103,8 +106,7 @@ def settle_from_job(job, job_state):
     transfer_session_id = job.kwargs.get("transfer_session_id")
     stage = job.kwargs.get("stage")
     if settle_stage(transfer_session_id, stage, stage_status):
-        log = logger.info if stage_status == transfer_statuses.COMPLETED else logger.error
-        log(
+        logger.error(
             "Stage %s of transfer session %s is %s: its job %s is %s",
             stage,
             transfer_session_id,
@@ -112,6 +114,10 @@ def settle_from_job(job, job_state):
             job.job_id,
             job_state or "gone from job storage",
         )
+
+
+def _hex_or_none(value):
+    return getattr(value, "hex", value)
 
 
 def _job_metadata(context):
@@ -138,7 +144,7 @@ def _job_metadata(context):
         "dataset_id": dataset_id,
         "facility_id": facility.get("id"),
         "facility_name": facility.get("name"),
-        "client_instance_id": context.sync_session.client_instance_id,
+        "client_instance_id": _hex_or_none(context.sync_session.client_instance_id),
     }
 
 

@@ -11,6 +11,7 @@ from morango.models.core import TransferSession
 
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
+from kolibri.core.tasks.job import JobStatus
 
 from .context import BackgroundSessionContext
 from .errors import BackgroundStageError
@@ -98,7 +99,30 @@ def _run_stage_operations(context, stage):
     )
 
 
-@register_task(queue=SYNC_EXTRAS_QUEUE, priority=Priority.HIGH)
+def background_stage_status(job):
+    """
+    What Kolibri's task list says about a background stage: a client is polling
+    for it, which is why it runs at high priority.
+
+    :type job: kolibri.core.tasks.job.Job
+    :rtype: JobStatus
+    """
+    metadata = job.extra_metadata
+    facility = metadata.get("facility_name") or metadata.get("dataset_id") or "facility"
+    return JobStatus(
+        title="Sync of {} ({})".format(facility, metadata.get("direction", "sync")),
+        text="{} for transfer session {}".format(
+            str(metadata.get("stage", "stage")).capitalize(),
+            metadata.get("transfer_session_id"),
+        ),
+    )
+
+
+@register_task(
+    queue=SYNC_EXTRAS_QUEUE,
+    priority=Priority.HIGH,
+    status_fn=background_stage_status,
+)
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
 ):
@@ -141,11 +165,13 @@ def run_background_stage(
             transfer_session_id,
         )
         settle_stage(transfer_session_id, stage, transfer_statuses.ERRORED)
+        context.transfer_session.refresh_from_db()
         context.error = e
         signal.completed.fire(context=context)
         raise
 
     settle_stage(transfer_session_id, stage, transfer_statuses.COMPLETED)
+    context.transfer_session.refresh_from_db()
     signal.completed.fire(context=context)
     duration = time.time() - started
     logger.info(

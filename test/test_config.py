@@ -1,0 +1,195 @@
+"""The [Sync] options: defaults, accepted spellings, and errors that say what to fix."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from morango.constants import transfer_stages
+
+from kolibri_sync_extras_plugin.config import get_background_settings
+from kolibri_sync_extras_plugin.config import runs_in_background
+from kolibri_sync_extras_plugin.errors import InvalidSyncOption
+from kolibri_sync_extras_plugin.options import option_spec
+
+from .conftest import sync_options
+
+
+def _options(**sync):
+    defaults = {
+        name: spec["default"] for name, spec in option_spec["Sync"].items()
+    }
+    defaults.update(sync)
+    return {"Sync": defaults}
+
+
+def test_defaults__both_switches_off__nothing_runs_in_the_background():
+    background = get_background_settings(_options())
+
+    assert background.pull_stages == frozenset()
+    assert background.push_stages == frozenset()
+
+
+def test_switches_on__default_stage_lists_apply():
+    background = get_background_settings(
+        _options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True)
+    )
+
+    assert background.pull_stages == {"serializing", "queuing"}
+    assert background.push_stages == {"dequeuing", "deserializing", "cleanup"}
+
+
+@pytest.mark.parametrize(
+    "raw_value",
+    [
+        ['"serializing"'],  # quoted in options.ini, as the documented example
+        "serializing",  # an environment variable
+        [" serializing "],
+        ["Serializing", ""],
+    ],
+)
+def test_stage_list__quotes_spaces_and_case__are_accepted(raw_value):
+    background = get_background_settings(
+        _options(BACKGROUND_INITIALIZATION=True, BACKGROUND_INITIALIZATION_STAGES=raw_value)
+    )
+
+    assert background.pull_stages == {"serializing"}
+
+
+def test_stage_list__quoted_comma_list__is_split():
+    background = get_background_settings(
+        _options(
+            BACKGROUND_FINALIZATION=True,
+            BACKGROUND_FINALIZATION_STAGES=['"deserializing, cleanup"'],
+        )
+    )
+
+    assert background.push_stages == {"deserializing", "cleanup"}
+
+
+def test_stage_list__unknown_stage__error_names_option_value_and_allowed_stages():
+    with pytest.raises(InvalidSyncOption) as error:
+        get_background_settings(
+            _options(
+                BACKGROUND_INITIALIZATION=True,
+                BACKGROUND_INITIALIZATION_STAGES=["serializing", "serialising"],
+            )
+        )
+
+    message = str(error.value)
+    assert "BACKGROUND_INITIALIZATION_STAGES" in message
+    assert "'serialising'" in message
+    assert "allowed stages are: serializing, queuing" in message
+
+
+def test_stage_list__finalization_stage_under_initialization__is_rejected():
+    with pytest.raises(InvalidSyncOption) as error:
+        get_background_settings(
+            _options(
+                BACKGROUND_INITIALIZATION=True,
+                BACKGROUND_INITIALIZATION_STAGES=["deserializing"],
+            )
+        )
+
+    assert "'deserializing'" in str(error.value)
+
+
+def test_stage_list__typo_while_switch_off__is_still_rejected():
+    with pytest.raises(InvalidSyncOption):
+        get_background_settings(
+            _options(BACKGROUND_FINALIZATION_STAGES=["dequeueing"])
+        )
+
+
+def test_stage_list__empty_while_switch_on__is_rejected():
+    with pytest.raises(InvalidSyncOption) as error:
+        get_background_settings(
+            _options(BACKGROUND_FINALIZATION=True, BACKGROUND_FINALIZATION_STAGES=[""])
+        )
+
+    assert "names no stage" in str(error.value)
+
+
+def test_stage_list__empty_while_switch_off__is_accepted():
+    background = get_background_settings(_options(BACKGROUND_FINALIZATION_STAGES=[""]))
+
+    assert background.push_stages == frozenset()
+
+
+def test_runs_in_background__stage_belongs_to_its_direction_only():
+    with sync_options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True):
+        assert runs_in_background(transfer_stages.SERIALIZING, is_push=False)
+        assert not runs_in_background(transfer_stages.SERIALIZING, is_push=True)
+        assert runs_in_background(transfer_stages.DESERIALIZING, is_push=True)
+        assert not runs_in_background(transfer_stages.DESERIALIZING, is_push=False)
+        assert not runs_in_background(transfer_stages.TRANSFERRING, is_push=True)
+
+
+def _kolibri(args, options_ini="", **env):
+    """Run the real ``kolibri`` command in a fresh home with this plugin enabled."""
+    home = tempfile.mkdtemp(prefix="sync-extras-cli-")
+    with open(os.path.join(home, "options.ini"), "w") as ini:
+        ini.write(options_ini)
+    child_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KOLIBRI_", "DJANGO_"))
+    }
+    child_env.update(
+        KOLIBRI_HOME=home, KOLIBRI_PLUGIN_ENABLE="kolibri_sync_extras_plugin", **env
+    )
+    kolibri = os.path.join(os.path.dirname(sys.executable), "kolibri")
+    return subprocess.run(
+        [kolibri] + args,
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        timeout=300,
+    )
+
+
+SHOW_SETTINGS = [
+    "manage",
+    "shell",
+    "--command",
+    "from kolibri_sync_extras_plugin.config import get_background_settings as g; "
+    "s = g(); print('PULL', sorted(s.pull_stages)); print('PUSH', sorted(s.push_stages))",
+]
+
+
+@pytest.mark.slow
+def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
+    result = _kolibri(
+        ["manage", "check"],
+        options_ini="[Sync]\nBACKGROUND_INITIALIZATION_STAGES = serializing, cleanup\n",
+    )
+
+    assert result.returncode != 0
+    assert "BACKGROUND_INITIALIZATION_STAGES" in result.stdout
+    assert "'cleanup'" in result.stdout
+    assert "serializing, queuing" in result.stdout
+
+
+@pytest.mark.slow
+def test_cli__env_var_overrides_options_ini():
+    result = _kolibri(
+        SHOW_SETTINGS,
+        options_ini=(
+            "[Sync]\nBACKGROUND_FINALIZATION = False\n"
+            'BACKGROUND_FINALIZATION_STAGES = "deserializing"\n'
+        ),
+        KOLIBRI_SYNC_BACKGROUND_FINALIZATION="true",
+    )
+
+    assert result.returncode == 0, result.stdout
+    assert "PUSH ['deserializing']" in result.stdout
+    assert "KOLIBRI_SYNC_BACKGROUND_FINALIZATION" in result.stdout
+
+
+@pytest.mark.slow
+def test_cli__invalid_boolean__kolibri_exits_nonzero_naming_the_variable():
+    result = _kolibri(["manage", "check"], KOLIBRI_SYNC_BACKGROUND_INITIALIZATION="maybe")
+
+    assert result.returncode != 0
+    assert "KOLIBRI_SYNC_BACKGROUND_INITIALIZATION" in result.stdout

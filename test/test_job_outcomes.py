@@ -1,0 +1,140 @@
+"""
+However a stage's job ends, the polling client learns it: the stage settles as
+COMPLETED or ERRORED and never stays in progress with nothing left to move it.
+"""
+import pytest
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+from morango.models.core import Buffer
+from morango.models.core import TransferSession
+
+from .conftest import ALL_DATABASES
+from .conftest import queued_stage_jobs
+from .conftest import run_stage_jobs
+from kolibri.core.tasks.main import job_storage
+from kolibri_sync_extras_plugin.tasks import run_background_stage
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+CLIENT_FSIC = '{"super": {}, "sub": {}}'
+
+
+@pytest.fixture
+def pull_at_serializing(background_everything, async_client, server_sync_session):
+    transfer = async_client.create(server_sync_session, push=False)
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+    )
+    return transfer
+
+
+@pytest.fixture
+def instant_worker(monkeypatch):
+    """A worker that runs each stage job the moment it is enqueued."""
+    enqueue = run_background_stage.enqueue
+
+    def enqueue_and_run(*args, **kwargs):
+        job_id = enqueue(*args, **kwargs)
+        job_storage.get_job(job_id).execute()
+        return job_id
+
+    monkeypatch.setattr(run_background_stage, "enqueue", enqueue_and_run)
+
+
+def test_job_finishes_before_the_request_returns__client_sees_completed(
+    background_everything, instant_worker, async_client, server_sync_session
+):
+    transfer = async_client.create(server_sync_session, push=False)
+
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+    )
+
+    polled = async_client.get(transfer["id"])
+    assert polled["transfer_stage"] == transfer_stages.SERIALIZING
+    assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert polled["client_fsic"] == CLIENT_FSIC
+
+
+def test_stage_raises_in_the_job__stage_errored_and_job_failed(
+    background_everything, async_client, server_sync_session
+):
+    # a client_fsic that is not JSON makes morango's queuing raise in the job
+    transfer = async_client.create(server_sync_session, push=False)
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic="not json"
+    )
+    run_stage_jobs()
+    async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "FAILED"
+    assert job.exception
+    polled = async_client.get(transfer["id"])
+    assert polled["transfer_stage"] == transfer_stages.QUEUING
+    assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+
+
+def test_job_cleared_from_storage_before_running__stage_errored(
+    pull_at_serializing, async_client
+):
+    [job] = queued_stage_jobs()
+
+    job_storage.clear(job_id=job.job_id, force=True)
+
+    polled = async_client.get(pull_at_serializing["id"])
+    assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+
+
+def test_job_cancelled_before_running__stage_errored(pull_at_serializing, async_client):
+    [job] = queued_stage_jobs()
+
+    job_storage.cancel(job.job_id)
+
+    polled = async_client.get(pull_at_serializing["id"])
+    assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+
+
+def test_finished_job_cleared_later__completed_stage_left_alone(
+    pull_at_serializing, async_client
+):
+    [job] = run_stage_jobs()
+
+    job_storage.clear(job_id=job.job_id)
+
+    polled = async_client.get(pull_at_serializing["id"])
+    assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
+
+
+def test_transfer_session_closed_before_job_runs__job_leaves_data_alone(
+    pull_at_serializing, async_client
+):
+    async_client.proceed_to(pull_at_serializing["id"], transfer_stages.SERIALIZING)
+    run_stage_jobs()
+    async_client.proceed_to(pull_at_serializing["id"], transfer_stages.QUEUING)
+    TransferSession.objects.filter(id=pull_at_serializing["id"]).update(active=False)
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "COMPLETED"
+    assert job.result["ran"] is False
+    assert "closed" in job.result["reason"]
+    assert not Buffer.objects.filter(transfer_session_id=pull_at_serializing["id"]).exists()
+    session = TransferSession.objects.get(id=pull_at_serializing["id"])
+    assert session.transfer_stage_status == transfer_statuses.STARTED
+
+
+def test_stage_already_settled__a_rerun_job_leaves_it_alone(
+    pull_at_serializing, async_client
+):
+    [job] = run_stage_jobs()
+    settled = TransferSession.objects.get(id=pull_at_serializing["id"])
+
+    job_storage.enqueue_job(job_storage.get_job(job.job_id), queue=job_storage.get_orm_job(job.job_id).queue)
+    [rerun] = run_stage_jobs()
+
+    assert rerun.result["ran"] is False
+    after = TransferSession.objects.get(id=pull_at_serializing["id"])
+    assert after.server_fsic == settled.server_fsic
+    assert after.transfer_stage_status == transfer_statuses.COMPLETED
