@@ -5,6 +5,7 @@ Kolibri vendors Django and morango inside ``kolibri/dist``; importing ``kolibri`
 puts them on ``sys.path``, so it must happen before pytest-django looks for Django.
 Each run gets its own KOLIBRI_HOME with this plugin enabled.
 """
+
 import os
 import tempfile
 
@@ -15,6 +16,8 @@ os.environ.setdefault(
 )
 
 import kolibri  # noqa: E402,F401
+
+# isort: split
 import django  # noqa: E402
 
 # pytest-django looked for Django before the import above made it importable

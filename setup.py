@@ -13,7 +13,9 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=find_packages(include=["kolibri_sync_extras_plugin", "kolibri_sync_extras_plugin.*"]),
+    packages=find_packages(
+        include=["kolibri_sync_extras_plugin", "kolibri_sync_extras_plugin.*"]
+    ),
     include_package_data=True,
     python_requires=">=3.6",
     install_requires=["kolibri>=0.19,<0.20"],

@@ -4,6 +4,7 @@ The one place that reads and validates the plugin's ``[Sync]`` options.
 Options are read from Kolibri's ``OPTIONS`` each time they are asked for, so a test
 (or an operator reloading options) sees the current values; parsing is cheap.
 """
+
 from collections import namedtuple
 
 from morango.constants import transfer_stages
@@ -29,9 +30,7 @@ FINALIZATION_STAGES = (
     transfer_stages.CLEANUP,
 )
 
-BackgroundSettings = namedtuple(
-    "BackgroundSettings", ("pull_stages", "push_stages")
-)
+BackgroundSettings = namedtuple("BackgroundSettings", ("pull_stages", "push_stages"))
 BackgroundSettings.__doc__ = """
 The stages to run in the background, as frozensets of morango stage names: empty
 when the matching ``BACKGROUND_*`` switch is off.

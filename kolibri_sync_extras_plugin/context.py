@@ -5,6 +5,7 @@ A morango server context normally wraps the HTTP request that asked for the stag
 A background job has no request, so the job rebuilds the context from the
 transfer session and the parts of the client's request the stage reads.
 """
+
 from morango.sync.context import LocalSessionContext
 
 

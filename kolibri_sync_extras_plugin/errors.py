@@ -1,4 +1,5 @@
 """The errors this plugin raises, so callers can tell expected failures apart."""
+
 from django.core.exceptions import ImproperlyConfigured
 
 

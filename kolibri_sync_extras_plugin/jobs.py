@@ -6,6 +6,7 @@ from the transfer session and the stage, so at most one job serves a stage howev
 often, or however concurrently, the client asks for it; the job's kwargs and
 metadata name the session it serves.
 """
+
 import logging
 import threading
 import uuid
@@ -13,10 +14,9 @@ import uuid
 from django.core.signals import request_finished
 from django.core.signals import request_started
 from django.utils import timezone
+from kolibri.core.tasks.job import State
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
-
-from kolibri.core.tasks.job import State
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def job_id_for(transfer_session_id, stage):
     :return: The id of the one job that runs this stage of this transfer session
     :rtype: str
     """
-    return uuid.uuid5(
-        _JOB_ID_NAMESPACE, "{}:{}".format(transfer_session_id, stage)
-    ).hex
+    return uuid.uuid5(_JOB_ID_NAMESPACE, "{}:{}".format(transfer_session_id, stage)).hex
 
 
 def stage_status_for_job_state(job_state):
@@ -83,9 +81,7 @@ def settle_stage(transfer_session_id, stage, stage_status):
         id=transfer_session_id,
         transfer_stage=stage,
         transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
-    ).update(
-        transfer_stage_status=stage_status, last_activity_timestamp=timezone.now()
-    )
+    ).update(transfer_stage_status=stage_status, last_activity_timestamp=timezone.now())
     return bool(updated)
 
 

@@ -5,6 +5,7 @@ Kolibri imports this module before Django is configured, so it only names module
 and declares hooks; everything that touches Django or morango is imported when a
 hook is first called.
 """
+
 from kolibri.core.auth.hooks import FacilityDataSyncHook
 from kolibri.core.tasks.hooks import JobHook
 from kolibri.plugins import KolibriPluginBase

@@ -1,4 +1,5 @@
 """The morango operation that takes a configured stage out of the HTTP request."""
+
 from morango.constants import transfer_statuses
 from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation

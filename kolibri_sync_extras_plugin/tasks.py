@@ -3,15 +3,15 @@ The Kolibri task that runs one deferred sync stage.
 
 Kolibri imports this module from every installed app to find registered tasks.
 """
+
 import logging
 import time
-
-from morango.constants import transfer_statuses
-from morango.models.core import TransferSession
 
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.job import JobStatus
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
 
 from .context import BackgroundSessionContext
 from .errors import BackgroundStageError

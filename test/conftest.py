@@ -3,23 +3,24 @@ Fixtures for the in-process suite: a real Kolibri database with a facility, real
 morango sync sessions, Kolibri's real job storage, and a live HTTP server on
 127.0.0.1 that a test drives the way a morango client would.
 """
+
 import contextlib
 import time
 import uuid
 
 import pytest
 from django.utils import timezone
-from morango.constants.capabilities import ASYNC_OPERATIONS
-from morango.constants.capabilities import FSIC_V2_FORMAT
-from morango.models.core import SyncSession
-from morango.utils import CAPABILITIES_CLIENT_HEADER
-
 from kolibri.core.auth.models import Classroom
 from kolibri.core.auth.models import Facility
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
 from kolibri.core.tasks.main import job_storage
 from kolibri.utils.conf import OPTIONS
+from morango.constants.capabilities import ASYNC_OPERATIONS
+from morango.constants.capabilities import FSIC_V2_FORMAT
+from morango.models.core import SyncSession
+from morango.utils import CAPABILITIES_CLIENT_HEADER
+
 from kolibri_sync_extras_plugin.tasks import SYNC_EXTRAS_QUEUE
 
 ALL_DATABASES = "__all__"
@@ -162,10 +163,14 @@ class _DjangoClientSession(object):
         }
 
     def post(self, url, json):
-        return self.client.post(url, json, content_type="application/json", **self.extra)
+        return self.client.post(
+            url, json, content_type="application/json", **self.extra
+        )
 
     def patch(self, url, json):
-        return self.client.patch(url, json, content_type="application/json", **self.extra)
+        return self.client.patch(
+            url, json, content_type="application/json", **self.extra
+        )
 
     def get(self, url):
         return self.client.get(url, **self.extra)

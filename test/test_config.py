@@ -1,4 +1,5 @@
 """The [Sync] options: defaults, accepted spellings, and errors that say what to fix."""
+
 import os
 import subprocess
 import sys
@@ -16,9 +17,7 @@ from .conftest import sync_options
 
 
 def _options(**sync):
-    defaults = {
-        name: spec["default"] for name, spec in option_spec["Sync"].items()
-    }
+    defaults = {name: spec["default"] for name, spec in option_spec["Sync"].items()}
     defaults.update(sync)
     return {"Sync": defaults}
 
@@ -50,7 +49,9 @@ def test_switches_on__default_stage_lists_apply():
 )
 def test_stage_list__quotes_spaces_and_case__are_accepted(raw_value):
     background = get_background_settings(
-        _options(BACKGROUND_INITIALIZATION=True, BACKGROUND_INITIALIZATION_STAGES=raw_value)
+        _options(
+            BACKGROUND_INITIALIZATION=True, BACKGROUND_INITIALIZATION_STAGES=raw_value
+        )
     )
 
     assert background.pull_stages == {"serializing"}
@@ -96,9 +97,7 @@ def test_stage_list__finalization_stage_under_initialization__is_rejected():
 
 def test_stage_list__typo_while_switch_off__is_still_rejected():
     with pytest.raises(InvalidSyncOption):
-        get_background_settings(
-            _options(BACKGROUND_FINALIZATION_STAGES=["dequeueing"])
-        )
+        get_background_settings(_options(BACKGROUND_FINALIZATION_STAGES=["dequeueing"]))
 
 
 def test_stage_list__empty_while_switch_on__is_rejected():
@@ -189,7 +188,9 @@ def test_cli__env_var_overrides_options_ini():
 
 @pytest.mark.slow
 def test_cli__invalid_boolean__kolibri_exits_nonzero_naming_the_variable():
-    result = _kolibri(["manage", "check"], KOLIBRI_SYNC_BACKGROUND_INITIALIZATION="maybe")
+    result = _kolibri(
+        ["manage", "check"], KOLIBRI_SYNC_BACKGROUND_INITIALIZATION="maybe"
+    )
 
     assert result.returncode != 0
     assert "KOLIBRI_SYNC_BACKGROUND_INITIALIZATION" in result.stdout

@@ -2,17 +2,19 @@
 However a stage's job ends, the polling client learns it: the stage settles as
 COMPLETED or ERRORED and never stays in progress with nothing left to move it.
 """
+
 import pytest
+from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.tasks import run_background_stage
+
 from .conftest import ALL_DATABASES
 from .conftest import queued_stage_jobs
 from .conftest import run_stage_jobs
-from kolibri.core.tasks.main import job_storage
-from kolibri_sync_extras_plugin.tasks import run_background_stage
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -120,7 +122,9 @@ def test_transfer_session_closed_before_job_runs__job_leaves_data_alone(
     assert job.state == "COMPLETED"
     assert job.result["ran"] is False
     assert "closed" in job.result["reason"]
-    assert not Buffer.objects.filter(transfer_session_id=pull_at_serializing["id"]).exists()
+    assert not Buffer.objects.filter(
+        transfer_session_id=pull_at_serializing["id"]
+    ).exists()
     session = TransferSession.objects.get(id=pull_at_serializing["id"])
     assert session.transfer_stage_status == transfer_statuses.STARTED
 
@@ -131,7 +135,9 @@ def test_stage_already_settled__a_rerun_job_leaves_it_alone(
     [job] = run_stage_jobs()
     settled = TransferSession.objects.get(id=pull_at_serializing["id"])
 
-    job_storage.enqueue_job(job_storage.get_job(job.job_id), queue=job_storage.get_orm_job(job.job_id).queue)
+    job_storage.enqueue_job(
+        job_storage.get_job(job.job_id), queue=job_storage.get_orm_job(job.job_id).queue
+    )
     [rerun] = run_stage_jobs()
 
     assert rerun.result["ran"] is False

@@ -2,11 +2,14 @@
 The server side of a sync over real HTTP: which stages leave the request, what the
 client sees while they run, and what the background job leaves behind.
 """
+
 import pytest
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
+
+from kolibri_sync_extras_plugin.jobs import job_id_for
 
 from .conftest import ALL_DATABASES
 from .conftest import no_stage_jobs_after
@@ -14,7 +17,6 @@ from .conftest import queued_stage_jobs
 from .conftest import run_stage_jobs
 from .conftest import stage_jobs
 from .conftest import sync_options
-from kolibri_sync_extras_plugin.jobs import job_id_for
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -75,8 +77,9 @@ def test_pull_queuing__job_runs__buffers_every_record_for_the_client(
     assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
     # 12 learners, 12 memberships, a classroom, the facility, its dataset
     assert polled["records_total"] >= 27
-    assert Buffer.objects.filter(transfer_session_id=transfer["id"]).count() == (
-        polled["records_total"]
+    assert (
+        Buffer.objects.filter(transfer_session_id=transfer["id"]).count()
+        == (polled["records_total"])
     )
 
 

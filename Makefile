@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create a virtual environment in .venv with Kolibri and this plugin first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KOLIBRI_HOME ?= $(CURDIR)/.kolibri
+export KOLIBRI_HOME
+
+.PHONY: venv test demo bench lint clean
+
+$(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -e .
+	$(BIN)/kolibri plugin enable kolibri_sync_extras_plugin
+	touch $@
+
+venv: $(BIN)/kolibri
+
+test: venv
+	$(BIN)/python -m pytest test/
+
+demo: venv
+	$(BIN)/python -m sync_lab.demo $(DEMO_ARGS)
+
+bench: venv
+	$(BIN)/python -m sync_lab.demo --bench $(DEMO_ARGS)
+
+lint:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pre-commit run --all-files
+
+clean:
+	rm -rf $(VENV) $(KOLIBRI_HOME) build *.egg-info
