@@ -1,0 +1,112 @@
+"""
+The plugin's background stage jobs on a server, read from Kolibri's job storage.
+
+:func:`stage_jobs` runs inside the server instance (through
+:meth:`~sync_lab.instances.KolibriInstance.call`); the other functions run in the
+lab and ask the instance.
+"""
+import time
+from datetime import timezone as _tz
+
+__all__ = [
+    "FINISHED_STATES",
+    "stage_jobs",
+    "list_stage_jobs",
+    "wait_for_stage_jobs",
+]
+
+#: Job states after which a job does not change any more (Kolibri's ``State``).
+FINISHED_STATES = frozenset(("COMPLETED", "FAILED", "CANCELED"))
+
+
+def _epoch(value):
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_tz.utc)
+    return value.timestamp()
+
+
+def stage_jobs(transfer_session_id=None):
+    """
+    The plugin's stage jobs in this instance's job storage, oldest first.
+
+    Each is a dict with the job's ``job_id``, ``state``, ``stage``, ``direction``,
+    ``transfer_session_id``, ``facility_id``, its ``result`` and ``exception``, and
+    ``created`` and ``updated`` as Unix times (the last update of a finished job is
+    when it finished).
+
+    :param transfer_session_id: Only the jobs of this transfer session
+    :rtype: list
+    """
+    from kolibri.core.tasks.main import job_storage
+    from kolibri.core.tasks.models import Job as ORMJob
+    from kolibri_sync_extras_plugin.kolibri_plugin import RUN_STAGE_TASK
+
+    times = {
+        row["id"]: row
+        for row in ORMJob.objects.filter(func=RUN_STAGE_TASK).values(
+            "id", "time_created", "time_updated"
+        )
+    }
+    jobs = []
+    for job in job_storage.filter_jobs(func=RUN_STAGE_TASK):
+        metadata = job.extra_metadata or {}
+        kwargs = job.kwargs or {}
+        if (
+            transfer_session_id is not None
+            and kwargs.get("transfer_session_id") != transfer_session_id
+        ):
+            continue
+        row = times.get(job.job_id, {})
+        jobs.append(
+            {
+                "job_id": job.job_id,
+                "state": job.state,
+                "stage": kwargs.get("stage", metadata.get("stage")),
+                "direction": metadata.get("direction"),
+                "transfer_session_id": kwargs.get("transfer_session_id"),
+                "sync_session_id": metadata.get("sync_session_id"),
+                "facility_id": metadata.get("facility_id") or job.facility_id,
+                "result": job.result,
+                "exception": job.exception,
+                "created": _epoch(row.get("time_created")),
+                "updated": _epoch(row.get("time_updated")),
+            }
+        )
+    jobs.sort(key=lambda job: (job["created"] or 0, job["job_id"]))
+    return jobs
+
+
+def list_stage_jobs(instance, transfer_session_id=None):
+    """
+    :type instance: sync_lab.instances.KolibriInstance
+    :rtype: list
+    """
+    return instance.call(stage_jobs, transfer_session_id=transfer_session_id)
+
+
+def wait_for_stage_jobs(instance, expected, timeout=60, interval=0.5):
+    """
+    Wait until the server's stage jobs include a finished job for each expected
+    ``(direction, stage)`` pair, and none of the jobs is still waiting or running.
+
+    :param expected: ``(direction, stage)`` pairs, e.g. ``[("push", "cleanup")]``
+    :return: The jobs, as they were at the end of the wait
+    :rtype: list
+    """
+    expected = set(expected)
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = list_stage_jobs(instance)
+        finished = {
+            (job["direction"], job["stage"])
+            for job in jobs
+            if job["state"] in FINISHED_STATES
+        }
+        unfinished = [job for job in jobs if job["state"] not in FINISHED_STATES]
+        if expected <= finished and not unfinished:
+            return jobs
+        if time.monotonic() > deadline:
+            return jobs
+        time.sleep(interval)
