@@ -1,0 +1,145 @@
+"""
+End to end: a stock Kolibri client syncs with a Kolibri server that runs this
+plugin, both real instances in subprocesses with their own homes, on 127.0.0.1.
+
+The server runs ``kolibri start``, so its HTTP server and its job workers are the
+ones a deployment runs. Each mode of the server gets fresh copies of one
+provisioned server home and one migrated client home; the tests of a mode share
+its round trip (pull, new client records, push) and each checks one thing about it.
+
+These tests use no in-process database: they only start processes and read what
+the instances report.
+"""
+import pytest
+
+from sync_lab.dataset import COUNTED
+from sync_lab.instances import KolibriInstance
+from sync_lab.scenario import provision_server
+from sync_lab.scenario import round_trip
+
+pytestmark = pytest.mark.e2e
+
+SERVER_RECORDS = 300
+CLIENT_RECORDS = 120
+
+PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
+PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
+
+#: The server's ``[Sync]`` options per mode, and the stage jobs each must run.
+MODES = {
+    "plugin_on": (
+        {"BACKGROUND_INITIALIZATION": True, "BACKGROUND_FINALIZATION": True},
+        PULL_STAGES | PUSH_STAGES,
+    ),
+    "plugin_off": (
+        {"BACKGROUND_INITIALIZATION": False, "BACKGROUND_FINALIZATION": False},
+        set(),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def lab_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("sync-lab")
+
+
+@pytest.fixture(scope="module")
+def server_template(lab_root):
+    """A provisioned server home with a facility's worth of activity, never started."""
+    with KolibriInstance("server-template", root=lab_root, plugin=True) as template:
+        facility = provision_server(template, SERVER_RECORDS)
+        yield template, facility
+
+
+@pytest.fixture(scope="module")
+def client_template(lab_root):
+    """A migrated, unprovisioned home: a fresh device about to pull its facility."""
+    with KolibriInstance("client-template", root=lab_root) as template:
+        template.migrate()
+        yield template
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def mode(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def synced(mode, lab_root, server_template, client_template):
+    """The round trip of one mode, with the server's stage jobs and record counts."""
+    template, facility = server_template
+    sync_options, expected_jobs = MODES[mode]
+    server = KolibriInstance.copy_of(
+        template,
+        "server-" + mode,
+        root=lab_root,
+        plugin=True,
+        sync_options=sync_options,
+    )
+    client = KolibriInstance.copy_of(client_template, "client-" + mode, root=lab_root)
+    with server, client:
+        server.start()
+        outcome = round_trip(
+            server, client, facility, CLIENT_RECORDS, expected_jobs=expected_jobs
+        )
+        outcome.expected_jobs = expected_jobs
+        outcome.server = server
+        yield outcome
+
+
+def _job_summary(outcome):
+    return [
+        (job["direction"], job["stage"], job["state"], job["exception"])
+        for job in outcome.jobs
+    ]
+
+
+def _failed_sync(outcome, sync):
+    return "client:\n{}\n\nserver log:\n{}".format(sync.tail(), outcome.server.log_tail())
+
+
+def test_pull__exits_0(synced):
+    assert synced.pull.ok, _failed_sync(synced, synced.pull)
+
+
+def test_push__exits_0(synced):
+    assert synced.push is not None, "the pull failed, so nothing was pushed"
+    assert synced.push.ok, _failed_sync(synced, synced.push)
+
+
+def test_push__client_records_were_created(synced):
+    assert synced.client_created["total"] > 0, synced.client_created
+
+
+@pytest.mark.parametrize("kind", COUNTED)
+def test_counts__equal_on_both_sides(synced, kind):
+    assert synced.counts, "the round trip ended before counting"
+    server, client = synced.counts["server"][kind], synced.counts["client"][kind]
+    assert server == client, synced.counts
+
+
+def test_counts__include_both_sides_records(synced):
+    created = synced.facility["created"]["users"] + synced.client_created["users"]
+    # every generated learner, plus the super user
+    assert synced.counts["server"]["users"] == created + 1, synced.counts
+
+
+def test_stage_jobs__each_configured_stage_completed(synced):
+    completed = {
+        (job["direction"], job["stage"])
+        for job in synced.jobs
+        if job["state"] == "COMPLETED"
+    }
+    assert completed == synced.expected_jobs, _job_summary(synced)
+
+
+def test_stage_jobs__one_job_per_stage_and_session(synced):
+    served = [(job["transfer_session_id"], job["stage"]) for job in synced.jobs]
+    assert len(served) == len(set(served)), _job_summary(synced)
+
+
+def test_stage_jobs__none_failed(synced):
+    failed = [job for job in synced.jobs if job["state"] != "COMPLETED"]
+    assert not failed, "{}\n\nserver log:\n{}".format(
+        _job_summary(synced), synced.server.log_tail()
+    )
