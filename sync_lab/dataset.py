@@ -11,6 +11,7 @@ content summary logs and a few content session logs per summary log, all with
 made-up content and channel ids. Kolibri's ``generateuserdata`` command needs
 content databases and fixtures that a wheel install does not ship.
 """
+
 import random
 import re
 import uuid
@@ -32,7 +33,14 @@ SESSION_LOGS_PER_SUMMARY_LOG = 2
 RECORDS_PER_LEARNER = 2 + SUMMARY_LOGS_PER_LEARNER * (1 + SESSION_LOGS_PER_SUMMARY_LOG)
 
 #: What :func:`count_records` counts, in the order reports list them.
-COUNTED = ("users", "classrooms", "memberships", "summary_logs", "session_logs", "store")
+COUNTED = (
+    "users",
+    "classrooms",
+    "memberships",
+    "summary_logs",
+    "session_logs",
+    "store",
+)
 
 _CLASSROOM_NAME = "Sync Lab Class"
 _CONTENT_KINDS = ("video", "exercise", "document", "html5", "audio")
@@ -94,7 +102,9 @@ def _add_logs(rng, user, content_ids, channel_id, now):
         progress = 0.0
         time_spent = 0.0
         for session in range(SESSION_LOGS_PER_SUMMARY_LOG):
-            session_start = started + timedelta(days=session, minutes=rng.randint(0, 60))
+            session_start = started + timedelta(
+                days=session, minutes=rng.randint(0, 60)
+            )
             session_time = float(rng.randint(30, 900))
             session_progress = round(rng.uniform(0.1, 1.0), 2)
             ContentSessionLog.objects.create(
@@ -145,7 +155,6 @@ def generate_activity(
     from django.contrib.auth.hashers import make_password
     from django.db import transaction
     from django.utils import timezone
-
     from kolibri.core.auth.models import FacilityUser
     from kolibri.core.auth.models import Membership
 
@@ -165,7 +174,9 @@ def generate_activity(
 
     existing = list(FacilityUser.objects.filter(facility=facility).order_by("id"))
     existing_records = int(records * existing_share) if existing else 0
-    new_learners = learners_for(records - existing_records) if records > existing_records else 0
+    new_learners = (
+        learners_for(records - existing_records) if records > existing_records else 0
+    )
     created = {"users": 0, "memberships": 0, "summary_logs": 0, "session_logs": 0}
 
     with transaction.atomic():
@@ -181,7 +192,9 @@ def generate_activity(
             )
             user.save()
             Membership.objects.create(user=user, collection=classroom)
-            _add_logs(rng, user, _content_ids(rng, SUMMARY_LOGS_PER_LEARNER), channel_id, now)
+            _add_logs(
+                rng, user, _content_ids(rng, SUMMARY_LOGS_PER_LEARNER), channel_id, now
+            )
         created["users"] += new_learners
         created["memberships"] += new_learners
         created["summary_logs"] += new_learners * SUMMARY_LOGS_PER_LEARNER
@@ -206,13 +219,12 @@ def count_records(facility_id=None):
 
     :rtype: dict
     """
-    from morango.models.core import Store
-
     from kolibri.core.auth.models import Classroom
     from kolibri.core.auth.models import FacilityUser
     from kolibri.core.auth.models import Membership
     from kolibri.core.logger.models import ContentSessionLog
     from kolibri.core.logger.models import ContentSummaryLog
+    from morango.models.core import Store
 
     facility = _facility(facility_id)
     dataset_id = facility.dataset_id

@@ -10,6 +10,7 @@ Code that must run inside an instance (creating or counting records, reading job
 storage) is an ordinary importable function, run with :meth:`KolibriInstance.call`:
 Kolibri's ``manage shell -c`` imports it, calls it and prints its JSON result.
 """
+
 import atexit
 import configparser
 import importlib
@@ -56,7 +57,14 @@ _READY_PATH = "/api/public/info/"
 _OUTPUT_TAIL_LINES = 40
 # what a copied home must not inherit: the template's logs, process state and caches
 _NOT_COPIED = frozenset(
-    ("sync-lab", "logs", "server.pid", "process_control.flag", "process_cache", "options.ini")
+    (
+        "sync-lab",
+        "logs",
+        "server.pid",
+        "process_control.flag",
+        "process_cache",
+        "options.ini",
+    )
 )
 
 # servers still running when the interpreter exits are stopped, whatever failed
@@ -204,7 +212,9 @@ class KolibriInstance(object):
         self.home.mkdir(parents=True, exist_ok=True)
         self.plugin = plugin
         self.sync_options = dict(sync_options or {})
-        self.options = {section: dict(values) for section, values in (options or {}).items()}
+        self.options = {
+            section: dict(values) for section, values in (options or {}).items()
+        }
         if keep_home is None:
             keep_home = bool(os.environ.get(KEEP_HOMES_ENV))
         self.keep_home = keep_home
@@ -242,7 +252,9 @@ class KolibriInstance(object):
     def base_url(self):
         """:rtype: str"""
         if self.port is None:
-            raise InstanceError("{} has no port: it was never started".format(self.name))
+            raise InstanceError(
+                "{} has no port: it was never started".format(self.name)
+            )
         return "http://{}:{}".format(LOCALHOST, self.port)
 
     @property
@@ -305,7 +317,9 @@ class KolibriInstance(object):
         self.lab_dir.mkdir(exist_ok=True)
         self.write_options()
         if self.plugin != self.plugin_enabled():
-            self.kolibri("plugin", "enable" if self.plugin else "disable", PLUGIN, timeout=120)
+            self.kolibri(
+                "plugin", "enable" if self.plugin else "disable", PLUGIN, timeout=120
+            )
         self._prepared = True
 
     def provision(self, facility, username, password, preset="formal"):
@@ -348,7 +362,9 @@ class KolibriInstance(object):
         :rtype: KolibriInstance
         """
         if template.running:
-            raise InstanceError("{} is running: stop it before copying".format(template.name))
+            raise InstanceError(
+                "{} is running: stop it before copying".format(template.name)
+            )
         instance = cls(name, **kwargs)
         for entry in template.home.iterdir():
             if entry.name in _NOT_COPIED:
@@ -451,7 +467,7 @@ class KolibriInstance(object):
         )
         for line in reversed(result.output.splitlines()):
             if line.startswith(_RESULT_MARKER):
-                return json.loads(line[len(_RESULT_MARKER):])
+                return json.loads(line[len(_RESULT_MARKER) :])
         raise InstanceError(
             "{}: {} printed no result; last output:\n{}".format(
                 self.name, path, result.tail()
@@ -507,7 +523,12 @@ class KolibriInstance(object):
                 start_new_session=True,
             )
         _running.add(self)
-        logger.info("%s: started server pid %s on port %s", self.name, self.process.pid, self.port)
+        logger.info(
+            "%s: started server pid %s on port %s",
+            self.name,
+            self.process.pid,
+            self.port,
+        )
 
     def wait_until_ready(self, timeout=120):
         """Poll the server until it answers a public API request."""
@@ -567,7 +588,12 @@ class KolibriInstance(object):
         if process is None:
             return None
         _terminate(process, grace=timeout)
-        logger.info("%s: server pid %s exited with %s", self.name, process.pid, process.returncode)
+        logger.info(
+            "%s: server pid %s exited with %s",
+            self.name,
+            process.pid,
+            process.returncode,
+        )
         return process.returncode
 
     def cleanup(self):

@@ -5,6 +5,7 @@ The plugin's background stage jobs on a server, read from Kolibri's job storage.
 :meth:`~sync_lab.instances.KolibriInstance.call`); the other functions run in the
 lab and ask the instance.
 """
+
 import time
 from datetime import timezone as _tz
 
@@ -41,6 +42,7 @@ def stage_jobs(transfer_session_id=None):
     """
     from kolibri.core.tasks.main import job_storage
     from kolibri.core.tasks.models import Job as ORMJob
+
     from kolibri_sync_extras_plugin.kolibri_plugin import RUN_STAGE_TASK
 
     times = {

@@ -5,11 +5,11 @@ activity of its own, and pushes it back.
 Both the end-to-end tests and the demo run it, so what the demo reports is what
 the tests check.
 """
+
 from collections import namedtuple
 
 from .dataset import COUNTED
 from .dataset import count_records
-from .dataset import facility_info
 from .dataset import generate_activity
 from .jobs import wait_for_stage_jobs
 
@@ -30,7 +30,9 @@ def _silent(message):
     pass
 
 
-def provision_server(server, records, credentials=DEFAULT_CREDENTIALS, seed=0, progress=_silent):
+def provision_server(
+    server, records, credentials=DEFAULT_CREDENTIALS, seed=0, progress=_silent
+):
     """
     Provision ``server`` with a new facility and about ``records`` records of
     learner activity in it.
@@ -41,7 +43,9 @@ def provision_server(server, records, credentials=DEFAULT_CREDENTIALS, seed=0, p
     :rtype: dict
     """
     progress("{}: provisioning facility {!r}".format(server.name, credentials.facility))
-    facility = server.provision(credentials.facility, credentials.username, credentials.password)
+    facility = server.provision(
+        credentials.facility, credentials.username, credentials.password
+    )
     progress("{}: generating about {} records".format(server.name, records))
     facility["created"] = server.call(
         generate_activity, records=records, facility_id=facility["id"], seed=seed
@@ -119,10 +123,14 @@ def round_trip(
     sync_args = (base_url, facility["id"], credentials.username, credentials.password)
 
     progress("{}: pulling facility from {}".format(client.name, base_url))
-    outcome.pull = client.sync(*sync_args, push=False, timeout=sync_timeout, check=False)
-    progress("{}: pull exited {} after {:.1f}s".format(
-        client.name, outcome.pull.returncode, outcome.pull.duration
-    ))
+    outcome.pull = client.sync(
+        *sync_args, push=False, timeout=sync_timeout, check=False
+    )
+    progress(
+        "{}: pull exited {} after {:.1f}s".format(
+            client.name, outcome.pull.returncode, outcome.pull.duration
+        )
+    )
     if not outcome.pull.ok:
         return outcome
 
@@ -137,10 +145,14 @@ def round_trip(
     )
 
     progress("{}: pushing to {}".format(client.name, base_url))
-    outcome.push = client.sync(*sync_args, pull=False, timeout=sync_timeout, check=False)
-    progress("{}: push exited {} after {:.1f}s".format(
-        client.name, outcome.push.returncode, outcome.push.duration
-    ))
+    outcome.push = client.sync(
+        *sync_args, pull=False, timeout=sync_timeout, check=False
+    )
+    progress(
+        "{}: push exited {} after {:.1f}s".format(
+            client.name, outcome.push.returncode, outcome.push.duration
+        )
+    )
 
     if expected_jobs:
         progress("{}: waiting for background stage jobs".format(server.name))

@@ -10,6 +10,7 @@ its round trip (pull, new client records, push) and each checks one thing about 
 These tests use no in-process database: they only start processes and read what
 the instances report.
 """
+
 import pytest
 
 from sync_lab.dataset import COUNTED
@@ -95,7 +96,9 @@ def _job_summary(outcome):
 
 
 def _failed_sync(outcome, sync):
-    return "client:\n{}\n\nserver log:\n{}".format(sync.tail(), outcome.server.log_tail())
+    return "client:\n{}\n\nserver log:\n{}".format(
+        sync.tail(), outcome.server.log_tail()
+    )
 
 
 def test_pull__exits_0(synced):
