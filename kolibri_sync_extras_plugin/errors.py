@@ -20,3 +20,7 @@ class StageNoLongerAwaited(BackgroundStageError):
     The transfer session moved on, closed or vanished before its background job ran,
     so the job must leave the data alone.
     """
+
+
+class WorkerGone(BackgroundStageError):
+    """The worker process running a background stage died without finishing it."""

@@ -18,6 +18,8 @@ from kolibri.core.tasks.job import State
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from .errors import WorkerGone
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -198,14 +200,138 @@ def enqueue_stage_job(job_request):
     return True
 
 
+#: How long a stage may show STARTED with no job in job storage before it errors:
+#: the job is enqueued just after the request that started the stage has ended.
+MISSING_JOB_GRACE_SECONDS = 10
+
+
+def _worker_is_gone(orm_job):
+    """
+    Whether the worker process that took a RUNNING job has died on this host (killed,
+    out of memory) without marking it: Kolibri only requeues such a job when its
+    workers next start, and a client is polling now.
+
+    :type orm_job: kolibri.core.tasks.models.Job
+    :rtype: bool
+    """
+    import socket
+
+    from morango.utils import pid_exists
+
+    if orm_job.state != State.RUNNING or not orm_job.worker_process:
+        return False
+    if orm_job.worker_host and orm_job.worker_host != socket.gethostname():
+        return False
+    try:
+        return not pid_exists(int(orm_job.worker_process))
+    except ValueError:
+        return False
+
+
+def check_background_stage(transfer_session_id):
+    """
+    Settle a background stage whose job can no longer settle it, so a polling client
+    stops with an error rather than polling forever. Called on each client poll.
+
+    - the job is gone from job storage (past a short grace for its enqueueing),
+    - the job FAILED or was CANCELED (normally the job hook has already done this),
+    - the job is RUNNING in a worker process of this host that no longer exists:
+      the job is marked FAILED, so it is not requeued behind the client's back.
+
+    :param transfer_session_id: The polled transfer session's id
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.exceptions import JobNotFound
+    from kolibri.core.tasks.main import job_storage
+
+    session = (
+        TransferSession.objects.filter(
+            id=transfer_session_id,
+            active=True,
+            transfer_stage_status=transfer_statuses.STARTED,
+        )
+        .values("transfer_stage", "last_activity_timestamp")
+        .first()
+    )
+    if session is None:
+        return None
+    stage = session["transfer_stage"]
+    job_id = job_id_for(transfer_session_id, stage)
+    try:
+        orm_job = job_storage.get_orm_job(job_id)
+    except JobNotFound:
+        waited = timezone.now() - session["last_activity_timestamp"]
+        if waited.total_seconds() < MISSING_JOB_GRACE_SECONDS:
+            return None
+        job_state = None
+    else:
+        if _worker_is_gone(orm_job):
+            job_storage.mark_job_as_failed(
+                job_id,
+                WorkerGone(
+                    "worker process {} died while running the stage".format(
+                        orm_job.worker_process
+                    )
+                ),
+                "",
+            )
+        job_state = job_storage.get_orm_job(job_id).state
+    stage_status = stage_status_for_job_state(job_state)
+    if stage_status is not None and settle_stage(
+        transfer_session_id, stage, stage_status
+    ):
+        logger.error(
+            "Stage %s of transfer session %s is %s: its job %s is %s",
+            stage,
+            transfer_session_id,
+            stage_status,
+            job_id,
+            job_state or "gone from job storage",
+        )
+        return stage_status
+    return None
+
+
 # Jobs wait for the end of the request that asked for them: morango's PATCH view
 # saves the whole transfer session row after the controller returns, which would
 # overwrite the status of a job that had already finished.
 _request_state = threading.local()
 
 
-def _on_request_started(**kwargs):
+def _on_request_started(environ=None, **kwargs):
     _request_state.jobs = []
+    transfer_session_id = _polled_transfer_session_id(environ or {})
+    if transfer_session_id is not None:
+        try:
+            check_background_stage(transfer_session_id)
+        except Exception:
+            # a failed check must not fail the client's poll; the next poll retries it
+            logger.exception(
+                "Could not check the background stage of transfer session %s",
+                transfer_session_id,
+            )
+
+
+def _polled_transfer_session_id(environ):
+    """
+    :return: The transfer session a client is polling with this request, if it is a
+        ``GET`` of morango's transfer session endpoint
+    :rtype: str|None
+    """
+    path = environ.get("PATH_INFO", "")
+    if environ.get("REQUEST_METHOD") != "GET" or "/transfersessions/" not in path:
+        return None
+    from django.urls import Resolver404
+    from django.urls import resolve
+
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    if match.url_name != "transfersessions-detail":
+        return None
+    return match.kwargs.get("pk")
 
 
 def _on_request_finished(**kwargs):

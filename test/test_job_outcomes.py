@@ -3,13 +3,21 @@ However a stage's job ends, the polling client learns it: the stage settles as
 COMPLETED or ERRORED and never stays in progress with nothing left to move it.
 """
 
+import datetime
+import os
+import socket
+import subprocess
+
 import pytest
+from django.utils import timezone
 from kolibri.core.tasks.main import job_storage
+from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.jobs import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.tasks import run_background_stage
 
 from .conftest import ALL_DATABASES
@@ -144,3 +152,73 @@ def test_stage_already_settled__a_rerun_job_leaves_it_alone(
     after = TransferSession.objects.get(id=pull_at_serializing["id"])
     assert after.server_fsic == settled.server_fsic
     assert after.transfer_stage_status == transfer_statuses.COMPLETED
+
+
+def _backdate_stage(transfer_session_id, seconds):
+    TransferSession.objects.filter(id=transfer_session_id).update(
+        last_activity_timestamp=timezone.now() - datetime.timedelta(seconds=seconds)
+    )
+
+
+def _delete_job_row(job_id):
+    # as if job storage lost the row outside Kolibri's API (no job hook runs)
+    ORMJob.objects.filter(id=job_id).delete()
+
+
+def test_job_row_vanishes__client_poll_within_grace__stage_still_started(
+    pull_at_serializing, async_client
+):
+    [job] = queued_stage_jobs()
+    _delete_job_row(job.job_id)
+
+    polled = async_client.get(pull_at_serializing["id"])
+
+    assert polled["transfer_stage_status"] == transfer_statuses.STARTED
+
+
+def test_job_row_vanishes__client_polls_after_grace__stage_errored(
+    pull_at_serializing, async_client
+):
+    [job] = queued_stage_jobs()
+    _delete_job_row(job.job_id)
+    _backdate_stage(pull_at_serializing["id"], MISSING_JOB_GRACE_SECONDS + 1)
+
+    polled = async_client.get(pull_at_serializing["id"])
+
+    assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+
+
+def _mark_running_in(job_id, pid):
+    orm_job = job_storage.get_orm_job(job_id)
+    orm_job.state = "RUNNING"
+    orm_job.worker_host = socket.gethostname()
+    orm_job.worker_process = str(pid)
+    orm_job.save()
+
+
+def test_job_running_in_a_dead_worker__client_polls__stage_errored_and_job_failed(
+    pull_at_serializing, async_client
+):
+    [job] = queued_stage_jobs()
+    dead_worker = subprocess.Popen(["true"])
+    dead_worker.wait()
+    _mark_running_in(job.job_id, dead_worker.pid)
+
+    polled = async_client.get(pull_at_serializing["id"])
+
+    assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+    failed = job_storage.get_job(job.job_id)
+    assert failed.state == "FAILED"
+    assert failed.exception == "WorkerGone"
+
+
+def test_job_running_in_a_live_worker__client_polls__stage_still_started(
+    pull_at_serializing, async_client
+):
+    [job] = queued_stage_jobs()
+    _mark_running_in(job.job_id, os.getpid())
+
+    polled = async_client.get(pull_at_serializing["id"])
+
+    assert polled["transfer_stage_status"] == transfer_statuses.STARTED
+    assert job_storage.get_orm_job(job.job_id).state == "RUNNING"
