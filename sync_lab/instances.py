@@ -420,6 +420,10 @@ class KolibriInstance(object):
                 timed_out = True
                 _terminate(process, grace=10)
                 returncode = process.returncode
+            except BaseException:
+                # interrupted: the command is in its own session, so nobody else stops it
+                _terminate(process, grace=10)
+                raise
             output.seek(0)
             text = output.read()
         result = CommandResult(
@@ -523,7 +527,7 @@ class KolibriInstance(object):
                 start_new_session=True,
             )
         _running.add(self)
-        logger.info(
+        logger.debug(
             "%s: started server pid %s on port %s",
             self.name,
             self.process.pid,
@@ -588,7 +592,7 @@ class KolibriInstance(object):
         if process is None:
             return None
         _terminate(process, grace=timeout)
-        logger.info(
+        logger.debug(
             "%s: server pid %s exited with %s",
             self.name,
             process.pid,
