@@ -34,8 +34,8 @@ def stage_jobs(transfer_session_id=None):
 
     Each is a dict with the job's ``job_id``, ``state``, ``stage``, ``direction``,
     ``transfer_session_id``, ``facility_id``, its ``result`` and ``exception``, and
-    ``created`` and ``updated`` as Unix times (the last update of a finished job is
-    when it finished).
+    ``scheduled``: when it was enqueued, as a Unix time (Kolibri 0.19 leaves the
+    job table's created and updated times empty).
 
     :param transfer_session_id: Only the jobs of this transfer session
     :rtype: list
@@ -45,12 +45,9 @@ def stage_jobs(transfer_session_id=None):
 
     from kolibri_sync_extras_plugin.kolibri_plugin import RUN_STAGE_TASK
 
-    times = {
-        row["id"]: row
-        for row in ORMJob.objects.filter(func=RUN_STAGE_TASK).values(
-            "id", "time_created", "time_updated"
-        )
-    }
+    scheduled = dict(
+        ORMJob.objects.filter(func=RUN_STAGE_TASK).values_list("id", "scheduled_time")
+    )
     jobs = []
     for job in job_storage.filter_jobs(func=RUN_STAGE_TASK):
         metadata = job.extra_metadata or {}
@@ -60,7 +57,6 @@ def stage_jobs(transfer_session_id=None):
             and kwargs.get("transfer_session_id") != transfer_session_id
         ):
             continue
-        row = times.get(job.job_id, {})
         jobs.append(
             {
                 "job_id": job.job_id,
@@ -72,11 +68,10 @@ def stage_jobs(transfer_session_id=None):
                 "facility_id": metadata.get("facility_id") or job.facility_id,
                 "result": job.result,
                 "exception": job.exception,
-                "created": _epoch(row.get("time_created")),
-                "updated": _epoch(row.get("time_updated")),
+                "scheduled": _epoch(scheduled.get(job.job_id)),
             }
         )
-    jobs.sort(key=lambda job: (job["created"] or 0, job["job_id"]))
+    jobs.sort(key=lambda job: (job["scheduled"] or 0, job["job_id"]))
     return jobs
 
 
