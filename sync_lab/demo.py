@@ -1,0 +1,470 @@
+"""
+Watch the plugin at work in a real local sync, and measure it.
+
+``python -m sync_lab.demo`` creates a server and a client Kolibri home, gives the
+server a facility with generated learner activity, starts it with the plugin and
+its job workers, and has a stock client pull the facility, record new activity and
+push it back, through a timing proxy. It then reports, per direction and stage,
+whether the stage ran in the request or in a background job and how long it took,
+the longest single request the server served, record counts on both sides and the
+server's jobs. Every process it started is stopped before it exits.
+
+``--compare`` runs the same data with the plugin on and off, ``--bench`` does so at
+several sizes, and ``--proxy-timeout`` makes the proxy answer 504 as nginx would.
+``python -m sync_lab.demo --help`` lists the options.
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections import namedtuple
+from pathlib import Path
+
+import kolibri  # noqa: F401  # puts Kolibri's vendored packages on sys.path
+from morango.constants import transfer_stages
+
+from .dataset import RECORDS_PER_LEARNER
+from .instances import KolibriInstance
+from .proxy import TimingProxy
+from .report import ModeRun
+from .report import render_bench
+from .report import render_comparison
+from .report import render_run
+from .report import write_bench_chart
+from .report import write_comparison_chart
+from .scenario import provision_server
+from .scenario import round_trip
+
+__all__ = ["MODES", "Mode", "background_stages", "main", "run"]
+
+Mode = namedtuple("Mode", ("name", "description", "plugin", "sync_options"))
+
+#: The server configurations the demo can run.
+MODES = OrderedDict(
+    (
+        (
+            "on",
+            Mode(
+                "on",
+                "plugin enabled, initialization and finalization in background jobs",
+                True,
+                {"BACKGROUND_INITIALIZATION": True, "BACKGROUND_FINALIZATION": True},
+            ),
+        ),
+        ("off", Mode("off", "stock Kolibri, plugin not enabled", False, {})),
+    )
+)
+
+DEFAULT_RECORDS = 2000
+DEFAULT_BENCH_SIZES = (2000, 6000, 12000)
+DEFAULT_OUTPUT = "demo-output"
+
+
+def background_stages(mode):
+    """
+    The ``(direction, stage)`` pairs the mode's server runs in background jobs, by
+    the plugin's own reading of its options.
+
+    :type mode: Mode
+    :rtype: set
+    """
+    if not mode.plugin:
+        return set()
+    from kolibri_sync_extras_plugin.config import get_background_settings
+    from kolibri_sync_extras_plugin.options import option_spec
+
+    section = {key: spec["default"] for key, spec in option_spec["Sync"].items()}
+    section.update(mode.sync_options)
+    settings = get_background_settings({"Sync": section})
+    return {("pull", stage) for stage in settings.pull_stages} | {
+        ("push", stage) for stage in settings.push_stages
+    }
+
+
+class Progress(object):
+    """Prints what the demo is doing, and the stages the proxy sees go by."""
+
+    def __init__(self, stream=None, quiet=False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._seen = {}
+        self._last_progress = {}
+
+    def say(self, message):
+        if self.quiet:
+            return
+        with self._lock:
+            self.stream.write(
+                "[{:7.1f}s] {}\n".format(time.monotonic() - self.started, message)
+            )
+            self.stream.flush()
+
+    def exchange(self, exchange):
+        """Report a stage change, transfer progress or proxy timeout."""
+        if exchange.error:
+            self.say(
+                "  proxy: {} {} -> {} ({})".format(
+                    exchange.method,
+                    exchange.path.split("?")[0],
+                    exchange.status,
+                    exchange.error,
+                )
+            )
+        if not exchange.transfer_session_id or exchange.stage is None:
+            return
+        direction = "push" if exchange.push else "pull"
+        key = exchange.transfer_session_id
+        state = (exchange.stage, exchange.stage_status)
+        if exchange.stage == transfer_stages.TRANSFERRING:
+            now = time.monotonic()
+            done = exchange.records_transferred == exchange.records_total
+            if state == self._seen.get(key) and not done:
+                if now - self._last_progress.get(key, 0) < 2:
+                    return
+            elif state == self._seen.get(key):
+                return
+            self._last_progress[key] = now
+            self._seen[key] = state
+            self.say(
+                "  {} {:<13} {:<9} {}/{} records".format(
+                    direction,
+                    exchange.stage,
+                    exchange.stage_status,
+                    exchange.records_transferred,
+                    exchange.records_total,
+                )
+            )
+            return
+        if state == self._seen.get(key):
+            return
+        self._seen[key] = state
+        self.say(
+            "  {} {:<13} {:<9} ({} {} took {:.3f}s)".format(
+                direction,
+                exchange.stage,
+                exchange.stage_status,
+                exchange.method,
+                "transfer session",
+                exchange.duration,
+            )
+        )
+
+
+class Templates(object):
+    """
+    A provisioned server home with generated data and a migrated client home,
+    copied for each mode so that every mode syncs the same data from scratch.
+    """
+
+    def __init__(self, workdir, records, seed, progress, keep=False):
+        self.workdir = workdir
+        self.records = records
+        self.server = KolibriInstance(
+            "server-template", root=workdir, plugin=False, keep_home=keep
+        )
+        self.client = KolibriInstance("client-template", root=workdir, keep_home=keep)
+        self.facility = provision_server(
+            self.server, records, seed=seed, progress=progress.say
+        )
+        progress.say("client-template: creating an empty, unprovisioned home")
+        self.client.migrate()
+
+    def cleanup(self):
+        self.server.cleanup()
+        self.client.cleanup()
+
+
+def run_mode(mode, templates, client_records, args, progress):
+    """
+    One round trip with the server in ``mode``, through a timing proxy.
+
+    :type mode: Mode
+    :rtype: ModeRun
+    """
+    progress.say("== plugin {}: {}".format(mode.name, mode.description))
+    server = KolibriInstance.copy_of(
+        templates.server,
+        "server-" + mode.name,
+        root=templates.workdir,
+        plugin=mode.plugin,
+        sync_options=mode.sync_options,
+        keep_home=args.keep,
+    )
+    client = KolibriInstance.copy_of(
+        templates.client,
+        "client-" + mode.name,
+        root=templates.workdir,
+        keep_home=args.keep,
+    )
+    with server, client:
+        progress.say("{}: starting the server and its job workers".format(server.name))
+        server.start()
+        progress.say(
+            "{}: listening on {} (pid {})".format(
+                server.name, server.base_url, server.process.pid
+            )
+        )
+        with TimingProxy(
+            server.base_url,
+            upstream_timeout=args.proxy_timeout,
+            on_exchange=progress.exchange,
+        ) as proxy:
+            progress.say("proxy: {} -> {}".format(proxy.url, server.base_url))
+            outcome = round_trip(
+                server,
+                client,
+                templates.facility,
+                client_records,
+                base_url=proxy.url,
+                expected_jobs=background_stages(mode),
+                job_timeout=args.job_timeout,
+                sync_timeout=args.sync_timeout,
+                seed=args.seed + 1,
+                progress=progress.say,
+            )
+            exchanges = proxy.exchanges
+        progress.say("{}: stopping the server".format(server.name))
+    run = ModeRun(
+        mode.name,
+        mode.description,
+        outcome,
+        exchanges,
+        proxy_timeout=args.proxy_timeout,
+    )
+    if not outcome.ok:
+        failed = outcome.push if outcome.pull.ok else outcome.pull
+        progress.say("a sync failed; its last output:\n" + failed.tail(15))
+    return run
+
+
+def _succeeded(run):
+    return run.outcome.ok and run.outcome.counts_match
+
+
+def _write(path, text, progress):
+    path.write_text(text + "\n")
+    progress.say("wrote {}".format(path))
+
+
+def run_single(args, workdir, output, progress):
+    templates = Templates(workdir, args.records, args.seed, progress, keep=args.keep)
+    try:
+        run = run_mode(MODES[args.mode], templates, args.client_records, args, progress)
+    finally:
+        templates.cleanup()
+    text = render_run(run)
+    print("\n" + text)
+    _write(output / "report.txt", text, progress)
+    return [run]
+
+
+def run_compare(args, workdir, output, progress):
+    templates = Templates(workdir, args.records, args.seed, progress, keep=args.keep)
+    try:
+        runs = [
+            run_mode(mode, templates, args.client_records, args, progress)
+            for mode in MODES.values()
+        ]
+    finally:
+        templates.cleanup()
+    text = "\n\n".join(
+        [render_run(run) for run in runs]
+        + ["== comparison, same data\n" + render_comparison(runs)]
+    )
+    print("\n" + text)
+    _write(output / "report.txt", text, progress)
+    chart = write_comparison_chart(runs, str(output / "comparison.png"))
+    progress.say(
+        "wrote {}".format(chart) if chart else "no chart: matplotlib is not installed"
+    )
+    return runs
+
+
+def run_bench(args, workdir, output, progress):
+    results = []
+    for size in args.sizes:
+        progress.say("==== {} records per direction".format(size))
+        templates = Templates(workdir, size, args.seed, progress, keep=args.keep)
+        try:
+            runs = OrderedDict(
+                (mode.name, run_mode(mode, templates, size, args, progress))
+                for mode in MODES.values()
+            )
+        finally:
+            templates.cleanup()
+        results.append((size, runs))
+        progress.say("bench so far:\n" + render_bench(results))
+    text = "\n\n".join(
+        [render_run(run) for _, runs in results for run in runs.values()]
+        + [
+            "== bench: plugin on vs off, ratios on/off, measured in this run\n"
+            + render_bench(results)
+        ]
+    )
+    print("\n" + text)
+    _write(output / "bench.txt", text, progress)
+    chart = write_bench_chart(results, str(output / "bench.png"))
+    progress.say(
+        "wrote {}".format(chart) if chart else "no chart: matplotlib is not installed"
+    )
+    return [run for _, runs in results for run in runs.values()]
+
+
+def _sizes(value):
+    try:
+        sizes = [int(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("sizes are whole numbers, e.g. 2000,6000")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("give one or more sizes above 0")
+    return sizes
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m sync_lab.demo",
+        description=__doc__.strip().split("\n\n")[0],
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--records",
+        type=int,
+        help="records to generate on the server (default {})".format(DEFAULT_RECORDS),
+    )
+    size.add_argument(
+        "--users",
+        type=int,
+        help="learners to generate on the server, {} records each".format(
+            RECORDS_PER_LEARNER
+        ),
+    )
+    parser.add_argument(
+        "--client-records",
+        type=int,
+        help="records the client creates before pushing (default: as many as the server)",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="on",
+        help="run the server with the plugin on (default) or off",
+    )
+    what.add_argument(
+        "--compare",
+        action="store_true",
+        help="sync the same data with the plugin on and off; writes a chart",
+    )
+    what.add_argument(
+        "--bench",
+        action="store_true",
+        help="compare both modes at several sizes (see --sizes); writes a table and a chart",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=list(DEFAULT_BENCH_SIZES),
+        help="records per direction for --bench, comma separated (default {})".format(
+            ",".join(str(s) for s in DEFAULT_BENCH_SIZES)
+        ),
+    )
+    parser.add_argument(
+        "--proxy-timeout",
+        type=float,
+        help="the proxy answers 504 when the server is silent this many seconds",
+    )
+    parser.add_argument(
+        "--workdir",
+        help="where to create the Kolibri homes (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help="where to write the report and chart (default ./{})".format(
+            DEFAULT_OUTPUT
+        ),
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the Kolibri homes (and their logs) afterwards",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for the made-up data")
+    parser.add_argument(
+        "--sync-timeout",
+        type=float,
+        default=1800,
+        help="seconds a sync command may take before it is stopped (default 1800)",
+    )
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=300,
+        help="seconds to wait for the server's background jobs after the push",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the report")
+    args = parser.parse_args(argv)
+    if args.users is not None:
+        args.records = args.users * RECORDS_PER_LEARNER
+    if args.records is None:
+        args.records = DEFAULT_RECORDS
+    if args.records < 1:
+        parser.error("--records and --users must be above 0")
+    if args.client_records is None:
+        args.client_records = args.records
+    return args
+
+
+def run(args, progress=None):
+    """
+    Run what ``args`` asks for.
+
+    :return: Every mode's run
+    :rtype: list[ModeRun]
+    """
+    progress = progress or Progress(quiet=args.quiet)
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    own_workdir = args.workdir is None
+    workdir = Path(
+        tempfile.mkdtemp(prefix="sync-lab-demo-") if own_workdir else args.workdir
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress.say("Kolibri homes under {}".format(workdir))
+    try:
+        if args.bench:
+            return run_bench(args, workdir, output, progress)
+        if args.compare:
+            return run_compare(args, workdir, output, progress)
+        return run_single(args, workdir, output, progress)
+    finally:
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    """
+    :return: 0 if every sync exited 0 and every count matched, else 1
+    :rtype: int
+    """
+    args = parse_args(argv)
+    try:
+        runs = run(args)
+    except KeyboardInterrupt:
+        print("interrupted; every Kolibri process the demo started has been stopped")
+        return 130
+    failed = [run.mode for run in runs if not _succeeded(run)]
+    if failed:
+        print("\nnot a clean round trip with the plugin {}".format(" / ".join(failed)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
