@@ -22,7 +22,7 @@ class SyncExtrasPlugin(KolibriPluginBase):
 
 @register_hook
 class BackgroundStageSyncHook(FacilityDataSyncHook):
-    """Offers the background stage operation to every stage of every sync."""
+    """Offers the plugin's operations to every stage of every sync; each decides."""
 
     def get_sync_operations(self, context):
         """
@@ -30,8 +30,9 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         :rtype: list
         """
         from .operations import BackgroundStageOperation
+        from .operations import DeserializeLeftoversOperation
 
-        return [BackgroundStageOperation()]
+        return [BackgroundStageOperation(), DeserializeLeftoversOperation()]
 
 
 @register_hook

@@ -1,5 +1,9 @@
-"""The morango operation that takes a configured stage out of the HTTP request."""
+"""
+The morango operations the plugin adds to every sync: one takes a configured stage
+out of the HTTP request, one finishes what an interrupted push left undone.
+"""
 
+from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation
@@ -40,3 +44,74 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(runs_in_background(context.stage, context.is_push))
         schedule_background_stage(context)
         return transfer_statuses.STARTED
+
+
+def _undeserialized_records(sync_filter):
+    """
+    Store records within ``sync_filter`` that were received but never deserialized
+    (dirty, and without a recorded deserialization error).
+
+    :type sync_filter: morango.models.certificates.Filter
+    :rtype: django.db.models.QuerySet
+    """
+    from functools import reduce
+    from operator import or_
+
+    from django.db.models import Q
+    from morango.models.core import Store
+
+    in_filter = reduce(or_, (Q(partition__startswith=prefix) for prefix in sync_filter))
+    no_error = Q(deserialization_error__isnull=True) | Q(deserialization_error="")
+    return Store.objects.filter(in_filter, no_error, dirty_bit=True)
+
+
+class DeserializeLeftoversOperation(LocalOperation):
+    """
+    Deserializes records an interrupted push left behind, when a later push of the
+    same data transfers nothing.
+
+    If the server stops during deserializing (crash, restart, a failed job), the
+    received records are already merged into morango's store and counted as held,
+    so the client's retry sends nothing and morango skips deserializing: the
+    records would wait, dirty, for some later push that carries data. On a push
+    that transferred no records, this operation deserializes what is waiting
+    within the push's filter; otherwise it passes to morango's own operation.
+    """
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: str|bool
+        """
+        from morango.utils import SETTINGS
+
+        self._assert(context.is_server and context.is_push)
+        self._assert(context.stage == transfer_stages.DESERIALIZING)
+        self._assert(context.transfer_session is not None)
+        self._assert(context.filter is not None)
+        self._assert(not context.transfer_session.records_transferred)
+        self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
+        self._assert(_undeserialized_records(context.filter).exists())
+        return _deserialize_within(context)
+
+
+def _deserialize_within(context):
+    """
+    Deserialize as morango's receiver does: serialize local changes first to avoid
+    merge conflicts, and answer PENDING on a transaction isolation conflict so the
+    stage is tried again.
+    """
+    from django.db import OperationalError
+    from morango.sync.operations import DBBackend
+    from morango.sync.operations import _deserialize_from_store
+    from morango.sync.operations import _serialize_into_store
+
+    profile = context.sync_session.profile
+    try:
+        _serialize_into_store(profile, filter=context.filter)
+        _deserialize_from_store(profile, filter=context.filter)
+    except OperationalError as e:
+        if DBBackend._is_transaction_isolation_error(e):
+            return transfer_statuses.PENDING
+        raise
+    return transfer_statuses.COMPLETED

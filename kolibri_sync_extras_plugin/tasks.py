@@ -7,6 +7,7 @@ Kolibri imports this module from every installed app to find registered tasks.
 import logging
 import time
 
+from django.db import OperationalError
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.job import JobStatus
@@ -79,14 +80,48 @@ def _stage_signal(stage):
     return getattr(session_controller.signals, stage)
 
 
+def is_transient_database_error(error):
+    """
+    Whether ``error`` only says that another writer got in the way: SQLite's single
+    write lock was busy, or PostgreSQL could not serialize concurrent transactions.
+    The stage's transaction was rolled back, so running the stage again is safe.
+
+    :type error: BaseException
+    :rtype: bool
+    """
+    from morango.sync.operations import DBBackend
+
+    if not isinstance(error, OperationalError):
+        return False
+    return DBBackend._is_transaction_isolation_error(error) or (
+        "database is locked" in str(error)
+    )
+
+
 def _run_stage_operations(context, stage):
     """
     Invoke the stage's operations until they report it complete, retrying the
-    PENDING that morango returns after a transaction isolation conflict.
+    PENDING that morango returns after a transaction isolation conflict and the
+    transient database errors it lets through.
     """
     middleware = _stage_middleware(stage)
     for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
-        result = middleware(context)
+        try:
+            result = middleware(context)
+        except OperationalError as e:
+            if not is_transient_database_error(e) or attempt == MAX_STAGE_ATTEMPTS:
+                raise
+            logger.warning(
+                "Stage %s of transfer session %s met a busy database (%s); "
+                "trying again (attempt %d of %d)",
+                stage,
+                context.transfer_session.id,
+                e,
+                attempt + 1,
+                MAX_STAGE_ATTEMPTS,
+            )
+            time.sleep(_RETRY_DELAY_SECONDS * attempt)
+            continue
         if result == transfer_statuses.COMPLETED:
             return
         if result != transfer_statuses.PENDING:
