@@ -19,6 +19,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from .errors import WorkerGone
+from .progress import describe
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _job_metadata(context):
         Facility.objects.filter(dataset_id=dataset_id).values("id", "name").first()
         or {}
     )
-    return {
+    metadata = {
         "type": "SYNC_BACKGROUND_STAGE",
         "stage": context.stage,
         "direction": "push" if context.is_push else "pull",
@@ -144,6 +145,9 @@ def _job_metadata(context):
         "facility_name": facility.get("name"),
         "client_instance_id": _hex_or_none(context.sync_session.client_instance_id),
     }
+    # the tasks API shows no status_fn text, so the job carries its own
+    metadata["status_text"] = describe(metadata, State.QUEUED)
+    return metadata
 
 
 def _request_data_for_stage(context):

@@ -18,6 +18,8 @@ from .context import BackgroundSessionContext
 from .errors import BackgroundStageError
 from .errors import StageNoLongerAwaited
 from .jobs import settle_stage
+from .progress import StageProgress
+from .progress import describe_job
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +148,7 @@ def background_stage_status(job):
     facility = metadata.get("facility_name") or metadata.get("dataset_id") or "facility"
     return JobStatus(
         title="Sync of {} ({})".format(facility, metadata.get("direction", "sync")),
-        text="{} for transfer session {}".format(
-            str(metadata.get("stage", "stage")).capitalize(),
-            metadata.get("transfer_session_id"),
-        ),
+        text=describe_job(job),
     )
 
 
@@ -157,6 +156,7 @@ def background_stage_status(job):
     queue=SYNC_EXTRAS_QUEUE,
     priority=Priority.HIGH,
     status_fn=background_stage_status,
+    track_progress=True,
 )
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
@@ -175,30 +175,38 @@ def run_background_stage(
     :return: A summary for the job's result
     :rtype: dict
     """
+    progress = StageProgress(stage)
     try:
         transfer_session = _awaited_transfer_session(transfer_session_id, stage)
     except StageNoLongerAwaited as e:
         logger.warning("Background stage %s not run: %s", stage, e)
+        progress.not_run(str(e))
         return {"stage": stage, "ran": False, "reason": str(e)}
 
     context = BackgroundSessionContext(
         transfer_session, request_data=request_data, capabilities=capabilities
     )
     signal = _stage_signal(stage)
-    started = time.time()
+    records = progress.start(context)
     logger.info(
-        "Running stage %s of transfer session %s in the background",
+        "Stage %s of transfer session %s started in the background (records: %s)",
         stage,
         transfer_session_id,
+        _count_or_unknown(records),
     )
     try:
-        _run_stage_operations(context, stage)
+        with progress.counting():
+            _run_stage_operations(context, stage)
     except Exception as e:
         logger.exception(
-            "Background stage %s of transfer session %s failed",
+            "Background stage %s of transfer session %s failed after %.2fs "
+            "(records: %s)",
             stage,
             transfer_session_id,
+            progress.duration,
+            _count_or_unknown(records),
         )
+        progress.fail(e)
         settle_stage(transfer_session_id, stage, transfer_statuses.ERRORED)
         context.transfer_session.refresh_from_db()
         context.error = e
@@ -208,11 +216,23 @@ def run_background_stage(
     settle_stage(transfer_session_id, stage, transfer_statuses.COMPLETED)
     context.transfer_session.refresh_from_db()
     signal.completed.fire(context=context)
-    duration = time.time() - started
+    records = progress.finish(context)
+    duration = progress.duration
     logger.info(
-        "Stage %s of transfer session %s completed in the background in %.2fs",
+        "Stage %s of transfer session %s completed in the background in %.2fs "
+        "(records: %s)",
         stage,
         transfer_session_id,
         duration,
+        _count_or_unknown(records),
     )
-    return {"stage": stage, "ran": True, "duration": round(duration, 3)}
+    return {
+        "stage": stage,
+        "ran": True,
+        "duration": round(duration, 3),
+        "records": records,
+    }
+
+
+def _count_or_unknown(records):
+    return "unknown" if records is None else records

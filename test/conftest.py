@@ -5,6 +5,7 @@ morango sync sessions, Kolibri's real job storage, and a live HTTP server on
 """
 
 import contextlib
+import json
 import time
 import uuid
 
@@ -15,7 +16,9 @@ from kolibri.core.auth.models import Facility
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
 from kolibri.core.tasks.main import job_storage
+from kolibri.core.tasks.storage import Storage
 from kolibri.utils.conf import OPTIONS
+from morango.constants import transfer_stages
 from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.constants.capabilities import FSIC_V2_FORMAT
 from morango.models.core import SyncSession
@@ -235,3 +238,120 @@ def run_stage_jobs(expected=1):
         job.execute()
         ran.append(job.job_id)
     return [job_storage.get_job(job_id) for job_id in ran]
+
+
+# A push of real records: the facility's own, as the server sends them, edited on a
+# client and pushed back through morango's buffer API.
+
+#: The FSIC of a client that holds no facility data yet.
+EMPTY_FSIC = '{"super": {}, "sub": {}}'
+BUFFERS_PATH = "/api/morango/v1/buffers/"
+
+
+@pytest.fixture
+def progress_updates(monkeypatch):
+    """Every progress update saved to Kolibri's job storage, in order."""
+    updates = []
+    save = Storage.update_job_progress
+
+    def recording(storage, job_id, progress, total_progress, extra_metadata=None):
+        updates.append(
+            {
+                "progress": progress,
+                "total": total_progress,
+                "text": (extra_metadata or {}).get("status_text"),
+            }
+        )
+        return save(storage, job_id, progress, total_progress, extra_metadata)
+
+    monkeypatch.setattr(Storage, "update_job_progress", recording)
+    return updates
+
+
+def _facility_records(client, sync_session):
+    """The facility's records as the server sends them to a client that has none."""
+    pull = client.create(sync_session, push=False)
+    client.proceed_to(pull["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC)
+    client.proceed_to(pull["id"], transfer_stages.QUEUING)
+    response = client.session.get(
+        "{}{}?transfer_session_id={}".format(client.base_url, BUFFERS_PATH, pull["id"])
+    )
+    assert response.status_code == 200, response.content
+    client.close(pull["id"])
+    return response.json()
+
+
+def _edited_by_a_client(records, push_id, client_instance):
+    """Each user record renamed on a client that had synced the facility before."""
+    edited = []
+    for record in records:
+        fields = json.loads(record["serialized"])
+        fields["full_name"] = "Renamed {}".format(fields["username"])
+        rmcb_list = [
+            dict(rmcb, transfer_session=push_id)
+            for rmcb in record["rmcb_list"]
+            if rmcb["instance_id"] != client_instance
+        ]
+        rmcb_list.append(
+            {
+                "transfer_session": push_id,
+                "model_uuid": record["model_uuid"],
+                "instance_id": client_instance,
+                "counter": 1,
+            }
+        )
+        edited.append(
+            dict(
+                record,
+                serialized=json.dumps(fields),
+                last_saved_instance=client_instance,
+                last_saved_counter=1,
+                transfer_session=push_id,
+                rmcb_list=rmcb_list,
+            )
+        )
+    return edited
+
+
+def _push(client, sync_session, records, client_instance):
+    push = client.create(sync_session, push=True, records_total=len(records))
+    client_fsic = json.dumps(
+        {
+            "super": {},
+            "sub": {
+                sync_session.server_certificate.get_root().id: {client_instance: 1}
+            },
+        }
+    )
+    client.proceed_to(push["id"], transfer_stages.SERIALIZING, client_fsic=client_fsic)
+    client.proceed_to(push["id"], transfer_stages.QUEUING)
+    response = client.session.post(
+        client.base_url + BUFFERS_PATH,
+        _edited_by_a_client(records, push["id"], client_instance),
+    )
+    assert response.status_code == 201, response.content
+    return push
+
+
+@pytest.fixture
+def pushed_learner_edits(async_client, server_sync_session):
+    """
+    A client's push of every learner, renamed, received by the server and waiting
+    for its background dequeuing job.
+    """
+    records = _facility_records(async_client, server_sync_session)
+    learners = [
+        r for r in records if r["model_name"] == FacilityUser.morango_model_name
+    ]
+    with sync_options(BACKGROUND_FINALIZATION=True):
+        push = _push(async_client, server_sync_session, learners, uuid.uuid4().hex)
+        async_client.proceed_to(push["id"], transfer_stages.DEQUEUING)
+        yield push
+
+
+@pytest.fixture
+def pushed_and_dequeued(pushed_learner_edits, async_client):
+    """The push above, dequeued, with its deserializing job queued."""
+    run_stage_jobs()
+    async_client.proceed_to(pushed_learner_edits["id"], transfer_stages.DESERIALIZING)
+    return pushed_learner_edits

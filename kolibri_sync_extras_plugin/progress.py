@@ -1,0 +1,350 @@
+"""
+What a background stage reports while it runs: Kolibri job progress, and a line of
+text that Kolibri's task list and tasks API show.
+
+morango runs each stage in one call, so the counts depend on what it lets us see:
+
+- ``deserializing``: the dirty Store records under the sync filter are known when
+  the stage starts, and morango saves each Store record back as it deserializes it,
+  so progress counts records one by one.
+- ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
+  are known when the stage starts, but morango merges them in one SQL transaction,
+  so progress is 0 of them until all are done.
+- ``queuing``: how many records were queued is known only once the stage is done
+  (``records_total``), so progress is one step.
+- ``serializing`` and ``cleanup``: morango exposes no count, so progress is one step.
+
+Progress never goes backwards within a run of a job; a job that runs again starts
+from 0. On PostgreSQL, Kolibri keeps job storage in its main database, so progress
+written while morango's transaction is open shows only once that transaction commits.
+"""
+
+import contextlib
+import functools
+import threading
+
+from django.db.models import Q
+from django.db.models.signals import post_save
+from django.utils import timezone
+from kolibri.core.tasks.job import State
+from kolibri.core.tasks.utils import get_current_job
+from morango.constants import transfer_stages
+from morango.models.core import Buffer
+from morango.models.core import Store
+
+__all__ = [
+    "RECORDS",
+    "STAGE",
+    "StageProgress",
+    "describe",
+    "describe_job",
+]
+
+#: Progress counts records.
+RECORDS = "records"
+#: Progress counts the stage as one step.
+STAGE = "stage"
+
+_STAGE_LABELS = dict(transfer_stages.CHOICES)
+
+
+def _label(stage):
+    return str(_STAGE_LABELS.get(stage, stage or "stage"))
+
+
+def _facility(metadata):
+    return (
+        metadata.get("facility_name")
+        or metadata.get("dataset_id")
+        or "unknown facility"
+    )
+
+
+def describe(metadata, state, progress=0, total_progress=0, result=None):
+    """
+    The one place that words a background stage's status, for the job's
+    ``status_fn`` and for the text the running job stores in its metadata.
+
+    :param metadata: The job's ``extra_metadata``
+    :type metadata: dict
+    :param state: A ``kolibri.core.tasks.job.State`` value
+    :param progress: The job's progress
+    :param total_progress: The job's total progress
+    :param result: The job's result, once it has completed
+    :rtype: str
+    """
+    stage = _label(metadata.get("stage"))
+    facility = _facility(metadata)
+    records = metadata.get("records")
+    if state == State.FAILED:
+        if metadata.get("error"):
+            return "{} failed for {}: {}".format(stage, facility, metadata["error"])
+        return "{} failed for {}".format(stage, facility)
+    if state in (State.CANCELED, State.CANCELING):
+        return "{} cancelled for {}".format(stage, facility)
+    if state not in (State.RUNNING, State.COMPLETED):
+        return "{} for {}: waiting for a worker".format(stage, facility)
+    not_run = metadata.get("not_run")
+    if not not_run and state == State.COMPLETED and result:
+        not_run = result.get("ran") is False and result.get("reason")
+    if not_run:
+        return "{} not run for {}: {}".format(stage, facility, not_run)
+    if state == State.COMPLETED or metadata.get("finished_at"):
+        if records is None:
+            return "{} done for {}".format(stage, facility)
+        return "{} done for {}: {:,} records".format(stage, facility, records)
+    if metadata.get("counted_live"):
+        return "{} {:,} / {:,} records for {}".format(
+            stage, progress, total_progress, facility
+        )
+    if records is not None:
+        return "{} {:,} records for {}".format(stage, records, facility)
+    return "{} for {}".format(stage, facility)
+
+
+def describe_job(job):
+    """
+    :type job: kolibri.core.tasks.job.Job
+    :rtype: str
+    """
+    return describe(
+        job.extra_metadata, job.state, job.progress, job.total_progress, job.result
+    )
+
+
+def _dirty_store_records(context):
+    """
+    :return: How many Store records a deserialization under the sync filter would
+        work on: the dirty ones (an upper bound: morango may find it has none to do)
+    :rtype: int
+    """
+    under_filter = functools.reduce(
+        lambda left, right: left | right,
+        (Q(partition__startswith=prefix) for prefix in context.filter),
+    )
+    return (
+        Store.objects.filter(profile=context.sync_session.profile, dirty_bit=True)
+        .filter(under_filter)
+        .count()
+    )
+
+
+def _buffered_records(context):
+    """
+    :return: How many records the client pushed, which morango's dequeuing merges
+    :rtype: int
+    """
+    return Buffer.objects.filter(transfer_session=context.transfer_session).count()
+
+
+def _queued_records(context):
+    """
+    :return: How many records morango queued for the client, known once queuing is done
+    :rtype: int|None
+    """
+    context.transfer_session.refresh_from_db(fields=["records_total"])
+    return context.transfer_session.records_total
+
+
+#: Per stage: the count known when the stage starts, the count known when it ends,
+#: and whether records are counted one by one while it runs.
+_COUNTS = {
+    transfer_stages.DESERIALIZING: (_dirty_store_records, None, True),
+    transfer_stages.DEQUEUING: (_buffered_records, None, False),
+    transfer_stages.QUEUING: (None, _queued_records, False),
+}
+
+
+class _DeserializedRecordCounter(object):
+    """
+    Counts the Store records morango saves back as it deserializes them on this
+    thread: each one deserialized (its dirty bit cleared) or failed (its error
+    recorded). Other threads' syncs save Store records too, and are ignored.
+
+    When the first record counted comes round again, morango is deserializing
+    afresh (its transaction was rolled back and the stage retried): the count
+    starts over, so it never includes records that were rolled back.
+    """
+
+    def __init__(self, on_count):
+        self._thread = threading.get_ident()
+        self._on_count = on_count
+        self._active = True
+        self._first = None
+        self.count = 0
+
+    def __call__(self, sender, instance=None, update_fields=None, **kwargs):
+        if not self._active or threading.get_ident() != self._thread:
+            return
+        if not update_fields or not (
+            "dirty_bit" in update_fields or "deserialization_error" in update_fields
+        ):
+            return
+        if self._first is None:
+            self._first = instance.pk
+        elif instance.pk == self._first:
+            self.count = 0
+        self.count += 1
+        self._on_count(self.count)
+
+    def connect(self):
+        # held weakly, and inert once stopped: morango's mute_signals swaps receiver
+        # lists wholesale, so a receiver may outlive its disconnect for a moment
+        post_save.connect(self, sender=Store, dispatch_uid=self._uid())
+
+    def disconnect(self):
+        self._active = False
+        post_save.disconnect(sender=Store, dispatch_uid=self._uid())
+
+    def _uid(self):
+        return "kolibri_sync_extras_progress_{}".format(id(self))
+
+
+class StageProgress(object):
+    """
+    Reports one background stage's progress through the Kolibri job running it.
+
+    Outside a Kolibri job it still counts records, for the log, but reports nothing.
+    """
+
+    def __init__(self, stage, job=None):
+        """
+        :param stage: A ``transfer_stages`` constant
+        :param job: The Kolibri job running the stage; defaults to the current job
+        :type job: kolibri.core.tasks.job.Job|None
+        """
+        self.stage = stage
+        self.job = job if job is not None else get_current_job()
+        #: The number of records the stage works on, where morango lets us count them
+        self.records = None
+        self.done = 0
+        self.total = 1
+        self.counted_live = False
+        self._counted = 0
+        self._started = None
+        self._metadata = self.job.extra_metadata if self.job is not None else {}
+
+    def start(self, context):
+        """
+        Count what can be counted before the stage runs, and report 0.
+
+        :type context: morango.sync.context.LocalSessionContext
+        :return: The number of records the stage will work on, if known now
+        :rtype: int|None
+        """
+        self._started = timezone.now()
+        count_before, _, live = _COUNTS.get(self.stage, (None, None, False))
+        if count_before is not None:
+            self.records = count_before(context)
+        # with no records to count, the stage is one step
+        unit = RECORDS if self.records else STAGE
+        self.counted_live = live and unit == RECORDS
+        self.total = self.records if unit == RECORDS else 1
+        self._metadata.update(
+            progress_unit=unit,
+            counted_live=self.counted_live,
+            records=self.records,
+            started_at=self._started.isoformat(),
+            finished_at=None,
+            error=None,
+            not_run=None,
+        )
+        # a job run again starts from 0, so this is saved even if progress went down
+        self.done = 0
+        self._report()
+        self._save_metadata()
+        return self.records
+
+    @contextlib.contextmanager
+    def counting(self):
+        """
+        Run the stage inside this, so records are counted as morango works on them,
+        on the stages where it lets us.
+        """
+        if not self.counted_live:
+            yield
+            return
+        counter = _DeserializedRecordCounter(self.advance)
+        counter.connect()
+        try:
+            yield
+        finally:
+            counter.disconnect()
+
+    def advance(self, counted):
+        """
+        :param counted: How many records morango has worked on so far in this pass
+        :type counted: int
+        """
+        self._counted = min(counted, self.total)
+        # a pass that starts over stays at the furthest point reached until it passes it
+        if self._counted > self.done:
+            self.done = self._counted
+            self._report()
+
+    def finish(self, context):
+        """
+        Report the stage done, with the record count known at its end.
+
+        :type context: morango.sync.context.LocalSessionContext
+        :return: The number of records the stage worked on, where morango lets us count
+        :rtype: int|None
+        """
+        _, count_after, _ = _COUNTS.get(self.stage, (None, None, False))
+        if count_after is not None:
+            self.records = count_after(context)
+        elif self.counted_live:
+            self.records = self._counted
+        self._metadata["records"] = self.records
+        self.done = self.total
+        self._report()
+        self._save_metadata(finished_at=timezone.now().isoformat())
+        return self.records
+
+    def fail(self, error):
+        """
+        Note why the stage failed, for the task list; the job itself fails once the
+        exception leaves the task.
+
+        :type error: BaseException
+        """
+        self._save_metadata(
+            error="{}: {}".format(type(error).__name__, error),
+            finished_at=timezone.now().isoformat(),
+        )
+
+    def not_run(self, reason):
+        """
+        Note why the job left the stage alone, for the task list.
+
+        :type reason: str
+        """
+        self._save_metadata(not_run=reason, finished_at=timezone.now().isoformat())
+
+    @property
+    def duration(self):
+        """
+        :return: Seconds since :meth:`start`
+        :rtype: float
+        """
+        if self._started is None:
+            return 0.0
+        return (timezone.now() - self._started).total_seconds()
+
+    def _status_text(self):
+        state = State.FAILED if self._metadata.get("error") else State.RUNNING
+        return describe(self._metadata, state, self.done, self.total)
+
+    def _report(self):
+        if self.job is None:
+            return
+        self._metadata["status_text"] = self._status_text()
+        # Kolibri saves this only when it moved by 1% or more, or is complete
+        self.job.update_progress(self.done, self.total, extra_metadata=self._metadata)
+
+    def _save_metadata(self, **metadata):
+        self._metadata.update(metadata)
+        if self.job is None:
+            return
+        self._metadata["status_text"] = self._status_text()
+        self.job.save_meta()

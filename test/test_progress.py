@@ -1,0 +1,211 @@
+"""
+What a background stage reports while it runs: Kolibri job progress that never goes
+back, a status text for the task list, and log lines at its start and end.
+"""
+
+import logging
+
+import pytest
+from kolibri.core.auth.models import FacilityUser
+from kolibri.core.tasks.main import job_storage
+from morango.constants import transfer_stages
+
+from kolibri_sync_extras_plugin.progress import StageProgress
+
+from .conftest import ALL_DATABASES
+from .conftest import EMPTY_FSIC
+from .conftest import LEARNERS
+from .conftest import queued_stage_jobs
+from .conftest import run_stage_jobs
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+
+def _fractions(updates):
+    return [update["progress"] / update["total"] for update in updates]
+
+
+def test_deserializing_progress__pushed_records__counts_each_record_and_never_goes_back(
+    pushed_and_dequeued, progress_updates
+):
+    [job] = run_stage_jobs()
+
+    fractions = _fractions(progress_updates)
+    assert job.state == "COMPLETED"
+    assert fractions == sorted(fractions)
+    assert fractions[0] == 0 and fractions[-1] == 1
+    # every learner counted as morango deserialized it, not only at the end
+    assert [u["progress"] for u in progress_updates] == list(range(LEARNERS + 1))
+    assert {u["total"] for u in progress_updates} == {LEARNERS}
+    assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
+        LEARNERS
+    )
+
+
+def test_deserializing_progress__while_running__status_text_counts_records(
+    pushed_and_dequeued, progress_updates
+):
+    [job] = run_stage_jobs()
+
+    texts = [update["text"] for update in progress_updates]
+    assert "Deserializing 5 / 12 records for Riverside School" in texts
+    assert job.extra_metadata["status_text"] == (
+        "Deserializing done for Riverside School: 12 records"
+    )
+    assert job.extra_metadata["records"] == LEARNERS
+
+
+def test_dequeuing_progress__pushed_records__total_known_before_the_merge(
+    pushed_learner_edits, progress_updates
+):
+    [job] = run_stage_jobs()
+
+    assert [(u["progress"], u["total"]) for u in progress_updates] == [
+        (0, LEARNERS),
+        (LEARNERS, LEARNERS),
+    ]
+    assert progress_updates[0]["text"] == ("Dequeuing 12 records for Riverside School")
+    assert job.extra_metadata["status_text"] == (
+        "Dequeuing done for Riverside School: 12 records"
+    )
+
+
+def _pull_at(client, sync_session, stage, client_fsic=EMPTY_FSIC):
+    pull = client.create(sync_session, push=False)
+    client.proceed_to(pull["id"], transfer_stages.SERIALIZING, client_fsic=client_fsic)
+    if stage == transfer_stages.QUEUING:
+        run_stage_jobs()
+        client.proceed_to(pull["id"], transfer_stages.QUEUING)
+    return pull
+
+
+def test_queuing_progress__pull__one_step_with_the_count_known_at_the_end(
+    background_everything, async_client, server_sync_session, progress_updates
+):
+    _pull_at(async_client, server_sync_session, transfer_stages.QUEUING)
+    del progress_updates[:]
+
+    [job] = run_stage_jobs()
+
+    assert [(u["progress"], u["total"]) for u in progress_updates] == [(0, 1), (1, 1)]
+    assert progress_updates[0]["text"] == "Queuing for Riverside School"
+    assert job.extra_metadata["records"] >= 27
+    assert job.extra_metadata["status_text"] == (
+        "Queuing done for Riverside School: {} records".format(
+            job.extra_metadata["records"]
+        )
+    )
+
+
+def test_serializing_progress__pull__one_step_without_a_count(
+    background_everything, async_client, server_sync_session, progress_updates
+):
+    _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
+
+    [job] = run_stage_jobs()
+
+    assert [(u["progress"], u["total"]) for u in progress_updates] == [(0, 1), (1, 1)]
+    assert job.extra_metadata["records"] is None
+    assert job.extra_metadata["status_text"] == (
+        "Serializing done for Riverside School"
+    )
+
+
+def test_stage_progress__queued_job__status_text_waits_for_a_worker(
+    background_everything, async_client, server_sync_session
+):
+    _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
+
+    [job] = queued_stage_jobs()
+
+    assert job.extra_metadata["status_text"] == (
+        "Serializing for Riverside School: waiting for a worker"
+    )
+    assert job.status("en").text == job.extra_metadata["status_text"]
+
+
+def test_stage_progress__stage_raises__status_text_names_the_error(
+    background_everything, async_client, server_sync_session
+):
+    # a client_fsic that is not JSON makes morango's queuing raise in the job
+    _pull_at(
+        async_client,
+        server_sync_session,
+        transfer_stages.QUEUING,
+        client_fsic="not json",
+    )
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "FAILED"
+    assert job.extra_metadata["error"].startswith("JSONDecodeError: ")
+    assert job.extra_metadata["status_text"].startswith(
+        "Queuing failed for Riverside School: JSONDecodeError: "
+    )
+    assert job.status("en").text == job.extra_metadata["status_text"]
+
+
+def test_stage_progress__a_pass_starts_over__progress_holds_until_it_passes_it(
+    background_everything, async_client, server_sync_session, progress_updates
+):
+    _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
+    [queued] = queued_stage_jobs()
+    job = job_storage.get_job(queued.job_id)
+    progress = StageProgress(transfer_stages.DESERIALIZING, job=job)
+    progress.total = 10
+
+    # morango rolled back after 6 records and deserializes all 10 again
+    for counted in [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]:
+        progress.advance(counted)
+
+    assert [u["progress"] for u in progress_updates] == list(range(1, 11))
+
+
+def _log_lines(caplog, level):
+    return [
+        record
+        for record in caplog.records
+        if record.name == "kolibri_sync_extras_plugin.tasks" and record.levelno == level
+    ]
+
+
+def test_stage_logs__stage_completes__start_and_end_name_session_stage_and_records(
+    pushed_learner_edits, caplog
+):
+    caplog.set_level(logging.INFO, logger="kolibri_sync_extras_plugin")
+
+    run_stage_jobs()
+
+    started, completed = [r.getMessage() for r in _log_lines(caplog, logging.INFO)]
+    assert started == (
+        "Stage dequeuing of transfer session {} started in the background "
+        "(records: 12)".format(pushed_learner_edits["id"])
+    )
+    assert completed.startswith(
+        "Stage dequeuing of transfer session {} completed in the background in ".format(
+            pushed_learner_edits["id"]
+        )
+    )
+    assert completed.endswith("s (records: 12)")
+
+
+def test_stage_logs__stage_raises__error_with_traceback(
+    background_everything, async_client, server_sync_session, caplog
+):
+    pull = _pull_at(
+        async_client,
+        server_sync_session,
+        transfer_stages.QUEUING,
+        client_fsic="not json",
+    )
+    caplog.set_level(logging.INFO, logger="kolibri_sync_extras_plugin")
+
+    run_stage_jobs()
+
+    [error] = _log_lines(caplog, logging.ERROR)
+    assert error.getMessage().startswith(
+        "Background stage queuing of transfer session {} failed after ".format(
+            pull["id"]
+        )
+    )
+    assert error.exc_info is not None
