@@ -11,6 +11,7 @@ from django.db import OperationalError
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.job import JobStatus
+from kolibri.core.tasks.permissions import IsAdminForJob
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
@@ -157,6 +158,8 @@ def background_stage_status(job):
     priority=Priority.HIGH,
     status_fn=background_stage_status,
     track_progress=True,
+    # the jobs name facilities and sync sessions: only their admins may see them
+    permission_classes=[IsAdminForJob],
 )
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
