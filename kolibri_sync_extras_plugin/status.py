@@ -1,0 +1,275 @@
+"""
+What the background is doing, read from the plugin's bookkeeping: the stage jobs in
+Kolibri's job storage, and the transfer sessions waiting on a background stage.
+
+It only reads; settling a stage that cannot finish is left to the job hook and to
+the check on each client poll (:func:`.jobs.check_background_stage`).
+"""
+
+import datetime
+from collections import namedtuple
+
+from django.utils import timezone
+from kolibri.core.tasks.job import Job
+from kolibri.core.tasks.models import Job as ORMJob
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
+
+from .jobs import FINISHED_JOB_STATES
+from .jobs import MISSING_JOB_GRACE_SECONDS
+from .jobs import _worker_is_gone
+from .jobs import job_id_for
+from .jobs import stage_status_for_job_state
+from .kolibri_plugin import RUN_STAGE_TASK
+from .progress import describe_job
+from .tasks import SYNC_EXTRAS_QUEUE
+
+__all__ = [
+    "STUCK",
+    "ERRORED",
+    "DEFAULT_STUCK_AFTER_SECONDS",
+    "StageReport",
+    "report_background_stages",
+]
+
+#: A stage that nothing will move on: no job serves it, its job's worker is gone,
+#: or its job has been waiting or running for longer than allowed.
+STUCK = "stuck"
+#: A stage whose job failed or was cancelled, so the client's sync stopped with an error.
+ERRORED = "errored"
+
+#: How long a job may wait and run before it counts as stuck. Kolibri expects a job
+#: that is not ``long_running`` to finish within ten minutes.
+DEFAULT_STUCK_AFTER_SECONDS = 600
+
+StageReport = namedtuple(
+    "StageReport",
+    (
+        "transfer_session_id",
+        "direction",
+        "facility_id",
+        "facility_name",
+        "stage",
+        "stage_status",
+        "job_id",
+        "job_state",
+        "progress",
+        "total_progress",
+        "percentage",
+        "status_text",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "age_seconds",
+        "problem",
+        "detail",
+    ),
+)
+StageReport.__doc__ = """
+One background stage of one transfer session, as far as job storage and the
+transfer session tell.
+
+``stage_status`` is the stage's status as the client sees it, or ``moved on``,
+``closed`` or ``gone`` once the transfer session has left the stage. ``job_state``
+is ``None`` when no job serves the stage. ``age_seconds`` counts from when the job
+was enqueued, or for a stage without a job from its transfer session's last
+activity. ``problem`` is :data:`STUCK`, :data:`ERRORED` or ``None``, and ``detail``
+says why (or why a job left its stage alone).
+"""
+
+_SESSION_FIELDS = (
+    "id",
+    "push",
+    "active",
+    "filter",
+    "transfer_stage",
+    "transfer_stage_status",
+    "last_activity_timestamp",
+)
+
+
+def _parse_time(value):
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _seconds_between(earlier, later):
+    if earlier is None:
+        return None
+    return max(0.0, (later - earlier).total_seconds())
+
+
+def _stage_status_seen(session, stage):
+    if session is None:
+        return "gone"
+    if session["transfer_stage"] == stage:
+        return session["transfer_stage_status"]
+    if not session["active"]:
+        return "closed"
+    return "moved on"
+
+
+def _last_error(job):
+    """
+    :return: The error a failed job ended with: the one the stage noted, else the
+        last line of the traceback Kolibri stored, else the exception's name
+    :rtype: str|None
+    """
+    if job.extra_metadata.get("error"):
+        return job.extra_metadata["error"]
+    lines = [line for line in (job.traceback or "").splitlines() if line.strip()]
+    if lines:
+        return lines[-1].strip()
+    return job.exception
+
+
+def _job_problem(job, orm_job, age, stuck_after, errors_since):
+    """
+    :return: ``(problem, detail)`` for a stage that has a job
+    :rtype: tuple
+    """
+    if job.state in FINISHED_JOB_STATES:
+        if stage_status_for_job_state(job.state) != transfer_statuses.ERRORED:
+            return None, job.extra_metadata.get("not_run")
+        detail = _last_error(job) or "job {}".format(job.state.lower())
+        ended = _parse_time(job.extra_metadata.get("finished_at"))
+        ended = ended or orm_job.scheduled_time
+        if errors_since is not None and ended is not None and ended < errors_since:
+            return None, detail
+        return ERRORED, detail
+    if _worker_is_gone(orm_job):
+        return STUCK, "worker process {} is gone".format(orm_job.worker_process)
+    if age is not None and age > stuck_after:
+        return STUCK, "job {} for {:.0f}s, over {:.0f}s".format(
+            job.state, age, stuck_after
+        )
+    return None, None
+
+
+def _job_reports(now, stuck_after, errors_since):
+    orm_jobs = list(ORMJob.objects.filter(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK))
+    jobs = [(Job.from_json(orm_job.saved_job), orm_job) for orm_job in orm_jobs]
+    session_ids = {job.kwargs.get("transfer_session_id") for job, _ in jobs}
+    sessions = {
+        session["id"]: session
+        for session in TransferSession.objects.filter(id__in=session_ids).values(
+            *_SESSION_FIELDS
+        )
+    }
+    for job, orm_job in jobs:
+        metadata = job.extra_metadata
+        transfer_session_id = job.kwargs.get("transfer_session_id")
+        stage = job.kwargs.get("stage")
+        age = _seconds_between(orm_job.scheduled_time, now)
+        problem, detail = _job_problem(job, orm_job, age, stuck_after, errors_since)
+        yield StageReport(
+            transfer_session_id=transfer_session_id,
+            direction=metadata.get("direction"),
+            facility_id=job.facility_id or metadata.get("facility_id"),
+            facility_name=metadata.get("facility_name"),
+            stage=stage,
+            stage_status=_stage_status_seen(sessions.get(transfer_session_id), stage),
+            job_id=job.job_id,
+            job_state=job.state,
+            progress=job.progress,
+            total_progress=job.total_progress,
+            percentage=job.percentage_progress,
+            status_text=describe_job(job),
+            enqueued_at=orm_job.scheduled_time,
+            started_at=_parse_time(metadata.get("started_at")),
+            finished_at=_parse_time(metadata.get("finished_at")),
+            age_seconds=age,
+            problem=problem,
+            detail=detail,
+        )
+
+
+def _facilities_by_dataset(dataset_ids):
+    from kolibri.core.auth.models import Facility
+
+    return {
+        facility["dataset_id"]: facility
+        for facility in Facility.objects.filter(dataset_id__in=dataset_ids).values(
+            "id", "name", "dataset_id"
+        )
+    }
+
+
+def _dataset_id(sync_filter):
+    # Kolibri's partitions start with the facility's dataset id
+    return sync_filter.split()[0].split(":")[0] if sync_filter else None
+
+
+def _jobless_reports(now, job_ids):
+    """
+    Stages the plugin's operation handed to the background (it leaves them STARTED,
+    where an inline stage shows PENDING while it runs) that no job serves.
+    """
+    sessions = [
+        session
+        for session in TransferSession.objects.filter(
+            active=True,
+            sync_session__is_server=True,
+            transfer_stage_status=transfer_statuses.STARTED,
+        ).values(*_SESSION_FIELDS)
+        if job_id_for(session["id"], session["transfer_stage"]) not in job_ids
+    ]
+    facilities = _facilities_by_dataset(
+        {_dataset_id(session["filter"]) for session in sessions}
+    )
+    for session in sessions:
+        facility = facilities.get(_dataset_id(session["filter"]), {})
+        idle = _seconds_between(session["last_activity_timestamp"], now)
+        stuck = idle is not None and idle > MISSING_JOB_GRACE_SECONDS
+        yield StageReport(
+            transfer_session_id=session["id"],
+            direction="push" if session["push"] else "pull",
+            facility_id=facility.get("id"),
+            facility_name=facility.get("name"),
+            stage=session["transfer_stage"],
+            stage_status=session["transfer_stage_status"],
+            job_id=None,
+            job_state=None,
+            progress=0,
+            total_progress=0,
+            percentage=0.0,
+            status_text=None,
+            enqueued_at=None,
+            started_at=None,
+            finished_at=None,
+            age_seconds=idle,
+            problem=STUCK if stuck else None,
+            detail="no job in job storage",
+        )
+
+
+def report_background_stages(
+    stuck_after=DEFAULT_STUCK_AFTER_SECONDS, errors_within=None, now=None
+):
+    """
+    Every background stage the plugin knows of, oldest first.
+
+    :param stuck_after: Seconds a job may wait and run before it counts as stuck
+    :type stuck_after: float
+    :param errors_within: If given, a failed or cancelled job counts as errored only
+        if it ended within this many seconds; older ones are listed without a problem
+    :type errors_within: float|None
+    :param now: The time to measure ages against; defaults to now
+    :type now: datetime.datetime|None
+    :rtype: list[StageReport]
+    """
+    now = now or timezone.now()
+    errors_since = (
+        None
+        if errors_within is None
+        else now - datetime.timedelta(seconds=errors_within)
+    )
+    reports = list(_job_reports(now, stuck_after, errors_since))
+    job_ids = {report.job_id for report in reports}
+    reports.extend(_jobless_reports(now, job_ids))
+    reports.sort(key=lambda report: -(report.age_seconds or 0.0))
+    return reports
