@@ -108,7 +108,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--json",
             action="store_true",
-            help="Print the stages as JSON, for scripts.",
+            help="Print the stages as JSON on one line, for scripts.",
         )
         parser.add_argument(
             "--stuck-after",
@@ -158,7 +158,8 @@ class Command(BaseCommand):
                         },
                         "stages": [_as_json(report) for report in reports],
                     },
-                    indent=2,
+                    # one line, the last on stdout: Kolibri logs to stdout before it
+                    separators=(",", ":"),
                 )
             )
         else:
