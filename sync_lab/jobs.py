@@ -13,6 +13,7 @@ __all__ = [
     "FINISHED_STATES",
     "stage_jobs",
     "list_stage_jobs",
+    "settled_stage_jobs",
     "wait_for_stage_jobs",
 ]
 
@@ -83,27 +84,53 @@ def list_stage_jobs(instance, transfer_session_id=None):
     return instance.call(stage_jobs, transfer_session_id=transfer_session_id)
 
 
-def wait_for_stage_jobs(instance, expected, timeout=60, interval=0.5):
+def _settled(jobs, expected):
+    finished = {
+        (job["direction"], job["stage"])
+        for job in jobs
+        if job["state"] in FINISHED_STATES
+    }
+    unfinished = [job for job in jobs if job["state"] not in FINISHED_STATES]
+    return expected <= finished and not unfinished
+
+
+def settled_stage_jobs(expected, wait, interval=0.25):
+    """
+    Inside the server instance: wait until the stage jobs include a finished job
+    for each expected ``(direction, stage)`` pair and none is waiting or running.
+
+    Waiting in one process that reads job storage between short sleeps costs next
+    to nothing, where starting a Kolibri process per look would take CPU from the
+    very jobs being waited for.
+
+    :param expected: ``[direction, stage]`` pairs
+    :param wait: Seconds to wait at most
+    :return: The jobs, as they were at the end of the wait
+    :rtype: list
+    """
+    expected = {tuple(pair) for pair in expected}
+    deadline = time.monotonic() + wait
+    while True:
+        jobs = stage_jobs()
+        if _settled(jobs, expected) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(interval)
+
+
+def wait_for_stage_jobs(instance, expected, timeout=60):
     """
     Wait until the server's stage jobs include a finished job for each expected
-    ``(direction, stage)`` pair, and none of the jobs is still waiting or running.
+    ``(direction, stage)`` pair, and none of the jobs is still waiting or running;
+    give up after ``timeout`` seconds.
 
+    :type instance: sync_lab.instances.KolibriInstance
     :param expected: ``(direction, stage)`` pairs, e.g. ``[("push", "cleanup")]``
     :return: The jobs, as they were at the end of the wait
     :rtype: list
     """
-    expected = set(expected)
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = list_stage_jobs(instance)
-        finished = {
-            (job["direction"], job["stage"])
-            for job in jobs
-            if job["state"] in FINISHED_STATES
-        }
-        unfinished = [job for job in jobs if job["state"] not in FINISHED_STATES]
-        if expected <= finished and not unfinished:
-            return jobs
-        if time.monotonic() > deadline:
-            return jobs
-        time.sleep(interval)
+    return instance.call(
+        settled_stage_jobs,
+        timeout=timeout + 300,
+        expected=sorted(list(pair) for pair in expected),
+        wait=timeout,
+    )
