@@ -21,6 +21,7 @@ written while morango's transaction is open shows only once that transaction com
 
 import contextlib
 import functools
+import logging
 import threading
 
 from django.db.models import Q
@@ -31,6 +32,8 @@ from kolibri.core.tasks.utils import get_current_job
 from morango.constants import transfer_stages
 from morango.models.core import Buffer
 from morango.models.core import Store
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RECORDS",
@@ -340,11 +343,27 @@ class StageProgress(object):
             return
         self._metadata["status_text"] = self._status_text()
         # Kolibri saves this only when it moved by 1% or more, or is complete
-        self.job.update_progress(self.done, self.total, extra_metadata=self._metadata)
+        self._write(
+            self.job.update_progress,
+            self.done,
+            self.total,
+            extra_metadata=self._metadata,
+        )
 
     def _save_metadata(self, **metadata):
         self._metadata.update(metadata)
         if self.job is None:
             return
         self._metadata["status_text"] = self._status_text()
-        self.job.save_meta()
+        self._write(self.job.save_meta)
+
+    def _write(self, save, *args, **kwargs):
+        # progress is for people watching: a job storage that cannot take it (busy,
+        # or gone) must not fail the stage, and may be written to inside morango's
+        # own transaction
+        try:
+            save(*args, **kwargs)
+        except Exception:
+            logger.warning(
+                "Could not save the progress of job %s", self.job.job_id, exc_info=True
+            )

@@ -6,8 +6,10 @@ back, a status text for the task list, and log lines at its start and end.
 import logging
 
 import pytest
+from django.db import OperationalError
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.tasks.main import job_storage
+from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 
 from kolibri_sync_extras_plugin.progress import StageProgress
@@ -159,6 +161,26 @@ def test_stage_progress__a_pass_starts_over__progress_holds_until_it_passes_it(
         progress.advance(counted)
 
     assert [u["progress"] for u in progress_updates] == list(range(1, 11))
+
+
+def test_deserializing_progress__job_storage_refuses_progress__stage_still_completes(
+    pushed_and_dequeued, monkeypatch, caplog
+):
+    def busy(storage, job_id, progress, total_progress, extra_metadata=None):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(Storage, "update_job_progress", busy)
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "COMPLETED"
+    assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
+        LEARNERS
+    )
+    assert any(
+        record.getMessage().startswith("Could not save the progress of job ")
+        for record in caplog.records
+    )
 
 
 def _log_lines(caplog, level):
