@@ -7,6 +7,7 @@ Kolibri imports this module from every installed app to find registered tasks.
 import logging
 import time
 
+from django.db import IntegrityError
 from django.db import OperationalError
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
@@ -86,18 +87,44 @@ def _stage_signal(stage):
 def is_transient_database_error(error):
     """
     Whether ``error`` only says that another writer got in the way: SQLite's single
-    write lock was busy, or PostgreSQL could not serialize concurrent transactions.
-    The stage's transaction was rolled back, so running the stage again is safe.
+    write lock was busy, PostgreSQL could not serialize concurrent transactions, or
+    a concurrent transaction on PostgreSQL inserted the same row first (see
+    :func:`_is_concurrent_insert`). The stage's transaction was rolled back, so
+    running the stage again is safe.
 
     :type error: BaseException
     :rtype: bool
     """
     from morango.sync.operations import DBBackend
 
+    if isinstance(error, IntegrityError):
+        return _is_concurrent_insert(error)
     if not isinstance(error, OperationalError):
         return False
     return DBBackend._is_transaction_isolation_error(error) or (
         "database is locked" in str(error)
+    )
+
+
+def _is_concurrent_insert(error):
+    """
+    Whether an ``IntegrityError`` is PostgreSQL's unique violation. morango
+    serializes in a repeatable-read transaction whose snapshot is taken before it
+    waits for the partition lock, so when two clients pull at once the second
+    serializer inserts store records the first has just committed. Run again, the
+    stage sees them. SQLite takes its write lock before reading, so there a unique
+    violation is a real one.
+
+    :type error: django.db.IntegrityError
+    :rtype: bool
+    """
+    try:
+        from psycopg2.errors import UniqueViolation
+    except ImportError:
+        return False
+    return any(
+        isinstance(e, UniqueViolation)
+        for e in (error, getattr(error, "__cause__", None))
     )
 
 
@@ -111,7 +138,7 @@ def _run_stage_operations(context, stage):
     for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
         try:
             result = middleware(context)
-        except OperationalError as e:
+        except (OperationalError, IntegrityError) as e:
             if not is_transient_database_error(e) or attempt == MAX_STAGE_ATTEMPTS:
                 raise
             logger.warning(

@@ -6,6 +6,7 @@ both sides holding the same data.
 import json
 
 import pytest
+from django.db import IntegrityError
 from django.db import OperationalError
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
@@ -145,6 +146,51 @@ def test_busy_database_in_the_job__stage_is_retried_and_completes(
     assert job.state == "COMPLETED"
     assert async_client.get(transfer["id"])["transfer_stage_status"] == (
         transfer_statuses.COMPLETED
+    )
+
+
+def _unique_violation(message):
+    """A unique violation as Django raises it from PostgreSQL: psycopg2's as its cause."""
+    from psycopg2.errors import UniqueViolation
+
+    error = IntegrityError(message)
+    error.__cause__ = UniqueViolation(message)
+    return error
+
+
+def test_concurrent_insert_on_postgresql_in_the_job__stage_is_retried_and_completes(
+    background_everything, first_attempt_meets, async_client, server_sync_session
+):
+    # what a second client's serializing meets when a first one's committed the
+    # same store records after the second's snapshot was taken
+    wrappers = first_attempt_meets(
+        _unique_violation(
+            'duplicate key value violates unique constraint "morango_store_pkey"'
+        )
+    )
+
+    transfer, job = _pull_serializing_job(async_client, server_sync_session)
+
+    assert wrappers[transfer_stages.SERIALIZING].calls == 2
+    assert job.state == "COMPLETED"
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+def test_unique_violation_on_sqlite_in_the_job__stage_errored_without_retry(
+    background_everything, first_attempt_meets, async_client, server_sync_session
+):
+    wrappers = first_attempt_meets(
+        IntegrityError("UNIQUE constraint failed: morango_store.id")
+    )
+
+    transfer, job = _pull_serializing_job(async_client, server_sync_session)
+
+    assert wrappers[transfer_stages.SERIALIZING].calls == 1
+    assert job.state == "FAILED"
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.ERRORED
     )
 
 
