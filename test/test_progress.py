@@ -7,12 +7,14 @@ import logging
 
 import pytest
 from django.db import OperationalError
+from django.db import transaction
+from django.db.models.signals import post_save
 from kolibri.core.auth.models import FacilityUser
-from kolibri.core.tasks.main import job_storage
 from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
+from morango.models.core import Store
 
-from kolibri_sync_extras_plugin.progress import StageProgress
+from kolibri_sync_extras_plugin import tasks
 
 from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC
@@ -147,20 +149,84 @@ def test_stage_progress__stage_raises__status_text_names_the_error(
     assert job.status("en").text == job.extra_metadata["status_text"]
 
 
-def test_stage_progress__a_pass_starts_over__progress_holds_until_it_passes_it(
-    background_everything, async_client, server_sync_session, progress_updates
+class _RolledBack(Exception):
+    pass
+
+
+class _RollsBackFirstPassAfter(object):
+    """
+    A stage whose first pass gets through ``records`` Store records, then meets a
+    busy database: morango's work is rolled back and the job runs the stage again,
+    as when another writer holds SQLite's lock. Counts the records morango saves
+    back in each pass.
+    """
+
+    def __init__(self, middleware, records):
+        self.middleware = middleware
+        self.records = records
+        self.passes = 0
+        self.saved = 0
+
+    def count_saves(self, sender, update_fields=None, **kwargs):
+        if update_fields and "dirty_bit" in update_fields:
+            self.saved += 1
+            if self.passes == 1 and self.saved > self.records:
+                raise _RolledBack()
+
+    def __call__(self, context):
+        self.passes += 1
+        self.saved = 0
+        if self.passes > 1:
+            return self.middleware(context)
+        try:
+            with transaction.atomic():
+                self.middleware(context)
+        except _RolledBack:
+            pass
+        raise OperationalError("database is locked")
+
+
+@pytest.fixture
+def first_pass_rolled_back_after_6_records(monkeypatch):
+    stage_middleware = tasks._stage_middleware
+    middleware = _RollsBackFirstPassAfter(
+        stage_middleware(transfer_stages.DESERIALIZING), records=6
+    )
+    monkeypatch.setattr(tasks, "_stage_middleware", lambda stage: middleware)
+    monkeypatch.setattr(tasks, "_RETRY_DELAY_SECONDS", 0.01)
+    # connected ahead of the stage's own counter, so it has counted each record
+    # by the time the stage reports it
+    post_save.connect(middleware.count_saves, sender=Store, weak=False)
+    yield middleware
+    post_save.disconnect(middleware.count_saves, sender=Store)
+
+
+def test_deserializing_progress__morango_starts_over__holds_until_the_new_pass_passes_it(
+    pushed_and_dequeued, first_pass_rolled_back_after_6_records, monkeypatch
 ):
-    _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
-    [queued] = queued_stage_jobs()
-    job = job_storage.get_job(queued.job_id)
-    progress = StageProgress(transfer_stages.DESERIALIZING, job=job)
-    progress.total = 10
+    rolled_back = first_pass_rolled_back_after_6_records
+    seen = []
+    save = Storage.update_job_progress
 
-    # morango rolled back after 6 records and deserializes all 10 again
-    for counted in [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]:
-        progress.advance(counted)
+    def recording(storage, job_id, progress, total, extra_metadata=None):
+        seen.append((rolled_back.passes, rolled_back.saved, progress))
+        return save(storage, job_id, progress, total, extra_metadata)
 
-    assert [u["progress"] for u in progress_updates] == list(range(1, 11))
+    monkeypatch.setattr(Storage, "update_job_progress", recording)
+
+    [job] = run_stage_jobs()
+
+    assert rolled_back.passes == 2
+    assert job.state == "COMPLETED"
+    first = [progress for run, _, progress in seen if run < 2]
+    second = [(saved, progress) for run, saved, progress in seen if run == 2]
+    assert first == [0, 1, 2, 3, 4, 5, 6]
+    # the second pass's first 6 records were already counted: it shows only past them
+    assert second == [(saved, saved) for saved in range(7, LEARNERS + 1)]
+    assert job.extra_metadata["records"] == LEARNERS
+    assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
+        LEARNERS
+    )
 
 
 def test_deserializing_progress__job_storage_refuses_progress__stage_still_completes(
