@@ -30,9 +30,14 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         :rtype: list
         """
         from .operations import BackgroundStageOperation
+        from .operations import CloseSupersededTransfersOperation
         from .operations import DeserializeLeftoversOperation
 
-        return [BackgroundStageOperation(), DeserializeLeftoversOperation()]
+        return [
+            BackgroundStageOperation(),
+            DeserializeLeftoversOperation(),
+            CloseSupersededTransfersOperation(),
+        ]
 
 
 @register_hook

@@ -1,6 +1,6 @@
 """
 The morango operations the plugin adds to every sync: one takes a configured stage
-out of the HTTP request, one finishes what an interrupted push left undone.
+out of the HTTP request; two finish what an interrupted sync left undone.
 """
 
 from morango.constants import transfer_stages
@@ -10,6 +10,7 @@ from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
 from .jobs import schedule_background_stage
+from .sessions import close_superseded_transfer_sessions
 
 
 class BackgroundStageOperation(LocalOperation):
@@ -115,3 +116,23 @@ def _deserialize_within(context):
             return transfer_statuses.PENDING
         raise
     return transfer_statuses.COMPLETED
+
+
+class CloseSupersededTransfersOperation(LocalOperation):
+    """
+    Closes the transfer sessions an interrupted sync of the same client left open,
+    when the server cleans up a transfer that completed the same work again (see
+    :mod:`.sessions`). It passes, so the stage's own operations then close this
+    transfer session as usual.
+    """
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: bool
+        """
+        self._assert(context.is_server)
+        self._assert(context.stage == transfer_stages.CLEANUP)
+        self._assert(context.transfer_session is not None)
+        close_superseded_transfer_sessions(context.transfer_session)
+        return False
