@@ -1,0 +1,184 @@
+"""
+A Kolibri server split the way a production deployment runs it: one process serves
+HTTP with Kolibri's WSGI application and runs no job workers (as uwsgi or another
+WSGI server does for the ``kolibri-server`` package), and ``kolibri services`` runs
+the job workers in another process. Both share the instance's home, so its
+databases and its job storage.
+
+``kolibri start`` always runs the workers in the server process, so the HTTP half
+is this module run as a program::
+
+    python -m sync_lab.split --port 8080
+
+It serves Kolibri with cheroot, the WSGI server Kolibri itself uses, on 127.0.0.1.
+"""
+
+import argparse
+import signal
+import subprocess
+import sys
+
+from .faults import sigkill
+from .instances import LOCALHOST
+from .instances import InstanceError
+from .instances import KolibriInstance
+from .instances import _terminate
+
+__all__ = ["SplitKolibriInstance", "serve_http"]
+
+
+class SplitKolibriInstance(KolibriInstance):
+    """
+    A :class:`~sync_lab.instances.KolibriInstance` whose :meth:`start` runs the HTTP
+    process only; :meth:`start_worker` runs ``kolibri services`` beside it. Either
+    can be stopped, killed and started again on its own.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super(SplitKolibriInstance, self).__init__(*args, **kwargs)
+        self.worker = None
+        self._worker_count = 0
+
+    def _spawn_server(self):
+        self.lab_dir.mkdir(parents=True, exist_ok=True)
+        self._server_output = self.lab_dir / "http-{}.txt".format(self.port)
+        with open(self._server_output, "w") as output:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "sync_lab.split", "--port", str(self.port)],
+                cwd=str(self.home),
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _register(self)
+
+    @property
+    def worker_running(self):
+        """:rtype: bool"""
+        return self.worker is not None and self.worker.poll() is None
+
+    @property
+    def worker_pid(self):
+        """:rtype: int|None"""
+        return None if self.worker is None else self.worker.pid
+
+    def start_worker(self, timeout=60):
+        """
+        Start ``kolibri services`` for this home and wait until its workers have
+        started (Kolibri logs it), which is when stalled jobs have been requeued.
+
+        :return: The worker process's pid
+        :rtype: int
+        """
+        if self.worker_running:
+            return self.worker.pid
+        self.prepare()
+        self._worker_count += 1
+        output_path = self.lab_dir / "services-{}.txt".format(self._worker_count)
+        with open(output_path, "w") as output:
+            self.worker = subprocess.Popen(
+                [self.python, "-m", "kolibri", "services", "--foreground"]
+                + ["--skip-update"],
+                cwd=str(self.home),
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _register(self)
+        _wait_for_text(self.worker, output_path, "Starting async task workers", timeout)
+        return self.worker.pid
+
+    def kill_worker(self):
+        """
+        SIGKILL the worker process by its pid, as the kernel's out-of-memory killer
+        would: nothing in it gets to clean up.
+
+        :return: The killed process's pid
+        """
+        worker, self.worker = self.worker, None
+        if worker is None:
+            raise InstanceError("{} has no worker process".format(self.name))
+        sigkill(worker)
+        return worker.pid
+
+    def stop_worker(self, timeout=30):
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            _terminate(worker, grace=timeout)
+
+    def stop(self, timeout=30):
+        """Stop the worker process, then the HTTP process, each by its pid."""
+        self.stop_worker(timeout=timeout)
+        return super(SplitKolibriInstance, self).stop(timeout=timeout)
+
+
+def _register(instance):
+    # stopped at exit with every other server the lab started
+    from . import instances
+
+    instances._running.add(instance)
+
+
+def _wait_for_text(process, output_path, text, timeout):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(output_path, errors="replace") as output:
+            seen = output.read()
+        if text in seen:
+            return
+        if process.poll() is not None:
+            raise InstanceError(
+                "the process exited with {} before {!r}; output:\n{}".format(
+                    process.returncode, text, seen[-4000:]
+                )
+            )
+        if time.monotonic() > deadline:
+            raise InstanceError(
+                "no {!r} within {}s; output:\n{}".format(text, timeout, seen[-4000:])
+            )
+        time.sleep(0.2)
+
+
+def serve_http(port, host=LOCALHOST):
+    """
+    Serve Kolibri's WSGI application on ``host:port`` until SIGTERM or SIGINT, with
+    no job workers: the HTTP half of a split deployment.
+    """
+    from kolibri.utils.main import initialize
+
+    initialize(skip_update=True)
+
+    from cheroot.wsgi import Server
+    from kolibri.deployment.default.wsgi import application
+    from kolibri.utils.conf import OPTIONS
+
+    server_options = OPTIONS["Server"]
+    server = Server(
+        (host, port),
+        application,
+        numthreads=server_options["CHERRYPY_THREAD_POOL"],
+        request_queue_size=server_options["CHERRYPY_QUEUE_SIZE"],
+        timeout=server_options["CHERRYPY_SOCKET_TIMEOUT"],
+    )
+    # cheroot stops cleanly on KeyboardInterrupt; make SIGTERM one
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.stdout.write("Serving Kolibri on http://{}:{}\n".format(host, port))
+    sys.stdout.flush()
+    server.safe_start()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=serve_http.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve_http(args.port)
+
+
+if __name__ == "__main__":
+    main()
