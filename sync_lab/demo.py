@@ -92,7 +92,8 @@ class Progress(object):
         self.stream = stream or sys.stdout
         self.quiet = quiet
         self.started = time.monotonic()
-        self._lock = threading.Lock()
+        # the proxy reports exchanges from its own threads
+        self._lock = threading.RLock()
         self._seen = {}
         self._last_progress = {}
 
@@ -116,43 +117,38 @@ class Progress(object):
                     exchange.error,
                 )
             )
+        with self._lock:
+            line = self._stage_line(exchange)
+        if line:
+            self.say(line)
+
+    def _stage_line(self, exchange):
+        """
+        :return: What to say about the stage in the server's answer: a new stage or
+            status, or transfer progress every few seconds; ``None`` if nothing
+        """
         if not exchange.transfer_session_id or exchange.stage is None:
-            return
-        direction = "push" if exchange.push else "pull"
+            return None
         key = exchange.transfer_session_id
         state = (exchange.stage, exchange.stage_status)
-        if exchange.stage == transfer_stages.TRANSFERRING:
-            now = time.monotonic()
-            done = exchange.records_transferred == exchange.records_total
-            if state == self._seen.get(key) and not done:
-                if now - self._last_progress.get(key, 0) < 2:
-                    return
-            elif state == self._seen.get(key):
-                return
-            self._last_progress[key] = now
-            self._seen[key] = state
-            self.say(
-                "  {} {:<13} {:<9} {}/{} records".format(
-                    direction,
-                    exchange.stage,
-                    exchange.stage_status,
-                    exchange.records_transferred,
-                    exchange.records_total,
-                )
-            )
-            return
-        if state == self._seen.get(key):
-            return
+        now = time.monotonic()
+        repeated = state == self._seen.get(key)
+        transferring = exchange.stage == transfer_stages.TRANSFERRING
+        if repeated and not (
+            transferring and now - self._last_progress.get(key, 0) >= 2
+        ):
+            return None
         self._seen[key] = state
-        self.say(
-            "  {} {:<13} {:<9} ({} {} took {:.3f}s)".format(
-                direction,
-                exchange.stage,
-                exchange.stage_status,
-                exchange.method,
-                "transfer session",
-                exchange.duration,
+        self._last_progress[key] = now
+        line = "  {} {:<13} {:<9}".format(
+            "push" if exchange.push else "pull", exchange.stage, exchange.stage_status
+        )
+        if transferring:
+            return line + " {}/{} records".format(
+                exchange.records_transferred, exchange.records_total
             )
+        return line + " ({} answered in {:.3f}s)".format(
+            exchange.method, exchange.duration
         )
 
 

@@ -1,0 +1,77 @@
+"""
+The demo's options and progress lines, without starting Kolibri (the whole demo
+runs in ``test_demo.py``).
+"""
+
+import io
+
+import pytest
+
+from sync_lab import demo
+from sync_lab.dataset import RECORDS_PER_LEARNER
+from sync_lab.proxy import Exchange
+
+
+def test_parse_args__users_give_records():
+    args = demo.parse_args(["--users", "10"])
+    assert args.records == 10 * RECORDS_PER_LEARNER
+
+
+def test_parse_args__client_records_default_to_server_records():
+    args = demo.parse_args(["--records", "500"])
+    assert args.client_records == 500
+
+
+def test_parse_args__sizes_are_a_comma_list():
+    args = demo.parse_args(["--bench", "--sizes", "100, 200"])
+    assert args.sizes == [100, 200]
+
+
+def test_parse_args__sizes_must_be_numbers():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--bench", "--sizes", "2k"])
+
+
+def test_parse_args__compare_and_mode_exclude_each_other():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--compare", "--mode", "off"])
+
+
+def _answer(stage, status, transferred=None, total=None):
+    exchange = Exchange("GET", "/api/morango/v1/transfersessions/abc/", 0.0)
+    exchange.duration = 0.01
+    exchange.transfer_session_id = "abc"
+    exchange.push = False
+    exchange.stage = stage
+    exchange.stage_status = status
+    exchange.records_transferred = transferred
+    exchange.records_total = total
+    return exchange
+
+
+def _lines(*exchanges):
+    progress = demo.Progress(stream=io.StringIO())
+    for exchange in exchanges:
+        progress.exchange(exchange)
+    return progress.stream.getvalue().splitlines()
+
+
+def test_progress__says_each_stage_status_once():
+    lines = _lines(
+        _answer("serializing", "started"),
+        _answer("serializing", "started"),
+        _answer("serializing", "completed"),
+    )
+    assert len(lines) == 2
+    assert "pull serializing" in lines[0] and "started" in lines[0]
+
+
+def test_progress__says_transfer_counts():
+    (line,) = _lines(_answer("transferring", "pending", 200, 600))
+    assert "200/600 records" in line
+
+
+def test_progress__says_proxy_timeouts():
+    exchange = _answer("queuing", "started")
+    exchange.status, exchange.error = 504, "no answer from the server within 5s"
+    assert "504" in _lines(exchange)[0]
