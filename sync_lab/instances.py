@@ -40,6 +40,7 @@ __all__ = [
     "CommandResult",
     "KolibriInstance",
     "free_port",
+    "running_instances",
 ]
 
 #: The plugin under test, as Kolibri names it in ``plugins.json``.
@@ -675,6 +676,15 @@ def _ini_value(value):
 
 def _slug(text):
     return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:40] or "command"
+
+
+def running_instances():
+    """
+    The instances whose server this process started and has not stopped yet.
+
+    :rtype: list
+    """
+    return list(_running)
 
 
 @atexit.register

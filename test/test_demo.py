@@ -84,7 +84,7 @@ def test_demo__shows_progress(compared):
 def test_demo__leaves_no_home_or_server_behind(compared):
     root, _, _ = compared
     assert list((root / "homes").iterdir()) == []
-    assert not instances._running
+    assert instances.running_instances() == []
 
 
 def test_background_stages__follow_plugin_defaults():
