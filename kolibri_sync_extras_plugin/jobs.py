@@ -29,6 +29,8 @@ __all__ = [
     "settle_stage",
     "schedule_background_stage",
     "settle_from_job",
+    "check_background_stage",
+    "worker_is_gone",
 ]
 
 # a fixed namespace, so a stage's job id is the same in every process and release
@@ -209,7 +211,7 @@ def enqueue_stage_job(job_request):
 MISSING_JOB_GRACE_SECONDS = 10
 
 
-def _worker_is_gone(orm_job):
+def worker_is_gone(orm_job):
     """
     Whether the worker process that took a RUNNING job has died on this host (killed,
     out of memory) without marking it: Kolibri only requeues such a job when its
@@ -270,7 +272,7 @@ def check_background_stage(transfer_session_id):
             return None
         job_state = None
     else:
-        if _worker_is_gone(orm_job):
+        if worker_is_gone(orm_job):
             job_storage.mark_job_as_failed(
                 job_id,
                 WorkerGone(

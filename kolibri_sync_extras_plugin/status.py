@@ -17,9 +17,9 @@ from morango.models.core import TransferSession
 
 from .jobs import FINISHED_JOB_STATES
 from .jobs import MISSING_JOB_GRACE_SECONDS
-from .jobs import _worker_is_gone
 from .jobs import job_id_for
 from .jobs import stage_status_for_job_state
+from .jobs import worker_is_gone
 from .kolibri_plugin import RUN_STAGE_TASK
 from .progress import describe_job
 from .tasks import SYNC_EXTRAS_QUEUE
@@ -141,7 +141,7 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
         if errors_since is not None and ended is not None and ended < errors_since:
             return None, detail
         return ERRORED, detail
-    if _worker_is_gone(orm_job):
+    if worker_is_gone(orm_job):
         return STUCK, "worker process {} is gone".format(orm_job.worker_process)
     if age is not None and age > stuck_after:
         return STUCK, "job {} for {:.0f}s, over {:.0f}s".format(
