@@ -22,3 +22,6 @@ import django  # noqa: E402
 
 # pytest-django looked for Django before the import above made it importable
 django.setup()
+
+# session-wide Kolibri homes for the tests that start real Kolibri processes
+pytest_plugins = ["test.lab_fixtures"]

@@ -3,9 +3,10 @@ End to end: a stock Kolibri client syncs with a Kolibri server that runs this
 plugin, both real instances in subprocesses with their own homes, on 127.0.0.1.
 
 The server runs ``kolibri start``, so its HTTP server and its job workers are the
-ones a deployment runs. Each mode of the server gets fresh copies of one
-provisioned server home and one migrated client home; the tests of a mode share
-its round trip (pull, new client records, push) and each checks one thing about it.
+ones a deployment runs. Each mode of the server gets fresh copies of the run's
+provisioned server home (on SQLite, or on PostgreSQL) and migrated client home; the
+tests of a mode share its round trip (pull, new client records, push) and each
+checks one thing about it.
 
 These tests use no in-process database: they only start processes and read what
 the instances report.
@@ -15,12 +16,12 @@ import pytest
 
 from sync_lab.dataset import COUNTED
 from sync_lab.instances import KolibriInstance
-from sync_lab.scenario import provision_server
 from sync_lab.scenario import round_trip
+
+from .lab_fixtures import new_server
 
 pytestmark = pytest.mark.e2e
 
-SERVER_RECORDS = 300
 CLIENT_RECORDS = 120
 
 PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
@@ -37,6 +38,8 @@ MODES = {
         set(),
     ),
 }
+#: Modes whose server keeps its data in PostgreSQL, and the mode whose options it runs.
+ON_POSTGRES = {"plugin_on_postgres": "plugin_on"}
 
 
 @pytest.fixture(scope="module")
@@ -44,36 +47,20 @@ def lab_root(tmp_path_factory):
     return tmp_path_factory.mktemp("sync-lab")
 
 
-@pytest.fixture(scope="module")
-def server_template(lab_root):
-    """A provisioned server home with a facility's worth of activity, never started."""
-    with KolibriInstance("server-template", root=lab_root, plugin=True) as template:
-        facility = provision_server(template, SERVER_RECORDS)
-        yield template, facility
-
-
-@pytest.fixture(scope="module")
-def client_template(lab_root):
-    """A migrated, unprovisioned home: a fresh device about to pull its facility."""
-    with KolibriInstance("client-template", root=lab_root) as template:
-        template.migrate()
-        yield template
-
-
-@pytest.fixture(scope="module", params=sorted(MODES))
+@pytest.fixture(scope="module", params=sorted(MODES) + sorted(ON_POSTGRES))
 def mode(request):
     return request.param
 
 
 @pytest.fixture(scope="module")
-def synced(mode, lab_root, server_template, client_template):
+def synced(request, mode, lab_root, client_template):
     """The round trip of one mode, with the server's stage jobs and record counts."""
-    template, facility = server_template
-    sync_options, expected_jobs = MODES[mode]
-    server = KolibriInstance.copy_of(
-        template,
+    sync_options, expected_jobs = MODES[ON_POSTGRES.get(mode, mode)]
+    server, facility = new_server(
+        request,
+        "postgresql" if mode in ON_POSTGRES else "sqlite",
         "server-" + mode,
-        root=lab_root,
+        lab_root,
         plugin=True,
         sync_options=sync_options,
     )
