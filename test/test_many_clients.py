@@ -1,0 +1,208 @@
+"""
+Four stock clients sync with one server at the same time, on SQLite and on
+PostgreSQL: each pulls the facility, records activity of its own, and pushes it,
+all four at once, through a timing proxy.
+
+Every sync completes, no busy-database error reaches a client, the server ends up
+with every client's records exactly once, and no request to the server takes
+long: the stages run in jobs on Kolibri's workers while the clients poll.
+"""
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+
+from sync_lab.checks import sync_states
+from sync_lab.dataset import COUNTED
+from sync_lab.dataset import generate_activity
+from sync_lab.instances import KolibriInstance
+from sync_lab.jobs import wait_for_stage_jobs
+from sync_lab.proxy import TimingProxy
+from sync_lab.scenario import DEFAULT_CREDENTIALS
+
+from .lab_fixtures import BACKGROUND_EVERYTHING
+from .lab_fixtures import new_server
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 4
+CLIENT_RECORDS = 120
+#: The longest any single request may take: with the stages in jobs, a request
+#: only records what the client asks for, or hands over a chunk of records.
+LONGEST_REQUEST_BOUND_SECONDS = 10
+
+PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
+PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
+
+#: What would tell a client that the server's database got in the way.
+BUSY_DATABASE_ERRORS = (
+    "database is locked",
+    "could not serialize access",
+    "deadlock detected",
+    "duplicate key value",
+)
+
+#: Which of :func:`~sync_lab.dataset.generate_activity`'s counts each kind grows by.
+CREATED_KEY = {
+    "users": "users",
+    "classrooms": None,
+    "memberships": "memberships",
+    "summary_logs": "summary_logs",
+    "session_logs": "session_logs",
+    "store": "total",
+}
+
+BACKENDS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def _all_at_once(func, items):
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(func, items))
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def many_clients(request, tmp_path_factory, client_template, lab_report):
+    backend = request.param
+    root = tmp_path_factory.mktemp("many-clients-" + backend)
+    server, facility = new_server(
+        request,
+        backend,
+        "many-server-" + backend,
+        root,
+        plugin=True,
+        sync_options=BACKGROUND_EVERYTHING,
+    )
+    clients = [
+        KolibriInstance.copy_of(client_template, "client-{}".format(number), root=root)
+        for number in range(CLIENTS)
+    ]
+    outcome = SimpleNamespace(backend=backend, server=server)
+    with contextlib.ExitStack() as stack:
+        for instance in [server] + clients:
+            stack.enter_context(instance)
+        server.start()
+        proxy = stack.enter_context(TimingProxy(server.base_url))
+        sync_args = (
+            proxy.url,
+            facility["id"],
+            DEFAULT_CREDENTIALS.username,
+            DEFAULT_CREDENTIALS.password,
+        )
+
+        outcome.pulls = _all_at_once(
+            lambda client: client.sync(
+                *sync_args, push=False, timeout=600, check=False
+            ),
+            clients,
+        )
+        outcome.created = _all_at_once(
+            lambda numbered: numbered[1].call(
+                generate_activity,
+                records=CLIENT_RECORDS,
+                facility_id=facility["id"],
+                prefix="client{}".format(numbered[0]),
+                seed=10 + numbered[0],
+                existing_share=0.5,
+            ),
+            enumerate(clients),
+        )
+        outcome.longest_pull_request = proxy.longest()
+        proxy.clear()
+        outcome.pushes = _all_at_once(
+            lambda client: client.sync(
+                *sync_args, pull=False, timeout=600, check=False
+            ),
+            clients,
+        )
+        outcome.longest_push_request = proxy.longest()
+
+        # the clients do not wait for the server's cleanup jobs
+        wait_for_stage_jobs(server, PUSH_STAGES)
+        outcome.server_state, outcome.client_states = sync_states(
+            server, clients, facility["id"]
+        )
+        outcome.server_log = server.log_tail()
+        with open(server.log_path, errors="replace") as log:
+            outcome.stage_retries = log.read().count("trying again (attempt")
+
+    for phase in ("pull", "push"):
+        longest = getattr(outcome, "longest_{}_request".format(phase))
+        lab_report(
+            "longest request, {} clients {}ing at once, {}".format(
+                CLIENTS, phase, BACKENDS[backend]
+            ),
+            "{:.2f} s ({} {}, stage {})".format(
+                longest.duration,
+                longest.method,
+                longest.path.split("?")[0],
+                longest.stage or longest.requested_stage,
+            ),
+        )
+    lab_report(
+        "stage attempts repeated after a busy database, {}".format(BACKENDS[backend]),
+        outcome.stage_retries,
+    )
+    return outcome
+
+
+def _syncs(outcome):
+    return outcome.pulls + outcome.pushes
+
+
+def test_many_clients__every_pull_completes(many_clients):
+    failed = [pull.tail() for pull in many_clients.pulls if not pull.ok]
+    assert not failed, "\n\n".join(failed + [many_clients.server_log])
+
+
+def test_many_clients__every_push_completes(many_clients):
+    failed = [push.tail() for push in many_clients.pushes if not push.ok]
+    assert not failed, "\n\n".join(failed + [many_clients.server_log])
+
+
+def test_many_clients__no_busy_database_reaches_a_client(many_clients):
+    seen = [
+        error
+        for sync in _syncs(many_clients)
+        for error in BUSY_DATABASE_ERRORS
+        if error in sync.output
+    ]
+    assert not seen
+
+
+@pytest.mark.parametrize("kind", COUNTED)
+def test_many_clients__server_holds_every_clients_records(many_clients, kind):
+    """Each client holds the facility and its own records; the server, all of them."""
+    key = CREATED_KEY[kind]
+    created = [(created[key] if key else 0) for created in many_clients.created]
+    server = many_clients.server_state["counts"][kind]
+    expected = [
+        state["counts"][kind] + sum(created) - created[number]
+        for number, state in enumerate(many_clients.client_states)
+    ]
+    assert expected == [server] * CLIENTS
+
+
+def test_many_clients__no_row_twice_on_server(many_clients):
+    assert set(many_clients.server_state["duplicates"].values()) == {0}
+
+
+def test_many_clients__every_stage_job_completed(many_clients):
+    jobs = many_clients.server_state["jobs"]
+    assert len(jobs) == CLIENTS * len(PULL_STAGES | PUSH_STAGES)
+    assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
+
+
+def test_many_clients__no_transfer_session_open_on_server(many_clients):
+    assert many_clients.server_state["open_transfer_sessions"] == []
+
+
+def test_many_clients__no_request_takes_long(many_clients):
+    longest = max(
+        many_clients.longest_pull_request,
+        many_clients.longest_push_request,
+        key=lambda exchange: exchange.duration,
+    )
+    assert longest.duration < LONGEST_REQUEST_BOUND_SECONDS, longest
