@@ -355,3 +355,17 @@ def pushed_and_dequeued(pushed_learner_edits, async_client):
     run_stage_jobs()
     async_client.proceed_to(pushed_learner_edits["id"], transfer_stages.DESERIALIZING)
     return pushed_learner_edits
+
+
+@pytest.fixture
+def pull_at_serializing(background_everything, async_client, server_sync_session):
+    """A pull whose server has just handed its serializing stage to a queued job."""
+    from morango.constants import transfer_stages
+
+    transfer = async_client.create(server_sync_session, push=False)
+    async_client.proceed_to(
+        transfer["id"],
+        transfer_stages.SERIALIZING,
+        client_fsic='{"super": {}, "sub": {}}',
+    )
+    return transfer

@@ -30,15 +30,6 @@ CLIENT_FSIC = '{"super": {}, "sub": {}}'
 
 
 @pytest.fixture
-def pull_at_serializing(background_everything, async_client, server_sync_session):
-    transfer = async_client.create(server_sync_session, push=False)
-    async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
-    )
-    return transfer
-
-
-@pytest.fixture
 def instant_worker(monkeypatch):
     """A worker that runs each stage job the moment it is enqueued."""
     enqueue = run_background_stage.enqueue

@@ -55,15 +55,6 @@ def status_json(*args):
 
 
 @pytest.fixture
-def pull_at_serializing(background_everything, async_client, server_sync_session):
-    transfer = async_client.create(server_sync_session, push=False)
-    async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
-    )
-    return transfer
-
-
-@pytest.fixture
 def failed_queuing(background_everything, async_client, server_sync_session):
     """A pull whose queuing job failed: a client_fsic that is not JSON makes it raise."""
     transfer = async_client.create(server_sync_session, push=False)
