@@ -369,3 +369,19 @@ def pull_at_serializing(background_everything, async_client, server_sync_session
         client_fsic='{"super": {}, "sub": {}}',
     )
     return transfer
+
+
+@pytest.fixture
+def failed_queuing(background_everything, async_client, server_sync_session):
+    """A pull whose queuing job failed: a client_fsic that is not JSON makes it raise."""
+    from morango.constants import transfer_stages
+
+    transfer = async_client.create(server_sync_session, push=False)
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic="not json"
+    )
+    run_stage_jobs()
+    async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+    [job] = run_stage_jobs()
+    transfer["job_id"] = job.job_id
+    return transfer

@@ -58,21 +58,13 @@ def test_job_finishes_before_the_request_returns__client_sees_completed(
 
 
 def test_stage_raises_in_the_job__stage_errored_and_job_failed(
-    background_everything, async_client, server_sync_session
+    failed_queuing, async_client
 ):
-    # a client_fsic that is not JSON makes morango's queuing raise in the job
-    transfer = async_client.create(server_sync_session, push=False)
-    async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic="not json"
-    )
-    run_stage_jobs()
-    async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
-
-    [job] = run_stage_jobs()
+    job = job_storage.get_job(failed_queuing["job_id"])
 
     assert job.state == "FAILED"
     assert job.exception
-    polled = async_client.get(transfer["id"])
+    polled = async_client.get(failed_queuing["id"])
     assert polled["transfer_stage"] == transfer_stages.QUEUING
     assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
 

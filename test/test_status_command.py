@@ -54,20 +54,6 @@ def status_json(*args):
     return code, json.loads(out)
 
 
-@pytest.fixture
-def failed_queuing(background_everything, async_client, server_sync_session):
-    """A pull whose queuing job failed: a client_fsic that is not JSON makes it raise."""
-    transfer = async_client.create(server_sync_session, push=False)
-    async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic="not json"
-    )
-    run_stage_jobs()
-    async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
-    [job] = run_stage_jobs()
-    assert job.state == "FAILED"
-    return transfer
-
-
 def _backdate_job(job_id, seconds):
     ORMJob.objects.filter(id=job_id).update(
         scheduled_time=timezone.now() - datetime.timedelta(seconds=seconds)
