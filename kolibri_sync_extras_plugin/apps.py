@@ -1,3 +1,8 @@
+"""
+The plugin's Django app: checks the ``[Sync]`` options and hooks into request
+boundaries once Django is ready.
+"""
+
 from django.apps import AppConfig
 
 
@@ -7,7 +12,7 @@ class SyncExtrasConfig(AppConfig):
 
     def ready(self):
         from .config import get_background_settings
-        from .jobs import connect_request_signals
+        from .request_boundary import connect_request_signals
 
         # fail at start-up, naming the option, rather than at a client's first sync
         get_background_settings()

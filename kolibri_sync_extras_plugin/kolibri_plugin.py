@@ -11,8 +11,6 @@ from kolibri.core.tasks.hooks import JobHook
 from kolibri.plugins import KolibriPluginBase
 from kolibri.plugins.hooks import register_hook
 
-RUN_STAGE_TASK = "kolibri_sync_extras_plugin.tasks.run_background_stage"
-
 
 class SyncExtrasPlugin(KolibriPluginBase):
     """Runs configured server-side sync stages in Kolibri background jobs."""
@@ -48,17 +46,19 @@ class BackgroundStageJobHook(JobHook):
         pass
 
     def update(self, job, orm_job, state=None, **kwargs):
-        if state is None or job.func != RUN_STAGE_TASK:
-            return
+        from .jobs import RUN_STAGE_TASK
         from .jobs import settle_from_job
 
+        if state is None or job.func != RUN_STAGE_TASK:
+            return
         settle_from_job(job, state)
 
     def clear(self, job, orm_job):
-        if job.func != RUN_STAGE_TASK:
-            return
         from .jobs import FINISHED_JOB_STATES
+        from .jobs import RUN_STAGE_TASK
         from .jobs import settle_from_job
 
+        if job.func != RUN_STAGE_TASK:
+            return
         # a job cleared before it finished will never settle its stage
         settle_from_job(job, job.state if job.state in FINISHED_JOB_STATES else None)

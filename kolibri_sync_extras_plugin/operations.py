@@ -9,8 +9,9 @@ from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
-from .jobs import schedule_background_stage
+from .request_boundary import schedule_background_stage
 from .sessions import close_superseded_transfer_sessions
+from .store import undeserialized_records
 
 
 class BackgroundStageOperation(LocalOperation):
@@ -47,25 +48,6 @@ class BackgroundStageOperation(LocalOperation):
         return transfer_statuses.STARTED
 
 
-def _undeserialized_records(sync_filter):
-    """
-    Store records within ``sync_filter`` that were received but never deserialized
-    (dirty, and without a recorded deserialization error).
-
-    :type sync_filter: morango.models.certificates.Filter
-    :rtype: django.db.models.QuerySet
-    """
-    from functools import reduce
-    from operator import or_
-
-    from django.db.models import Q
-    from morango.models.core import Store
-
-    in_filter = reduce(or_, (Q(partition__startswith=prefix) for prefix in sync_filter))
-    no_error = Q(deserialization_error__isnull=True) | Q(deserialization_error="")
-    return Store.objects.filter(in_filter, no_error, dirty_bit=True)
-
-
 class DeserializeLeftoversOperation(LocalOperation):
     """
     Deserializes records an interrupted push left behind, when a later push of the
@@ -92,7 +74,7 @@ class DeserializeLeftoversOperation(LocalOperation):
         self._assert(context.filter is not None)
         self._assert(not context.transfer_session.records_transferred)
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
-        self._assert(_undeserialized_records(context.filter).exists())
+        self._assert(undeserialized_records(context.filter).exists())
         return _deserialize_within(context)
 
 

@@ -20,11 +20,9 @@ written while morango's transaction is open shows only once that transaction com
 """
 
 import contextlib
-import functools
 import logging
 import threading
 
-from django.db.models import Q
 from django.db.models.signals import post_save
 from django.utils import timezone
 from kolibri.core.tasks.job import State
@@ -33,86 +31,17 @@ from morango.constants import transfer_stages
 from morango.models.core import Buffer
 from morango.models.core import Store
 
+from .store import dirty_store_records
+from .wording import describe
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "RECORDS",
-    "STAGE",
-    "StageProgress",
-    "describe",
-    "describe_job",
-]
+__all__ = ["RECORDS", "STAGE", "StageProgress"]
 
 #: Progress counts records.
 RECORDS = "records"
 #: Progress counts the stage as one step.
 STAGE = "stage"
-
-_STAGE_LABELS = dict(transfer_stages.CHOICES)
-
-
-def _label(stage):
-    return str(_STAGE_LABELS.get(stage, stage or "stage"))
-
-
-def _facility(metadata):
-    return (
-        metadata.get("facility_name")
-        or metadata.get("dataset_id")
-        or "unknown facility"
-    )
-
-
-def describe(metadata, state, progress=0, total_progress=0, result=None):
-    """
-    The one place that words a background stage's status, for the job's
-    ``status_fn`` and for the text the running job stores in its metadata.
-
-    :param metadata: The job's ``extra_metadata``
-    :type metadata: dict
-    :param state: A ``kolibri.core.tasks.job.State`` value
-    :param progress: The job's progress
-    :param total_progress: The job's total progress
-    :param result: The job's result, once it has completed
-    :rtype: str
-    """
-    stage = _label(metadata.get("stage"))
-    facility = _facility(metadata)
-    records = metadata.get("records")
-    if state == State.FAILED:
-        if metadata.get("error"):
-            return "{} failed for {}: {}".format(stage, facility, metadata["error"])
-        return "{} failed for {}".format(stage, facility)
-    if state in (State.CANCELED, State.CANCELING):
-        return "{} cancelled for {}".format(stage, facility)
-    if state not in (State.RUNNING, State.COMPLETED):
-        return "{} for {}: waiting for a worker".format(stage, facility)
-    not_run = metadata.get("not_run")
-    if not not_run and state == State.COMPLETED and result:
-        not_run = result.get("ran") is False and result.get("reason")
-    if not_run:
-        return "{} not run for {}: {}".format(stage, facility, not_run)
-    if state == State.COMPLETED or metadata.get("finished_at"):
-        if records is None:
-            return "{} done for {}".format(stage, facility)
-        return "{} done for {}: {:,} records".format(stage, facility, records)
-    if metadata.get("counted_live"):
-        return "{} {:,} / {:,} records for {}".format(
-            stage, progress, total_progress, facility
-        )
-    if records is not None:
-        return "{} {:,} records for {}".format(stage, records, facility)
-    return "{} for {}".format(stage, facility)
-
-
-def describe_job(job):
-    """
-    :type job: kolibri.core.tasks.job.Job
-    :rtype: str
-    """
-    return describe(
-        job.extra_metadata, job.state, job.progress, job.total_progress, job.result
-    )
 
 
 def _dirty_store_records(context):
@@ -121,13 +50,9 @@ def _dirty_store_records(context):
         work on: the dirty ones (an upper bound: morango may find it has none to do)
     :rtype: int
     """
-    under_filter = functools.reduce(
-        lambda left, right: left | right,
-        (Q(partition__startswith=prefix) for prefix in context.filter),
-    )
     return (
-        Store.objects.filter(profile=context.sync_session.profile, dirty_bit=True)
-        .filter(under_filter)
+        dirty_store_records(context.filter)
+        .filter(profile=context.sync_session.profile)
         .count()
     )
 

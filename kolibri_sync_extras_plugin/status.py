@@ -3,7 +3,7 @@ What the background is doing, read from the plugin's bookkeeping: the stage jobs
 Kolibri's job storage, and the transfer sessions waiting on a background stage.
 
 It only reads; settling a stage that cannot finish is left to the job hook and to
-the check on each client poll (:func:`.jobs.check_background_stage`).
+the check on each client poll (:func:`.health.check_background_stage`).
 """
 
 import datetime
@@ -15,14 +15,14 @@ from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from .health import MISSING_JOB_GRACE_SECONDS
+from .health import worker_is_gone
 from .jobs import FINISHED_JOB_STATES
-from .jobs import MISSING_JOB_GRACE_SECONDS
+from .jobs import RUN_STAGE_TASK
+from .jobs import SYNC_EXTRAS_QUEUE
 from .jobs import job_id_for
 from .jobs import stage_status_for_job_state
-from .jobs import worker_is_gone
-from .kolibri_plugin import RUN_STAGE_TASK
-from .progress import describe_job
-from .tasks import SYNC_EXTRAS_QUEUE
+from .wording import describe_job
 
 __all__ = [
     "STUCK",

@@ -1,167 +1,40 @@
 """
-The Kolibri task that runs one deferred sync stage.
+The Kolibri task that runs one deferred sync stage, and how it is enqueued.
 
 Kolibri imports this module from every installed app to find registered tasks.
 """
 
 import logging
-import time
 
-from django.db import IntegrityError
-from django.db import OperationalError
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
+from kolibri.core.tasks.exceptions import JobNotFound
 from kolibri.core.tasks.job import JobStatus
+from kolibri.core.tasks.job import State
 from kolibri.core.tasks.permissions import IsAdminForJob
 from morango.constants import transfer_statuses
-from morango.models.core import TransferSession
 
 from .context import BackgroundSessionContext
-from .errors import BackgroundStageError
 from .errors import StageNoLongerAwaited
+from .jobs import FINISHED_JOB_STATES
+from .jobs import SYNC_EXTRAS_QUEUE
+from .jobs import job_id_for
 from .jobs import settle_stage
 from .progress import StageProgress
-from .progress import describe_job
+from .runner import awaited_transfer_session
+from .runner import run_stage_operations
+from .runner import stage_signal
+from .wording import describe
+from .wording import describe_job
+from .wording import facility_label
 
 logger = logging.getLogger(__name__)
 
-SYNC_EXTRAS_QUEUE = "sync_extras"
-
-#: How often a stage that morango asks to retry (a transaction isolation conflict
-#: returns PENDING) is tried again in the same job before the stage fails.
-MAX_STAGE_ATTEMPTS = 10
-_RETRY_DELAY_SECONDS = 0.5
-
-
-def _awaited_transfer_session(transfer_session_id, stage):
-    """
-    :return: The transfer session, if it is active and still waiting on ``stage``
-    :rtype: TransferSession
-    :raises StageNoLongerAwaited: otherwise, saying why
-    """
-    transfer_session = TransferSession.objects.filter(id=transfer_session_id).first()
-    if transfer_session is None:
-        raise StageNoLongerAwaited(
-            "transfer session {} no longer exists".format(transfer_session_id)
-        )
-    if not transfer_session.active:
-        raise StageNoLongerAwaited(
-            "transfer session {} was closed".format(transfer_session_id)
-        )
-    if (
-        transfer_session.transfer_stage != stage
-        or transfer_session.transfer_stage_status
-        not in transfer_statuses.IN_PROGRESS_STATES
-    ):
-        raise StageNoLongerAwaited(
-            "transfer session {} is at {}:{}, not waiting on {}".format(
-                transfer_session_id,
-                transfer_session.transfer_stage,
-                transfer_session.transfer_stage_status,
-                stage,
-            )
-        )
-    return transfer_session
-
-
-def _stage_middleware(stage):
-    """
-    :return: morango's operations for ``stage``, as the controller would invoke them
-    :rtype: morango.registry.SessionMiddlewareOperations
-    """
-    from morango.registry import session_middleware
-
-    return next(m for m in session_middleware if m.related_stage == stage)
-
-
-def _stage_signal(stage):
-    """
-    :return: The signal group morango's server controller fires for ``stage``, which
-        Kolibri listens to (cleanup's ``completed`` runs its post-transfer hooks)
-    """
-    from morango.api.viewsets import session_controller
-
-    return getattr(session_controller.signals, stage)
-
-
-def is_transient_database_error(error):
-    """
-    Whether ``error`` only says that another writer got in the way: SQLite's single
-    write lock was busy, PostgreSQL could not serialize concurrent transactions, or
-    a concurrent transaction on PostgreSQL inserted the same row first (see
-    :func:`_is_concurrent_insert`). The stage's transaction was rolled back, so
-    running the stage again is safe.
-
-    :type error: BaseException
-    :rtype: bool
-    """
-    from morango.sync.operations import DBBackend
-
-    if isinstance(error, IntegrityError):
-        return _is_concurrent_insert(error)
-    if not isinstance(error, OperationalError):
-        return False
-    return DBBackend._is_transaction_isolation_error(error) or (
-        "database is locked" in str(error)
-    )
-
-
-def _is_concurrent_insert(error):
-    """
-    Whether an ``IntegrityError`` is PostgreSQL's unique violation. morango
-    serializes in a repeatable-read transaction whose snapshot is taken before it
-    waits for the partition lock, so when two clients pull at once the second
-    serializer inserts store records the first has just committed. Run again, the
-    stage sees them. SQLite takes its write lock before reading, so there a unique
-    violation is a real one.
-
-    :type error: django.db.IntegrityError
-    :rtype: bool
-    """
-    try:
-        from psycopg2.errors import UniqueViolation
-    except ImportError:
-        return False
-    return any(
-        isinstance(e, UniqueViolation)
-        for e in (error, getattr(error, "__cause__", None))
-    )
-
-
-def _run_stage_operations(context, stage):
-    """
-    Invoke the stage's operations until they report it complete, retrying the
-    PENDING that morango returns after a transaction isolation conflict and the
-    transient database errors it lets through.
-    """
-    middleware = _stage_middleware(stage)
-    for attempt in range(1, MAX_STAGE_ATTEMPTS + 1):
-        try:
-            result = middleware(context)
-        except (OperationalError, IntegrityError) as e:
-            if not is_transient_database_error(e) or attempt == MAX_STAGE_ATTEMPTS:
-                raise
-            logger.warning(
-                "Stage %s of transfer session %s met a busy database (%s); "
-                "trying again (attempt %d of %d)",
-                stage,
-                context.transfer_session.id,
-                e,
-                attempt + 1,
-                MAX_STAGE_ATTEMPTS,
-            )
-            time.sleep(_RETRY_DELAY_SECONDS * attempt)
-            continue
-        if result == transfer_statuses.COMPLETED:
-            return
-        if result != transfer_statuses.PENDING:
-            raise BackgroundStageError(
-                "stage {} ended {} in the background".format(stage, result)
-            )
-        time.sleep(_RETRY_DELAY_SECONDS * attempt)
-    raise BackgroundStageError(
-        "stage {} was still pending after {} attempts".format(stage, MAX_STAGE_ATTEMPTS)
-    )
+__all__ = [
+    "run_background_stage",
+    "stage_job_request",
+    "enqueue_stage_job",
+]
 
 
 def background_stage_status(job):
@@ -173,9 +46,10 @@ def background_stage_status(job):
     :rtype: JobStatus
     """
     metadata = job.extra_metadata
-    facility = metadata.get("facility_name") or metadata.get("dataset_id") or "facility"
     return JobStatus(
-        title="Sync of {} ({})".format(facility, metadata.get("direction", "sync")),
+        title="Sync of {} ({})".format(
+            facility_label(metadata), metadata.get("direction", "sync")
+        ),
         text=describe_job(job),
     )
 
@@ -207,7 +81,7 @@ def run_background_stage(
     """
     progress = StageProgress(stage)
     try:
-        transfer_session = _awaited_transfer_session(transfer_session_id, stage)
+        transfer_session = awaited_transfer_session(transfer_session_id, stage)
     except StageNoLongerAwaited as e:
         logger.warning("Background stage %s not run: %s", stage, e)
         progress.not_run(str(e))
@@ -216,7 +90,7 @@ def run_background_stage(
     context = BackgroundSessionContext(
         transfer_session, request_data=request_data, capabilities=capabilities
     )
-    signal = _stage_signal(stage)
+    signal = stage_signal(stage)
     records = progress.start(context)
     logger.info(
         "Stage %s of transfer session %s started in the background (records: %s)",
@@ -226,7 +100,7 @@ def run_background_stage(
     )
     try:
         with progress.counting():
-            _run_stage_operations(context, stage)
+            run_stage_operations(context, stage)
     except Exception as e:
         logger.exception(
             "Background stage %s of transfer session %s failed after %.2fs "
@@ -266,3 +140,89 @@ def run_background_stage(
 
 def _count_or_unknown(records):
     return "unknown" if records is None else records
+
+
+def _hex_or_none(value):
+    return getattr(value, "hex", value)
+
+
+def _job_metadata(context):
+    """
+    What Kolibri's task list shows about a background stage.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: dict
+    """
+    from kolibri.core.auth.models import Facility
+    from kolibri.core.auth.sync_event_hook_utils import get_dataset_id
+
+    dataset_id = get_dataset_id(context)
+    facility = (
+        Facility.objects.filter(dataset_id=dataset_id).values("id", "name").first()
+        or {}
+    )
+    metadata = {
+        "type": "SYNC_BACKGROUND_STAGE",
+        "stage": context.stage,
+        "direction": "push" if context.is_push else "pull",
+        "transfer_session_id": context.transfer_session.id,
+        "sync_session_id": context.sync_session.id,
+        "dataset_id": dataset_id,
+        "facility_id": facility.get("id"),
+        "facility_name": facility.get("name"),
+        "client_instance_id": _hex_or_none(context.sync_session.client_instance_id),
+    }
+    # the tasks API shows no status_fn text, so the job carries its own
+    metadata["status_text"] = describe(metadata, State.QUEUED)
+    return metadata
+
+
+def _request_data_for_stage(context):
+    """
+    :return: The parts of the client's request data the stage will read in the job
+    :rtype: dict
+    """
+    data = getattr(context.request, "data", None) or {}
+    return {key: data[key] for key in ("client_fsic",) if key in data}
+
+
+def stage_job_request(context):
+    """
+    The arguments to enqueue the job for the context's current stage with.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: dict
+    """
+    metadata = _job_metadata(context)
+    return dict(
+        job_id=job_id_for(context.transfer_session.id, context.stage),
+        facility_id=metadata["facility_id"],
+        extra_metadata=metadata,
+        kwargs=dict(
+            transfer_session_id=context.transfer_session.id,
+            stage=context.stage,
+            request_data=_request_data_for_stage(context),
+            capabilities=sorted(context.capabilities),
+        ),
+    )
+
+
+def enqueue_stage_job(job_request):
+    """
+    Enqueue the stage job unless the job serving that stage is already waiting or
+    running. A finished job with the same id is replaced: that is a new attempt.
+
+    :param job_request: See :func:`stage_job_request`
+    :return: Whether a job was enqueued
+    :rtype: bool
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    try:
+        existing = job_storage.get_job(job_request["job_id"])
+    except JobNotFound:
+        existing = None
+    if existing is not None and existing.state not in FINISHED_JOB_STATES:
+        return False
+    run_background_stage.enqueue(**job_request)
+    return True

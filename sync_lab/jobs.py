@@ -44,7 +44,7 @@ def stage_jobs(transfer_session_id=None):
     from kolibri.core.tasks.main import job_storage
     from kolibri.core.tasks.models import Job as ORMJob
 
-    from kolibri_sync_extras_plugin.kolibri_plugin import RUN_STAGE_TASK
+    from kolibri_sync_extras_plugin.jobs import RUN_STAGE_TASK
 
     scheduled = dict(
         ORMJob.objects.filter(func=RUN_STAGE_TASK).values_list("id", "scheduled_time")

@@ -24,7 +24,7 @@ from morango.constants.capabilities import FSIC_V2_FORMAT
 from morango.models.core import SyncSession
 from morango.utils import CAPABILITIES_CLIENT_HEADER
 
-from kolibri_sync_extras_plugin.tasks import SYNC_EXTRAS_QUEUE
+from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
 
 ALL_DATABASES = "__all__"
 

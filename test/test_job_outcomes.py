@@ -17,7 +17,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.jobs import MISSING_JOB_GRACE_SECONDS
+from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.tasks import run_background_stage
 
 from .conftest import ALL_DATABASES

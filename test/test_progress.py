@@ -14,7 +14,7 @@ from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 from morango.models.core import Store
 
-from kolibri_sync_extras_plugin import tasks
+from kolibri_sync_extras_plugin import runner
 
 from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC
@@ -188,12 +188,12 @@ class _RollsBackFirstPassAfter(object):
 
 @pytest.fixture
 def first_pass_rolled_back_after_6_records(monkeypatch):
-    stage_middleware = tasks._stage_middleware
+    stage_middleware = runner.stage_middleware
     middleware = _RollsBackFirstPassAfter(
         stage_middleware(transfer_stages.DESERIALIZING), records=6
     )
-    monkeypatch.setattr(tasks, "_stage_middleware", lambda stage: middleware)
-    monkeypatch.setattr(tasks, "_RETRY_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(runner, "stage_middleware", lambda stage: middleware)
+    monkeypatch.setattr(runner, "_RETRY_DELAY_SECONDS", 0.01)
     # connected ahead of the stage's own counter, so it has counted each record
     # by the time the stage reports it
     post_save.connect(middleware.count_saves, sender=Store, weak=False)

@@ -14,7 +14,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import Store
 from morango.sync.controller import MorangoProfileController
 
-from kolibri_sync_extras_plugin import tasks
+from kolibri_sync_extras_plugin import runner
 
 from .conftest import ALL_DATABASES
 from .conftest import run_stage_jobs
@@ -114,15 +114,15 @@ class _FailsFirst(object):
 @pytest.fixture
 def first_attempt_meets(monkeypatch):
     def install(error):
-        stage_middleware = tasks._stage_middleware
+        stage_middleware = runner.stage_middleware
         wrapper = {}
 
         def wrapped(stage):
             wrapper.setdefault(stage, _FailsFirst(stage_middleware(stage), error))
             return wrapper[stage]
 
-        monkeypatch.setattr(tasks, "_stage_middleware", wrapped)
-        monkeypatch.setattr(tasks, "_RETRY_DELAY_SECONDS", 0.01)
+        monkeypatch.setattr(runner, "stage_middleware", wrapped)
+        monkeypatch.setattr(runner, "_RETRY_DELAY_SECONDS", 0.01)
         return wrapper
 
     return install

@@ -22,7 +22,7 @@ from morango.constants import transfer_stages
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.jobs import MISSING_JOB_GRACE_SECONDS
+from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 
 from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC

@@ -9,7 +9,7 @@ from kolibri.core.auth.constants import role_kinds
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
 
-from kolibri_sync_extras_plugin.tasks import SYNC_EXTRAS_QUEUE
+from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
 
 from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC

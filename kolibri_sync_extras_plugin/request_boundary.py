@@ -1,0 +1,122 @@
+"""
+Where a background stage meets the HTTP request that asked for it.
+
+A stage's job is enqueued only once that request has finished: morango's PATCH
+view saves the whole transfer session row after its controller returns, which
+would overwrite the status of a job that had already finished. Each client poll
+(``GET`` of a transfer session) first checks that the stage's job can still settle
+it (see :mod:`.health`).
+"""
+
+import logging
+import threading
+
+from django.core.signals import request_finished
+from django.core.signals import request_started
+from morango.constants import transfer_statuses
+
+from .health import check_background_stage
+from .jobs import settle_stage
+from .tasks import enqueue_stage_job
+from .tasks import stage_job_request
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["connect_request_signals", "schedule_background_stage"]
+
+# per thread: the stage jobs the request being served will enqueue when it ends,
+# or None outside a request
+_request_state = threading.local()
+
+
+def _on_request_started(environ=None, **kwargs):
+    _request_state.jobs = []
+    transfer_session_id = _polled_transfer_session_id(environ or {})
+    if transfer_session_id is not None:
+        try:
+            check_background_stage(transfer_session_id)
+        except Exception:
+            # a failed check must not fail the client's poll; the next poll retries it
+            logger.exception(
+                "Could not check the background stage of transfer session %s",
+                transfer_session_id,
+            )
+
+
+def _polled_transfer_session_id(environ):
+    """
+    :return: The transfer session a client is polling with this request, if it is a
+        ``GET`` of morango's transfer session endpoint
+    :rtype: str|None
+    """
+    path = environ.get("PATH_INFO", "")
+    if environ.get("REQUEST_METHOD") != "GET" or "/transfersessions/" not in path:
+        return None
+    from django.urls import Resolver404
+    from django.urls import resolve
+
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    if match.url_name != "transfersessions-detail":
+        return None
+    return match.kwargs.get("pk")
+
+
+def _on_request_finished(**kwargs):
+    job_requests = getattr(_request_state, "jobs", None)
+    _request_state.jobs = None
+    for job_request in job_requests or ():
+        _enqueue_or_fail_stage(job_request)
+
+
+def _enqueue_or_fail_stage(job_request):
+    stage_kwargs = job_request["kwargs"]
+    try:
+        enqueue_stage_job(job_request)
+    except Exception:
+        logger.exception(
+            "Could not enqueue job %s for stage %s of transfer session %s",
+            job_request["job_id"],
+            stage_kwargs["stage"],
+            stage_kwargs["transfer_session_id"],
+        )
+        settle_stage(
+            stage_kwargs["transfer_session_id"],
+            stage_kwargs["stage"],
+            transfer_statuses.ERRORED,
+        )
+
+
+def connect_request_signals():
+    """Track request boundaries so stage jobs start after their request ends."""
+    request_started.connect(
+        _on_request_started, dispatch_uid="kolibri_sync_extras_request_started"
+    )
+    request_finished.connect(
+        _on_request_finished, dispatch_uid="kolibri_sync_extras_request_finished"
+    )
+
+
+def schedule_background_stage(context):
+    """
+    Arrange for a Kolibri job to run the context's current stage.
+
+    Inside a request the job is enqueued once the request has finished; outside one
+    (no request is being served on this thread) it is enqueued at once.
+
+    :type context: morango.sync.context.LocalSessionContext
+    """
+    job_request = stage_job_request(context)
+    pending = getattr(_request_state, "jobs", None)
+    if pending is None:
+        _enqueue_or_fail_stage(job_request)
+    else:
+        pending.append(job_request)
+    logger.info(
+        "Stage %s of transfer session %s will run in background job %s",
+        context.stage,
+        context.transfer_session.id,
+        job_request["job_id"],
+    )

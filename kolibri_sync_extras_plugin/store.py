@@ -1,0 +1,41 @@
+"""
+Queries on morango's store that the plugin's operations and progress share.
+"""
+
+import functools
+import operator
+
+from django.db.models import Q
+from morango.models.core import Store
+
+__all__ = ["dirty_store_records", "undeserialized_records"]
+
+
+def _under_filter(sync_filter):
+    """
+    :type sync_filter: morango.models.certificates.Filter
+    :return: A condition matching store records in any of the filter's partitions
+    :rtype: django.db.models.Q
+    """
+    return functools.reduce(
+        operator.or_, (Q(partition__startswith=prefix) for prefix in sync_filter)
+    )
+
+
+def dirty_store_records(sync_filter):
+    """
+    :return: Store records within ``sync_filter`` that wait to be deserialized or
+        failed to be (morango keeps the dirty bit of a record it could not apply)
+    :rtype: django.db.models.QuerySet
+    """
+    return Store.objects.filter(_under_filter(sync_filter), dirty_bit=True)
+
+
+def undeserialized_records(sync_filter):
+    """
+    :return: Store records within ``sync_filter`` that were received but never
+        deserialized: dirty, and without a recorded deserialization error
+    :rtype: django.db.models.QuerySet
+    """
+    no_error = Q(deserialization_error__isnull=True) | Q(deserialization_error="")
+    return dirty_store_records(sync_filter).filter(no_error)
