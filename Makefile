@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KOLIBRI_HOME ?= $(CURDIR)/.kolibri
 export KOLIBRI_HOME
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench package-check lint clean
 
 $(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,15 @@ demo: venv
 bench: venv
 	$(BIN)/python -m sync_lab.demo --bench $(DEMO_ARGS)
 
+# build the sdist and the wheel, check what they hold, and enable the wheel in a
+# fresh environment with stock Kolibri; the checked files are left in dist/
+package-check:
+	PYTHON=$(PYTHON) .ci/check-package
+
 lint:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements-dev.txt
 	$(BIN)/pre-commit run --all-files
 
 clean:
-	rm -rf $(VENV) $(KOLIBRI_HOME) build *.egg-info
+	rm -rf $(VENV) $(KOLIBRI_HOME) build dist *.egg-info

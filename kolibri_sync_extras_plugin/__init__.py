@@ -1,3 +1,3 @@
 """Background transfer stages for Kolibri facility syncs."""
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
