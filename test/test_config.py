@@ -13,7 +13,7 @@ from kolibri_sync_extras_plugin.config import runs_in_background
 from kolibri_sync_extras_plugin.errors import InvalidSyncOption
 from kolibri_sync_extras_plugin.options import option_spec
 
-from .conftest import sync_options
+from .helpers.options import sync_options
 
 
 def _options(**sync):
