@@ -4,8 +4,6 @@ running in a thread meanwhile. :func:`sync_lab.jobs.wait_for_stage_job` times a
 fault to land while a particular stage job runs.
 """
 
-import os
-import signal
 import threading
 import time
 
@@ -14,40 +12,21 @@ from .instances import InstanceError
 __all__ = [
     "BackgroundSync",
     "kill_server",
-    "sigkill",
 ]
-
-
-def sigkill(process):
-    """
-    SIGKILL a process the lab started, by its pid, and reap it: a crash, a power
-    cut or the out-of-memory killer; nothing in it gets to clean up.
-
-    :type process: subprocess.Popen
-    """
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def kill_server(instance):
     """
-    SIGKILL an instance's server process (with ``kolibri start``, its job workers
-    too: they are its threads). The instance can be started again afterwards.
+    SIGKILL an instance's server process by its pid, as a crash, a power cut or
+    the out-of-memory killer would: nothing in it gets to clean up (with ``kolibri
+    start``, its job workers neither: they are its threads). The instance can be
+    started again afterwards.
 
     :type instance: sync_lab.instances.KolibriInstance
     :return: The killed process's pid
     :rtype: int
     """
-    process = instance.process
-    if process is None or process.poll() is not None:
-        raise InstanceError("{} is not running".format(instance.name))
-    sigkill(process)
-    # forget the dead process, so that start() starts a new one
-    instance.stop()
-    return process.pid
+    return instance.kill()
 
 
 class BackgroundSync(threading.Thread):
