@@ -29,6 +29,7 @@ from pathlib import Path
 from mirakuru import Executor
 from mirakuru import HTTPExecutor
 from mirakuru.base import ENV_UUID
+from mirakuru.exceptions import AlreadyRunning
 from mirakuru.exceptions import ExecutorError
 from mirakuru.exceptions import ProcessExitedWithError
 
@@ -517,7 +518,11 @@ class KolibriInstance(object):
                     )
                     return
                 except ExecutorError as e:
-                    port_taken = "occupied" in self.server_output_tail().lower()
+                    # mirakuru found something on the port before starting, or
+                    # Kolibri found it taken: another process was quicker
+                    port_taken = isinstance(e, AlreadyRunning) or (
+                        "occupied" in self.server_output_tail().lower()
+                    )
                     self.stop()
                     if not port_taken or attempt == attempts:
                         raise ServerFailed(
