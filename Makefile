@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KOLIBRI_HOME ?= $(CURDIR)/.kolibri
 export KOLIBRI_HOME
 
-.PHONY: venv test demo bench package-check lint clean
+.PHONY: venv test test-fast demo bench package-check lint clean
 
 $(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
 
 venv: $(BIN)/kolibri
 
+# the full suite, as CI runs it
 test: venv
 	$(BIN)/python -m pytest test/
+
+# the in-process tests only: no Kolibri process started, for the development loop
+test-fast: venv
+	$(BIN)/python -m pytest test/ -m "not e2e"
 
 demo: venv
 	$(BIN)/python -m sync_lab.demo $(DEMO_ARGS)

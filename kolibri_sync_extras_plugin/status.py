@@ -29,6 +29,7 @@ __all__ = [
     "ERRORED",
     "DEFAULT_STUCK_AFTER_SECONDS",
     "StageReport",
+    "report_as_dict",
     "report_background_stages",
 ]
 
@@ -53,6 +54,7 @@ StageReport = namedtuple(
         "stage_status",
         "job_id",
         "job_state",
+        "worker_process",
         "progress",
         "total_progress",
         "percentage",
@@ -71,7 +73,8 @@ transfer session tell.
 
 ``stage_status`` is the stage's status as the client sees it, or ``moved on``,
 ``closed`` or ``gone`` once the transfer session has left the stage. ``job_state``
-is ``None`` when no job serves the stage. ``age_seconds`` counts from when the job
+is ``None`` when no job serves the stage; ``worker_process`` is the pid of the
+process that last ran the job, as Kolibri noted it. ``age_seconds`` counts from when the job
 was enqueued, or for a stage without a job from its transfer session's last
 activity. ``problem`` is :data:`STUCK`, :data:`ERRORED` or ``None``, and ``detail``
 says why (or why a job left its stage alone).
@@ -175,6 +178,7 @@ def _job_reports(now, stuck_after, errors_since):
             stage_status=_stage_status_seen(sessions.get(transfer_session_id), stage),
             job_id=job.job_id,
             job_state=job.state,
+            worker_process=orm_job.worker_process,
             progress=job.progress,
             total_progress=job.total_progress,
             percentage=job.percentage_progress,
@@ -234,6 +238,7 @@ def _jobless_reports(now, job_ids):
             stage_status=session["transfer_stage_status"],
             job_id=None,
             job_state=None,
+            worker_process=None,
             progress=0,
             total_progress=0,
             percentage=0.0,
@@ -245,6 +250,20 @@ def _jobless_reports(now, job_ids):
             problem=STUCK if stuck else None,
             detail="no job in job storage",
         )
+
+
+def report_as_dict(report):
+    """
+    A report with its times as ISO 8601 text, ready for JSON.
+
+    :type report: StageReport
+    :rtype: dict
+    """
+    data = report._asdict()
+    for key in ("enqueued_at", "started_at", "finished_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    return data
 
 
 def report_background_stages(

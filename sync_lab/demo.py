@@ -203,7 +203,7 @@ def run_mode(mode, templates, client_records, args, progress):
         server.start()
         progress.say(
             "{}: listening on {} (pid {})".format(
-                server.name, server.base_url, server.process.pid
+                server.name, server.base_url, server.pid
             )
         )
         with TimingProxy(

@@ -13,7 +13,7 @@ from kolibri_sync_extras_plugin.config import runs_in_background
 from kolibri_sync_extras_plugin.errors import InvalidSyncOption
 from kolibri_sync_extras_plugin.options import option_spec
 
-from .conftest import sync_options
+from .helpers.options import sync_options
 
 
 def _options(**sync):
@@ -157,7 +157,7 @@ SHOW_SETTINGS = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
     result = _kolibri(
         ["manage", "check"],
@@ -170,7 +170,7 @@ def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
     assert "serializing, queuing" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__env_var_overrides_options_ini():
     result = _kolibri(
         SHOW_SETTINGS,
@@ -186,7 +186,7 @@ def test_cli__env_var_overrides_options_ini():
     assert "KOLIBRI_SYNC_BACKGROUND_FINALIZATION" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__invalid_boolean__kolibri_exits_nonzero_naming_the_variable():
     result = _kolibri(
         ["manage", "check"], KOLIBRI_SYNC_BACKGROUND_INITIALIZATION="maybe"

@@ -20,13 +20,12 @@ from morango.models.core import TransferSession
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.tasks import run_background_stage
 
-from .conftest import ALL_DATABASES
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
-
-CLIENT_FSIC = '{"super": {}, "sub": {}}'
 
 
 @pytest.fixture
@@ -48,13 +47,13 @@ def test_job_finishes_before_the_request_returns__client_sees_completed(
     transfer = async_client.create(server_sync_session, push=False)
 
     async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
 
     polled = async_client.get(transfer["id"])
     assert polled["transfer_stage"] == transfer_stages.SERIALIZING
     assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
-    assert polled["client_fsic"] == CLIENT_FSIC
+    assert polled["client_fsic"] == EMPTY_FSIC
 
 
 def test_stage_raises_in_the_job__stage_errored_and_job_failed(

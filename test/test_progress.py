@@ -16,11 +16,11 @@ from morango.models.core import Store
 
 from kolibri_sync_extras_plugin import runner
 
-from .conftest import ALL_DATABASES
-from .conftest import EMPTY_FSIC
-from .conftest import LEARNERS
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.constants import LEARNERS
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 

@@ -24,10 +24,10 @@ from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 
-from .conftest import ALL_DATABASES
-from .conftest import EMPTY_FSIC
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -283,6 +283,26 @@ def test_status__job_running_in_a_live_worker__not_stuck_and_exits_zero(
 
     assert code == 0
     assert _only_stage(report)["problem"] is None
+
+
+def test_status_json__job_running__names_its_worker_process(pull_at_serializing):
+    [job] = queued_stage_jobs()
+    _mark_running_in(job.job_id, os.getpid())
+
+    code, report = status_json()
+
+    assert _only_stage(report)["worker_process"] == str(os.getpid())
+
+
+def test_status_json__stage_without_job__names_no_worker_process(
+    pull_at_serializing,
+):
+    [job] = queued_stage_jobs()
+    ORMJob.objects.filter(id=job.job_id).delete()
+
+    code, report = status_json()
+
+    assert _only_stage(report)["worker_process"] is None
 
 
 def test_status__one_stuck_and_one_errored__stuck_outranks_and_exits_two(
