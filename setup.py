@@ -18,7 +18,7 @@ setup(
     ),
     include_package_data=True,
     python_requires=">=3.6",
-    install_requires=["kolibri>=0.19,<0.20"],
+    install_requires=["kolibri>=0.16,<0.20"],
     entry_points={
         "kolibri.plugins": [
             "kolibri_sync_extras_plugin = kolibri_sync_extras_plugin",

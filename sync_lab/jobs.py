@@ -42,13 +42,11 @@ def stage_jobs(transfer_session_id=None):
     :rtype: list
     """
     from kolibri.core.tasks.main import job_storage
-    from kolibri.core.tasks.models import Job as ORMJob
 
+    from kolibri_sync_extras_plugin.compat import job_rows
     from kolibri_sync_extras_plugin.jobs import RUN_STAGE_TASK
 
-    scheduled = dict(
-        ORMJob.objects.filter(func=RUN_STAGE_TASK).values_list("id", "scheduled_time")
-    )
+    scheduled = {row.id: row.scheduled_time for row in job_rows(func=RUN_STAGE_TASK)}
     jobs = []
     for job in job_storage.filter_jobs(func=RUN_STAGE_TASK):
         metadata = job.extra_metadata or {}

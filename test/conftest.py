@@ -24,6 +24,8 @@ from morango.constants.capabilities import FSIC_V2_FORMAT
 from morango.models.core import SyncSession
 from morango.utils import CAPABILITIES_CLIENT_HEADER
 
+from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
 from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
 
 ALL_DATABASES = "__all__"
@@ -68,6 +70,17 @@ def django_db_setup(django_db_setup, django_db_blocker):
     # so the suite shares one; each test's transaction leaves it as it was
     with django_db_blocker.unblock():
         _create_facility()
+
+
+@pytest.fixture(autouse=True)
+def empty_job_storage():
+    """
+    Start each test with no jobs. Before Kolibri 0.19 job storage is a database of
+    its own that a test's transaction does not roll back.
+    """
+    if not job_storage_in_test_transaction():
+        delete_job_rows()
+    yield
 
 
 @pytest.fixture
@@ -149,6 +162,9 @@ class MorangoHttpClient(object):
         return response
 
 
+_dumps = json.dumps
+
+
 def _json(response):
     assert response.status_code < 300, (response.status_code, response.content)
     return response.json()
@@ -165,14 +181,15 @@ class _DjangoClientSession(object):
             )
         }
 
+    # encoded here: Django before 2.1 (Kolibri 0.16) does not encode a dict as JSON
     def post(self, url, json):
         return self.client.post(
-            url, json, content_type="application/json", **self.extra
+            url, _dumps(json), content_type="application/json", **self.extra
         )
 
     def patch(self, url, json):
         return self.client.patch(
-            url, json, content_type="application/json", **self.extra
+            url, _dumps(json), content_type="application/json", **self.extra
         )
 
     def get(self, url):
@@ -254,15 +271,19 @@ def progress_updates(monkeypatch):
     updates = []
     save = Storage.update_job_progress
 
-    def recording(storage, job_id, progress, total_progress, extra_metadata=None):
+    def recording(storage, job_id, progress, total_progress, *args, **kwargs):
+        # before Kolibri 0.18 the metadata is saved on its own, just before
+        metadata = kwargs.get("extra_metadata", args[0] if args else None)
+        if metadata is None:
+            metadata = storage.get_job(job_id).extra_metadata
         updates.append(
             {
                 "progress": progress,
                 "total": total_progress,
-                "text": (extra_metadata or {}).get("status_text"),
+                "text": metadata.get("status_text"),
             }
         )
-        return save(storage, job_id, progress, total_progress, extra_metadata)
+        return save(storage, job_id, progress, total_progress, *args, **kwargs)
 
     monkeypatch.setattr(Storage, "update_job_progress", recording)
     return updates
