@@ -250,6 +250,28 @@ def test_status__job_gone_past_the_grace__stuck_without_a_job_and_exits_two(
     assert "no job" in out and "stuck: no job in job storage" in out
 
 
+def test_status__stuck_run_from_the_command_line__process_exits_two(
+    pull_at_serializing, monkeypatch, capsys
+):
+    from django.db import connections
+
+    from kolibri_sync_extras_plugin.management.commands.sync_extras_status import (
+        Command,
+    )
+
+    [job] = queued_stage_jobs()
+    delete_job_rows(job.job_id)
+    _backdate_stage(pull_at_serializing["id"], MISSING_JOB_GRACE_SECONDS + 1)
+    # the command closes every connection when it ends, the test's own included
+    monkeypatch.setattr(connections, "close_all", lambda: None)
+
+    with pytest.raises(SystemExit) as exited:
+        Command().run_from_argv(["kolibri", COMMAND])
+
+    assert exited.value.code == 2
+    assert "1 stuck" in capsys.readouterr().err
+
+
 def test_status__job_gone_within_the_grace__listed_not_stuck_and_exits_zero(
     pull_at_serializing,
 ):
