@@ -16,8 +16,9 @@ for, so a difference between lines is handled here once:
   package names it in ``default_app_config``, and ``CommandError`` takes no
   ``returncode``.
 
-Kolibri imports the plugin before Django is configured, so only Kolibri's version,
-its hooks module and Django's version are imported at module level here.
+Kolibri imports the plugin before Django is configured, so only what needs no
+settings (Kolibri's version and task hooks, Django's version and management base
+classes) is imported at module level here; job storage is imported when used.
 """
 
 import datetime
@@ -34,7 +35,6 @@ from kolibri.core.tasks import hooks as _task_hooks
 
 __all__ = [
     "KOLIBRI_LINE",
-    "SUPPORTED_LINES",
     "JobHook",
     "JobRow",
     "job_rows",
@@ -50,8 +50,6 @@ __all__ = [
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
 KOLIBRI_LINE = tuple(KOLIBRI_VERSION[:2])
-#: The release lines the plugin is built and tested for (``setup.py`` says the same).
-SUPPORTED_LINES = ((0, 16), (0, 17), (0, 18), (0, 19))
 
 #: Kolibri's hook on job storage changes: ``JobHook`` from 0.19, ``StorageHook`` before.
 JobHook = getattr(_task_hooks, "JobHook", None) or _task_hooks.StorageHook
