@@ -6,7 +6,8 @@ morango runs each stage in one call, so the counts depend on what it lets us see
 
 - ``deserializing``: the dirty Store records under the sync filter are known when
   the stage starts, and morango saves each Store record back as it deserializes it,
-  so progress counts records one by one.
+  so progress counts records one by one (before Kolibri 0.19, morango marks them
+  clean in bulk: 0 of them until all are done; see :mod:`.compat`).
 - ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
   are known when the stage starts, but morango merges them in one SQL transaction,
   so progress is 0 of them until all are done.
