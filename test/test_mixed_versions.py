@@ -9,6 +9,8 @@ push), and each test checks one thing about it. A line that is not installed in
 this checkout (``make venv KOLIBRI=0.16``) is skipped, except under CI.
 """
 
+import json
+
 import pytest
 
 from sync_lab.dataset import COUNTED
@@ -79,6 +81,7 @@ def synced(request, lab_root, line_template):
             kolibri_version(client.python),
         )
         outcome.server = server
+        outcome.status = server.manage("sync_extras_status", "--json", check=False)
         yield outcome
 
 
@@ -138,3 +141,15 @@ def test_stage_jobs__none_failed(synced):
     assert not failed, "{}\n\nserver log:\n{}".format(
         _job_summary(synced), synced.server.log_tail()
     )
+
+
+def test_status_command__after_the_sync__every_stage_done_and_exits_0(synced):
+    status = synced.status
+    # kolibri manage prints its own log lines first: the report is the last line
+    report = json.loads(status.output.strip().splitlines()[-1])
+    assert status.returncode == 0, status.tail()
+    assert report["healthy"] is True
+    assert sorted((s["direction"], s["stage"]) for s in report["stages"]) == sorted(
+        PULL_STAGES | PUSH_STAGES
+    )
+    assert {s["job_state"] for s in report["stages"]} == {"COMPLETED"}
