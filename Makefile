@@ -1,17 +1,29 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both create a virtual environment in .venv with Kolibri and this plugin first.
+# Both create a virtual environment with Kolibri and this plugin first: Kolibri
+# 0.19 in .venv by default, another supported line with KOLIBRI=0.16 (0.17, 0.18)
+# in .venv-0.16, so every line can be tested side by side.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
+KOLIBRI ?= 0.19
+ifeq ($(KOLIBRI),0.19)
+VENV ?= .venv
 KOLIBRI_HOME ?= $(CURDIR)/.kolibri
+else
+VENV ?= .venv-$(KOLIBRI)
+KOLIBRI_HOME ?= $(CURDIR)/.kolibri-$(KOLIBRI)
+endif
+BIN := $(VENV)/bin
 export KOLIBRI_HOME
+
+# the fast, in-process tests (no Kolibri process started), for the development
+# loop; `make test` runs everything
+FAST := -m "not e2e"
 
 .PHONY: venv test test-fast demo bench package-check lint clean
 
 $(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -r requirements.txt -r requirements-test.txt "kolibri==$(KOLIBRI).*"
 	$(BIN)/pip install -e .
 	$(BIN)/kolibri plugin enable kolibri_sync_extras_plugin
 	touch $@
@@ -20,11 +32,10 @@ venv: $(BIN)/kolibri
 
 # the full suite, as CI runs it
 test: venv
-	$(BIN)/python -m pytest test/
+	$(BIN)/python -m pytest test/ $(PYTEST_ARGS)
 
-# the in-process tests only: no Kolibri process started, for the development loop
 test-fast: venv
-	$(BIN)/python -m pytest test/ -m "not e2e"
+	$(BIN)/python -m pytest test/ $(FAST) $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/python -m sync_lab.demo $(DEMO_ARGS)

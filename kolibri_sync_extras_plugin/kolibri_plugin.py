@@ -7,9 +7,10 @@ hook is first called.
 """
 
 from kolibri.core.auth.hooks import FacilityDataSyncHook
-from kolibri.core.tasks.hooks import JobHook
 from kolibri.plugins import KolibriPluginBase
 from kolibri.plugins.hooks import register_hook
+
+from .compat import JobHook
 
 
 class SyncExtrasPlugin(KolibriPluginBase):

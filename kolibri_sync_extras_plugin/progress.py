@@ -6,7 +6,8 @@ morango runs each stage in one call, so the counts depend on what it lets us see
 
 - ``deserializing``: the dirty Store records under the sync filter are known when
   the stage starts, and morango saves each Store record back as it deserializes it,
-  so progress counts records one by one.
+  so progress counts records one by one (before Kolibri 0.19, morango marks them
+  clean in bulk: 0 of them until all are done; see :mod:`.compat`).
 - ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
   are known when the stage starts, but morango merges them in one SQL transaction,
   so progress is 0 of them until all are done.
@@ -31,6 +32,8 @@ from morango.constants import transfer_stages
 from morango.models.core import Buffer
 from morango.models.core import Store
 
+from .compat import COUNTS_DESERIALIZED_RECORDS
+from .compat import update_job_progress
 from .store import dirty_store_records
 from .wording import describe
 
@@ -77,7 +80,11 @@ def _queued_records(context):
 #: Per stage: the count known when the stage starts, the count known when it ends,
 #: and whether records are counted one by one while it runs.
 _COUNTS = {
-    transfer_stages.DESERIALIZING: (_dirty_store_records, None, True),
+    transfer_stages.DESERIALIZING: (
+        _dirty_store_records,
+        None,
+        COUNTS_DESERIALIZED_RECORDS,
+    ),
     transfer_stages.DEQUEUING: (_buffered_records, None, False),
     transfer_stages.QUEUING: (None, _queued_records, False),
 }
@@ -269,10 +276,7 @@ class StageProgress(object):
         self._metadata["status_text"] = self._status_text()
         # Kolibri saves this only when it moved by 1% or more, or is complete
         self._write(
-            self.job.update_progress,
-            self.done,
-            self.total,
-            extra_metadata=self._metadata,
+            update_job_progress, self.job, self.done, self.total, self._metadata
         )
 
     def _save_metadata(self, **metadata):

@@ -11,10 +11,10 @@ from collections import namedtuple
 
 from django.utils import timezone
 from kolibri.core.tasks.job import Job
-from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from .compat import job_rows
 from .health import MISSING_JOB_GRACE_SECONDS
 from .health import worker_is_gone
 from .jobs import FINISHED_JOB_STATES
@@ -154,7 +154,7 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
 
 
 def _job_reports(now, stuck_after, errors_since):
-    orm_jobs = list(ORMJob.objects.filter(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK))
+    orm_jobs = job_rows(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
     jobs = [(Job.from_json(orm_job.saved_job), orm_job) for orm_job in orm_jobs]
     session_ids = {job.kwargs.get("transfer_session_id") for job, _ in jobs}
     sessions = {

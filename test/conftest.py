@@ -27,6 +27,9 @@ from .helpers.options import sync_options
 from .helpers.records import facility_records
 from .helpers.records import push_edited
 
+from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
+
 
 @pytest.fixture
 def background_everything():
@@ -51,6 +54,17 @@ def django_db_setup(django_db_setup, django_db_blocker):
     # so the suite shares one; each test's transaction leaves it as it was
     with django_db_blocker.unblock():
         _create_facility()
+
+
+@pytest.fixture(autouse=True)
+def empty_job_storage():
+    """
+    Start each test with no jobs. Before Kolibri 0.19 job storage is a database of
+    its own that a test's transaction does not roll back.
+    """
+    if not job_storage_in_test_transaction():
+        delete_job_rows()
+    yield
 
 
 @pytest.fixture
@@ -94,15 +108,19 @@ def progress_updates(monkeypatch):
     updates = []
     save = Storage.update_job_progress
 
-    def recording(storage, job_id, progress, total_progress, extra_metadata=None):
+    def recording(storage, job_id, progress, total_progress, *args, **kwargs):
+        # before Kolibri 0.18 the metadata is saved on its own, just before
+        metadata = kwargs.get("extra_metadata", args[0] if args else None)
+        if metadata is None:
+            metadata = storage.get_job(job_id).extra_metadata
         updates.append(
             {
                 "progress": progress,
                 "total": total_progress,
-                "text": (extra_metadata or {}).get("status_text"),
+                "text": metadata.get("status_text"),
             }
         )
-        return save(storage, job_id, progress, total_progress, extra_metadata)
+        return save(storage, job_id, progress, total_progress, *args, **kwargs)
 
     monkeypatch.setattr(Storage, "update_job_progress", recording)
     return updates

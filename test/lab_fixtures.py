@@ -8,11 +8,15 @@ client. Registered as a pytest plugin by the suite's root ``conftest.py``; the
 servers made from them come from :mod:`test.helpers.lab`.
 """
 
+import contextlib
 import os
+import sys
 
 import pytest
 
 from sync_lab.instances import KolibriInstance
+from sync_lab.lines import line_python
+from sync_lab.lines import venv_dir
 from sync_lab.postgres import PostgresServer
 from sync_lab.postgres import postgres_installed
 from sync_lab.scenario import provision_server
@@ -101,3 +105,66 @@ def postgres_server_template(postgres, lab_templates_root):
     ) as template:
         facility = provision_server(template, SERVER_RECORDS)
         yield template, database, facility
+
+
+#: Set (as CI does) to fail, rather than skip, when a Kolibri line a test syncs
+#: with is not installed in this checkout.
+REQUIRE_LINES_ENV = "SYNC_LAB_REQUIRE_LINES"
+
+
+def python_of_line(line):
+    """
+    The interpreter that runs Kolibri ``line``; the test is skipped when the line is
+    not installed (``make venv KOLIBRI=<line>``), or fails under CI.
+
+    :rtype: str
+    """
+    python = line_python(line)
+    if python is None:
+        message = (
+            "Kolibri {} is not installed in {}: run `make venv KOLIBRI={}`".format(
+                line, venv_dir(line), line
+            )
+        )
+        if os.environ.get(REQUIRE_LINES_ENV) or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip("{} (set {} to fail instead)".format(message, REQUIRE_LINES_ENV))
+    return python
+
+
+@pytest.fixture(scope="session")
+def line_template(request, lab_templates_root):
+    """
+    ``line_template(kind, line)``: the run's ``"server"`` or ``"client"`` template
+    home made by Kolibri ``line``, each made once; the running line's are the
+    :func:`server_template` and :func:`client_template` fixtures. A server template
+    is ``(home, facility)``, a client template the home.
+    """
+    made = {}
+    with contextlib.ExitStack() as stack:
+
+        def template(kind, line):
+            python = python_of_line(line)
+            if python == sys.executable:
+                return request.getfixturevalue(kind + "_template")
+            if (kind, line) not in made:
+                instance = stack.enter_context(
+                    KolibriInstance(
+                        "{}-template-{}".format(kind, line),
+                        root=lab_templates_root,
+                        plugin=kind == "server",
+                        python=python,
+                    )
+                )
+                if kind == "server":
+                    made[kind, line] = (
+                        instance,
+                        provision_server(instance, SERVER_RECORDS),
+                    )
+                else:
+                    instance.migrate()
+                    made[kind, line] = instance
+            return made[kind, line]
+
+        yield template
+

@@ -11,12 +11,13 @@ import subprocess
 import pytest
 from django.utils import timezone
 from kolibri.core.tasks.main import job_storage
-from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import update_job_row
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.tasks import run_background_stage
 
@@ -144,7 +145,7 @@ def _backdate_stage(transfer_session_id, seconds):
 
 def _delete_job_row(job_id):
     # as if job storage lost the row outside Kolibri's API (no job hook runs)
-    ORMJob.objects.filter(id=job_id).delete()
+    delete_job_rows(job_id)
 
 
 def test_job_row_vanishes__client_poll_within_grace__stage_still_started(
@@ -171,11 +172,12 @@ def test_job_row_vanishes__client_polls_after_grace__stage_errored(
 
 
 def _mark_running_in(job_id, pid):
-    orm_job = job_storage.get_orm_job(job_id)
-    orm_job.state = "RUNNING"
-    orm_job.worker_host = socket.gethostname()
-    orm_job.worker_process = str(pid)
-    orm_job.save()
+    update_job_row(
+        job_id,
+        state="RUNNING",
+        worker_host=socket.gethostname(),
+        worker_process=str(pid),
+    )
 
 
 def test_job_running_in_a_dead_worker__client_polls__stage_errored_and_job_failed(

@@ -15,6 +15,7 @@ from morango.constants import transfer_stages
 from morango.models.core import Store
 
 from kolibri_sync_extras_plugin import runner
+from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -24,11 +25,19 @@ from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
+#: For tests of counting deserialized records one by one, which only the morango of
+#: Kolibri 0.19 allows.
+counts_each_record = pytest.mark.skipif(
+    not COUNTS_DESERIALIZED_RECORDS,
+    reason="this morango marks deserialized records clean in bulk",
+)
+
 
 def _fractions(updates):
     return [update["progress"] / update["total"] for update in updates]
 
 
+@counts_each_record
 def test_deserializing_progress__pushed_records__counts_each_record_and_never_goes_back(
     pushed_and_dequeued, progress_updates
 ):
@@ -46,6 +55,7 @@ def test_deserializing_progress__pushed_records__counts_each_record_and_never_go
     )
 
 
+@counts_each_record
 def test_deserializing_progress__while_running__status_text_counts_records(
     pushed_and_dequeued, progress_updates
 ):
@@ -57,6 +67,30 @@ def test_deserializing_progress__while_running__status_text_counts_records(
         "Deserializing done for Riverside School: 12 records"
     )
     assert job.extra_metadata["records"] == LEARNERS
+
+
+@pytest.mark.skipif(
+    COUNTS_DESERIALIZED_RECORDS, reason="this morango lets each record be counted"
+)
+def test_deserializing_progress__records_marked_in_bulk__zero_then_all_at_once(
+    pushed_and_dequeued, progress_updates
+):
+    [job] = run_stage_jobs()
+
+    assert [(u["progress"], u["total"]) for u in progress_updates] == [
+        (0, LEARNERS),
+        (LEARNERS, LEARNERS),
+    ]
+    assert progress_updates[0]["text"] == (
+        "Deserializing 12 records for Riverside School"
+    )
+    assert job.extra_metadata["counted_live"] is False
+    assert job.extra_metadata["status_text"] == (
+        "Deserializing done for Riverside School: 12 records"
+    )
+    assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
+        LEARNERS
+    )
 
 
 def test_dequeuing_progress__pushed_records__total_known_before_the_merge(
@@ -201,6 +235,7 @@ def first_pass_rolled_back_after_6_records(monkeypatch):
     post_save.disconnect(middleware.count_saves, sender=Store)
 
 
+@counts_each_record
 def test_deserializing_progress__morango_starts_over__holds_until_the_new_pass_passes_it(
     pushed_and_dequeued, first_pass_rolled_back_after_6_records, monkeypatch
 ):

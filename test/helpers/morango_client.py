@@ -4,6 +4,7 @@ through Django's test client: the same request cycle as over HTTP (request
 signals included) without a socket.
 """
 
+import json
 import uuid
 
 from django.test import Client
@@ -42,7 +43,7 @@ class MorangoHttpClient(object):
         }
         if records_total is not None:
             data["records_total"] = records_total
-        return _json(self.client.post(self._url(), data, **self._json_extra()))
+        return _json(self.client.post(self._url(), json.dumps(data), **self._json_extra()))
 
     def get(self, transfer_session_id):
         return _json(self.client.get(self._url(transfer_session_id), **self.extra))
@@ -51,7 +52,7 @@ class MorangoHttpClient(object):
         data["transfer_stage"] = stage
         return _json(
             self.client.patch(
-                self._url(transfer_session_id), data, **self._json_extra()
+                self._url(transfer_session_id), json.dumps(data), **self._json_extra()
             )
         )
 
@@ -72,11 +73,13 @@ class MorangoHttpClient(object):
 
     def push_buffers(self, records):
         """Send a push's records, as the client's transferring stage does."""
-        response = self.client.post(BUFFERS_PATH, records, **self._json_extra())
+        response = self.client.post(BUFFERS_PATH, json.dumps(records), **self._json_extra())
         assert response.status_code == 201, response.content
         return response
 
     def _json_extra(self):
+        # bodies are encoded by the callers: Django before 2.1 (Kolibri 0.16)
+        # does not encode a dict as JSON itself
         return dict(self.extra, content_type="application/json")
 
 

@@ -5,10 +5,10 @@ and whether any is stuck or errored, for people and for health checks.
 
 import json
 
-from django.core.management.base import BaseCommand
-from django.core.management.base import CommandError
 from django.utils import timezone
 
+from kolibri_sync_extras_plugin.compat import BaseCommand
+from kolibri_sync_extras_plugin.compat import CommandError
 from kolibri_sync_extras_plugin.status import DEFAULT_STUCK_AFTER_SECONDS
 from kolibri_sync_extras_plugin.status import ERRORED
 from kolibri_sync_extras_plugin.status import STUCK
