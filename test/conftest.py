@@ -18,6 +18,9 @@ from morango.constants import transfer_stages
 from morango.constants.capabilities import FSIC_V2_FORMAT
 from morango.models.core import SyncSession
 
+from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
+
 from .helpers.constants import EMPTY_FSIC
 from .helpers.constants import FACILITY_NAME
 from .helpers.constants import LEARNERS
@@ -26,9 +29,6 @@ from .helpers.morango_client import MorangoHttpClient
 from .helpers.options import sync_options
 from .helpers.records import facility_records
 from .helpers.records import push_edited
-
-from kolibri_sync_extras_plugin.compat import delete_job_rows
-from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
 
 
 @pytest.fixture

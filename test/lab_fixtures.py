@@ -167,4 +167,3 @@ def line_template(request, lab_templates_root):
             return made[kind, line]
 
         yield template
-

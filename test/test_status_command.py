@@ -327,7 +327,7 @@ def test_status_json__stage_without_job__names_no_worker_process(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    ORMJob.objects.filter(id=job.job_id).delete()
+    delete_job_rows(job.job_id)
 
     code, report = status_json()
 

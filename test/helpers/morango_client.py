@@ -43,7 +43,9 @@ class MorangoHttpClient(object):
         }
         if records_total is not None:
             data["records_total"] = records_total
-        return _json(self.client.post(self._url(), json.dumps(data), **self._json_extra()))
+        return _json(
+            self.client.post(self._url(), json.dumps(data), **self._json_extra())
+        )
 
     def get(self, transfer_session_id):
         return _json(self.client.get(self._url(transfer_session_id), **self.extra))
@@ -73,7 +75,9 @@ class MorangoHttpClient(object):
 
     def push_buffers(self, records):
         """Send a push's records, as the client's transferring stage does."""
-        response = self.client.post(BUFFERS_PATH, json.dumps(records), **self._json_extra())
+        response = self.client.post(
+            BUFFERS_PATH, json.dumps(records), **self._json_extra()
+        )
         assert response.status_code == 201, response.content
         return response
 
