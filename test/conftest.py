@@ -79,6 +79,14 @@ def facility(db):
 @pytest.fixture
 def server_sync_session(facility):
     """A sync session as morango's server creates it when a full-facility client connects."""
+    return new_server_sync_session(facility)
+
+
+def new_server_sync_session(facility, client_instance_id=None):
+    """
+    A server's sync session with a full-facility client: a new client instance
+    unless ``client_instance_id`` names one (a client may open many sync sessions).
+    """
     certificate = facility.dataset.get_root_certificate()
     return SyncSession.objects.create(
         id=uuid.uuid4().hex,
@@ -89,7 +97,7 @@ def server_sync_session(facility):
         server_certificate=certificate,
         connection_kind="network",
         connection_path="http://127.0.0.1",
-        client_instance_id=uuid.uuid4(),
+        client_instance_id=client_instance_id or uuid.uuid4(),
         last_activity_timestamp=timezone.now(),
     )
 
