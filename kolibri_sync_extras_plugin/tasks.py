@@ -27,6 +27,7 @@ from .runner import stage_signal
 from .wording import describe
 from .wording import describe_job
 from .wording import facility_label
+from .writer_lock import one_writer_at_a_time
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def background_stage_status(job):
     # the jobs name facilities and sync sessions: only their admins may see them
     permission_classes=[IsAdminForJob],
 )
+@one_writer_at_a_time
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
 ):
