@@ -11,9 +11,6 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.config import get_stage_job_limits
-from kolibri_sync_extras_plugin.errors import InvalidSyncOption
-
 from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC
 from .conftest import new_server_sync_session
@@ -136,17 +133,3 @@ def test_per_client_cap__finished_jobs_of_the_client__do_not_count(
         run_stage_jobs()
 
     assert len(job_storage.filter_jobs(state="COMPLETED")) == 3
-
-
-@pytest.mark.parametrize(
-    "option, value",
-    [
-        ("MAX_STAGE_JOBS_PER_CLIENT", 0),
-        ("MAX_STAGE_JOBS", -1),
-        ("MAX_STAGE_JOBS", True),
-    ],
-)
-def test_limits__not_a_whole_number_above_zero__error_names_the_option(option, value):
-    with sync_options(**{option: value}):
-        with pytest.raises(InvalidSyncOption, match=r"\[Sync\] {}".format(option)):
-            get_stage_job_limits()
