@@ -14,6 +14,7 @@ class SyncExtrasConfig(AppConfig):
         from .config import get_background_settings
         from .config import get_retention_settings
         from .config import get_stage_job_limits
+        from .limits import add_refusal_middleware
         from .limits import connect_refusal_signals
         from .request_boundary import connect_request_signals
 
@@ -23,3 +24,4 @@ class SyncExtrasConfig(AppConfig):
         get_retention_settings()
         connect_request_signals()
         connect_refusal_signals()
+        add_refusal_middleware()

@@ -7,7 +7,8 @@ could fill job storage and hold Kolibri's workers. Before a stage is handed to a
 job, the unfinished stage jobs of its client instance and of all clients are
 counted; past ``[Sync] MAX_STAGE_JOBS_PER_CLIENT`` or ``[Sync] MAX_STAGE_JOBS``
 the stage is refused instead of queued: it ends ERRORED, the server logs why, and
-the client's request fails with HTTP 503 whose detail names the cap.
+the client's request fails with HTTP 503 whose detail, and status line, name the
+cap.
 """
 
 import logging
@@ -29,6 +30,9 @@ __all__ = [
     "unfinished_stage_jobs",
     "refuse_stage_over_limits",
     "connect_refusal_signals",
+    "REFUSAL_MIDDLEWARE",
+    "RefusalReasonMiddleware",
+    "add_refusal_middleware",
 ]
 
 #: Job states in which a stage job still holds a place in job storage's queue.
@@ -139,3 +143,39 @@ def connect_refusal_signals():
     for stage in INITIALIZATION_STAGES + FINALIZATION_STAGES:
         getattr(session_controller.signals, stage).completed.connect(_raise_refusal)
     _connected.append(True)
+
+
+#: The middleware that puts a refusal's message in the response's status line.
+REFUSAL_MIDDLEWARE = "kolibri_sync_extras_plugin.limits.RefusalReasonMiddleware"
+
+
+class RefusalReasonMiddleware(object):
+    """
+    Puts a refusal's message in the 503's status line as well as its body: a
+    morango client logs the body of an error response only when the response is
+    truthy, which a 4xx/5xx ``requests`` response never is, so the status line
+    (which ``requests`` puts in its ``HTTPError``) is what the client prints.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        data = getattr(response, "data", None)
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if getattr(detail, "code", None) == StageJobLimitReached.default_code:
+            response.reason_phrase = str(detail)
+        return response
+
+
+def add_refusal_middleware():
+    """
+    Add :class:`RefusalReasonMiddleware` to Django's middleware. Kolibri lets a
+    plugin's settings extend only a few settings, so this runs when the app is
+    ready, before Django's request handler loads its middleware.
+    """
+    from django.conf import settings
+
+    if REFUSAL_MIDDLEWARE not in settings.MIDDLEWARE:
+        settings.MIDDLEWARE = list(settings.MIDDLEWARE) + [REFUSAL_MIDDLEWARE]

@@ -69,6 +69,14 @@ def test_per_client_cap__stage_past_it__refused_with_503_naming_the_option(
     assert _stage_status(transfer_id) == transfer_statuses.ERRORED
 
 
+def test_per_client_cap__stage_past_it__status_line_names_the_option(
+    client_at_its_cap, async_client, facility
+):
+    _, response = _ask_for_serializing(async_client, facility, CLIENT)
+
+    assert "[Sync] MAX_STAGE_JOBS_PER_CLIENT = 2" in response.reason_phrase
+
+
 def test_per_client_cap__stage_past_it__no_job_queued(
     client_at_its_cap, async_client, facility
 ):
