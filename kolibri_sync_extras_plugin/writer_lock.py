@@ -29,6 +29,7 @@ __all__ = [
     "lock_file_path",
     "writer_turn",
     "one_writer_at_a_time",
+    "FIRST_ENQUEUED_KEY",
 ]
 
 #: How soon a stage job that found the writers' turn taken is tried again.
@@ -98,6 +99,21 @@ def writer_turn():
         yield turn
 
 
+#: The job metadata that keeps when a waiting job was first enqueued: each retry
+#: moves the job's scheduled time, which the status command counts its age from.
+FIRST_ENQUEUED_KEY = "first_enqueued_at"
+
+
+def _remember_first_enqueued(job):
+    from kolibri.core.tasks.main import job_storage
+
+    if job.extra_metadata.get(FIRST_ENQUEUED_KEY):
+        return
+    scheduled_time = job_storage.get_orm_job(job.job_id).scheduled_time
+    if scheduled_time is not None:
+        job.update_metadata(**{FIRST_ENQUEUED_KEY: scheduled_time.isoformat()})
+
+
 def one_writer_at_a_time(task):
     """
     Run ``task`` (a stage job's function) only while holding the writers' turn;
@@ -116,6 +132,7 @@ def one_writer_at_a_time(task):
         with writer_turn() as turn:
             if turn:
                 return task(*args, **kwargs)
+        _remember_first_enqueued(job)
         job.retry_in(TURN_RETRY_DELAY)
         logger.debug("Stage job %s waits: another stage job is writing", job.job_id)
         return {

@@ -3,12 +3,17 @@ One stage job writing at a time on SQLite: a job that finds another writing give
 its worker back and is queued again, and runs once the turn is free.
 """
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from kolibri.core.tasks.main import job_storage
 from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.status import STUCK
+from kolibri_sync_extras_plugin.status import report_background_stages
 from kolibri_sync_extras_plugin.writer_lock import writer_turn
 
 from .conftest import ALL_DATABASES
@@ -76,3 +81,17 @@ def test_stage_job__turn_free_again__runs_and_completes_the_stage(
 
     assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
     assert _stage_status(pull_at_serializing) == transfer_statuses.COMPLETED
+
+
+def test_stage_job__waiting_past_stuck_after__status_reports_it_stuck(
+    pull_at_serializing, another_stage_writing
+):
+    [job] = queued_stage_jobs()
+    enqueued = timezone.now() - timedelta(seconds=120)
+    ORMJob.objects.filter(id=job.job_id).update(scheduled_time=enqueued)
+    job.execute()
+
+    [report] = report_background_stages(stuck_after=60)
+
+    assert report.problem == STUCK
+    assert report.enqueued_at == enqueued
