@@ -23,6 +23,7 @@ from .jobs import SYNC_EXTRAS_QUEUE
 from .jobs import job_id_for
 from .jobs import stage_status_for_job_state
 from .wording import describe_job
+from .writer_lock import FIRST_ENQUEUED_KEY
 
 __all__ = [
     "STUCK",
@@ -167,7 +168,11 @@ def _job_reports(now, stuck_after, errors_since):
         metadata = job.extra_metadata
         transfer_session_id = job.kwargs.get("transfer_session_id")
         stage = job.kwargs.get("stage")
-        age = _seconds_between(orm_job.scheduled_time, now)
+        # a job waiting for the writers' turn is rescheduled each time it looks
+        enqueued_at = (
+            _parse_time(metadata.get(FIRST_ENQUEUED_KEY)) or orm_job.scheduled_time
+        )
+        age = _seconds_between(enqueued_at, now)
         problem, detail = _job_problem(job, orm_job, age, stuck_after, errors_since)
         yield StageReport(
             transfer_session_id=transfer_session_id,
@@ -183,7 +188,7 @@ def _job_reports(now, stuck_after, errors_since):
             total_progress=job.total_progress,
             percentage=job.percentage_progress,
             status_text=describe_job(job),
-            enqueued_at=orm_job.scheduled_time,
+            enqueued_at=enqueued_at,
             started_at=_parse_time(metadata.get("started_at")),
             finished_at=_parse_time(metadata.get("finished_at")),
             age_seconds=age,

@@ -13,6 +13,7 @@ Kolibri's ``manage shell -c`` imports it, calls it and prints its JSON result.
 
 import atexit
 import configparser
+import hashlib
 import importlib
 import json
 import logging
@@ -152,6 +153,12 @@ def child_environment(home, base=None):
         if not key.startswith(_SCRUBBED_PREFIXES) and key != _CALL_ENV
     }
     env["KOLIBRI_HOME"] = str(home)
+    # morango derives a device's instance id from the machine and the database's
+    # id, which a copied home shares with its template: a system id of its own
+    # makes each home a device of its own, as each client of a real server is
+    env["MORANGO_SYSTEM_ID"] = (
+        "sync-lab-" + hashlib.sha1(str(home).encode("utf-8")).hexdigest()
+    )
     python_path = [str(REPO_ROOT)]
     if env.get("PYTHONPATH"):
         python_path.append(env["PYTHONPATH"])

@@ -8,7 +8,6 @@ in :mod:`test.helpers`.
 import uuid
 
 import pytest
-from django.utils import timezone
 from kolibri.core.auth.models import Classroom
 from kolibri.core.auth.models import Facility
 from kolibri.core.auth.models import FacilityUser
@@ -16,7 +15,6 @@ from kolibri.core.auth.models import Membership
 from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 from morango.constants.capabilities import FSIC_V2_FORMAT
-from morango.models.core import SyncSession
 
 from kolibri_sync_extras_plugin.compat import delete_job_rows
 from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
@@ -29,6 +27,7 @@ from .helpers.morango_client import MorangoHttpClient
 from .helpers.options import sync_options
 from .helpers.records import facility_records
 from .helpers.records import push_edited
+from .helpers.sync_sessions import new_server_sync_session
 
 
 @pytest.fixture
@@ -76,19 +75,7 @@ def facility(db):
 @pytest.fixture
 def server_sync_session(facility):
     """A sync session as morango's server creates it when a full-facility client connects."""
-    certificate = facility.dataset.get_root_certificate()
-    return SyncSession.objects.create(
-        id=uuid.uuid4().hex,
-        is_server=True,
-        active=True,
-        profile=certificate.profile,
-        client_certificate=certificate,
-        server_certificate=certificate,
-        connection_kind="network",
-        connection_path="http://127.0.0.1",
-        client_instance_id=uuid.uuid4(),
-        last_activity_timestamp=timezone.now(),
-    )
+    return new_server_sync_session(facility)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import pytest
 from morango.constants import transfer_stages
 
 from kolibri_sync_extras_plugin.config import get_background_settings
+from kolibri_sync_extras_plugin.config import get_retention_settings
+from kolibri_sync_extras_plugin.config import get_stage_job_limits
 from kolibri_sync_extras_plugin.config import runs_in_background
 from kolibri_sync_extras_plugin.errors import InvalidSyncOption
 from kolibri_sync_extras_plugin.options import option_spec
@@ -122,6 +124,57 @@ def test_runs_in_background__stage_belongs_to_its_direction_only():
         assert runs_in_background(transfer_stages.DESERIALIZING, is_push=True)
         assert not runs_in_background(transfer_stages.DESERIALIZING, is_push=False)
         assert not runs_in_background(transfer_stages.TRANSFERRING, is_push=True)
+
+
+def test_stage_job_limits__defaults__four_per_client_a_hundred_in_all():
+    limits = get_stage_job_limits(_options())
+
+    assert (limits.per_client, limits.total) == (4, 100)
+
+
+def test_retention__defaults__an_hour_completed_three_days_failed():
+    retention = get_retention_settings(_options())
+
+    assert retention.completed_seconds == 3600
+    assert retention.failed_seconds == 3 * 24 * 3600
+    assert retention.interval_seconds == 600
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("MAX_STAGE_JOBS_PER_CLIENT", 0),
+        ("MAX_STAGE_JOBS", -1),
+        ("MAX_STAGE_JOBS", True),
+    ],
+)
+def test_stage_job_limits__below_one__error_names_option_and_value(option, value):
+    with pytest.raises(InvalidSyncOption) as error:
+        get_stage_job_limits(_options(**{option: value}))
+
+    assert "[Sync] {} = {!r}".format(option, value) in str(error.value)
+    assert "whole number of 1 or more" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("COMPLETED_STAGE_JOB_RETENTION", -1),
+        ("FAILED_STAGE_JOB_RETENTION", -5),
+        ("STAGE_JOB_CLEANUP_INTERVAL", 0),
+    ],
+)
+def test_retention__out_of_range__error_names_option_and_value(option, value):
+    with pytest.raises(InvalidSyncOption) as error:
+        get_retention_settings(_options(**{option: value}))
+
+    assert "[Sync] {} = {!r}".format(option, value) in str(error.value)
+
+
+def test_retention__zero_retention__accepted():
+    retention = get_retention_settings(_options(COMPLETED_STAGE_JOB_RETENTION=0))
+
+    assert retention.completed_seconds == 0
 
 
 def _kolibri(args, options_ini="", **env):

@@ -51,11 +51,13 @@ class MorangoHttpClient(object):
         return _json(self.client.get(self._url(transfer_session_id), **self.extra))
 
     def proceed_to(self, transfer_session_id, stage, **data):
+        return _json(self.ask_for_stage(transfer_session_id, stage, **data))
+
+    def ask_for_stage(self, transfer_session_id, stage, **data):
+        """:return: The server's answer to a PATCH asking for ``stage``, as it is"""
         data["transfer_stage"] = stage
-        return _json(
-            self.client.patch(
-                self._url(transfer_session_id), json.dumps(data), **self._json_extra()
-            )
+        return self.client.patch(
+            self._url(transfer_session_id), json.dumps(data), **self._json_extra()
         )
 
     def close(self, transfer_session_id):
