@@ -46,10 +46,17 @@ class BackgroundStageJobHook(JobHook):
         pass
 
     def update(self, job, orm_job, state=None, **kwargs):
+        from kolibri.core.tasks.job import State
+
         from .jobs import RUN_STAGE_TASK
         from .jobs import settle_from_job
+        from .workers import record_current_worker
 
         if state is None or job.func != RUN_STAGE_TASK:
+            return
+        if state == State.RUNNING:
+            # called in the process that is about to run the job
+            record_current_worker(job.job_id)
             return
         settle_from_job(job, state)
 

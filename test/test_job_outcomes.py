@@ -4,9 +4,6 @@ COMPLETED or ERRORED and never stays in progress with nothing left to move it.
 """
 
 import datetime
-import os
-import socket
-import subprocess
 
 import pytest
 from django.utils import timezone
@@ -23,6 +20,9 @@ from kolibri_sync_extras_plugin.tasks import run_background_stage
 from .conftest import ALL_DATABASES
 from .conftest import queued_stage_jobs
 from .conftest import run_stage_jobs
+from .worker_processes import ended_process_identity
+from .worker_processes import live_identity
+from .worker_processes import mark_running_in
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -171,21 +171,12 @@ def test_job_row_vanishes__client_polls_after_grace__stage_errored(
     assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
 
 
-def _mark_running_in(job_id, pid):
-    orm_job = job_storage.get_orm_job(job_id)
-    orm_job.state = "RUNNING"
-    orm_job.worker_host = socket.gethostname()
-    orm_job.worker_process = str(pid)
-    orm_job.save()
-
-
 def test_job_running_in_a_dead_worker__client_polls__stage_errored_and_job_failed(
     pull_at_serializing, async_client
 ):
     [job] = queued_stage_jobs()
-    dead_worker = subprocess.Popen(["true"])
-    dead_worker.wait()
-    _mark_running_in(job.job_id, dead_worker.pid)
+    dead_worker = ended_process_identity()
+    mark_running_in(job.job_id, dead_worker)
 
     polled = async_client.get(pull_at_serializing["id"])
 
@@ -199,7 +190,7 @@ def test_job_running_in_a_live_worker__client_polls__stage_still_started(
     pull_at_serializing, async_client
 ):
     [job] = queued_stage_jobs()
-    _mark_running_in(job.job_id, os.getpid())
+    mark_running_in(job.job_id, live_identity())
 
     polled = async_client.get(pull_at_serializing["id"])
 

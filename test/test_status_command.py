@@ -6,9 +6,6 @@ and the transfer sessions, and exits non-zero when one is stuck or errored.
 import datetime
 import io
 import json
-import os
-import socket
-import subprocess
 import uuid
 
 import pytest
@@ -28,6 +25,9 @@ from .conftest import ALL_DATABASES
 from .conftest import EMPTY_FSIC
 from .conftest import queued_stage_jobs
 from .conftest import run_stage_jobs
+from .worker_processes import ended_process_identity
+from .worker_processes import live_identity
+from .worker_processes import mark_running_in
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -64,14 +64,6 @@ def _backdate_stage(transfer_session_id, seconds):
     TransferSession.objects.filter(id=transfer_session_id).update(
         last_activity_timestamp=timezone.now() - datetime.timedelta(seconds=seconds)
     )
-
-
-def _mark_running_in(job_id, pid):
-    orm_job = job_storage.get_orm_job(job_id)
-    orm_job.state = "RUNNING"
-    orm_job.worker_host = socket.gethostname()
-    orm_job.worker_process = str(pid)
-    orm_job.save()
 
 
 def _another_client(sync_session):
@@ -261,23 +253,22 @@ def test_status__job_running_in_a_dead_worker__stuck_and_exits_two(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    dead_worker = subprocess.Popen(["true"])
-    dead_worker.wait()
-    _mark_running_in(job.job_id, dead_worker.pid)
+    dead_worker = ended_process_identity()
+    mark_running_in(job.job_id, dead_worker)
 
     code, report = status_json()
 
     stage = _only_stage(report)
     assert code == 2
     assert stage["problem"] == "stuck"
-    assert stage["detail"] == "worker process {} is gone".format(dead_worker.pid)
+    assert stage["detail"] == "worker process {} is gone".format(dead_worker["pid"])
 
 
 def test_status__job_running_in_a_live_worker__not_stuck_and_exits_zero(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    _mark_running_in(job.job_id, os.getpid())
+    mark_running_in(job.job_id, live_identity())
 
     code, report = status_json()
 
