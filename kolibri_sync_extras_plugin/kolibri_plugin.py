@@ -17,6 +17,27 @@ class SyncExtrasPlugin(KolibriPluginBase):
 
     kolibri_options = "options"
 
+    def disable(self):
+        """
+        ``kolibri plugin disable`` calls this with Kolibri initialized: release the
+        background stages first (see :mod:`.release`), since nothing can once the
+        plugin's task is gone. Disabling goes on if that fails, with a message
+        saying what to run instead.
+        """
+        import logging
+
+        try:
+            from .release import release_background_stages
+
+            release_background_stages()
+        except Exception:
+            logging.getLogger(__name__).exception(
+                "Could not release the plugin's background stages; before "
+                "disabling it, stop Kolibri and run "
+                "`kolibri manage sync_extras_release`, or see the plugin's README"
+            )
+        super(SyncExtrasPlugin, self).disable()
+
 
 @register_hook
 class BackgroundStageSyncHook(FacilityDataSyncHook):
