@@ -3,8 +3,9 @@ The check made on each client poll of a background stage: whether the job servin
 it can still settle it.
 
 Kolibri's job hook settles a stage when its job fails or is cancelled through job
-storage; this catches what the hook cannot see: a job row that vanished, and a
-worker process that died without marking its job.
+storage; this catches what the hook cannot see: a job row that vanished, a worker
+process that died without marking its job, and a stage put back to STARTED by a
+repeated request after its job had settled it.
 """
 
 import logging
