@@ -14,8 +14,8 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin import request_boundary
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
-from kolibri_sync_extras_plugin.tasks import run_background_stage
 
 from .conftest import ALL_DATABASES
 from .conftest import queued_stage_jobs
@@ -32,14 +32,14 @@ CLIENT_FSIC = '{"super": {}, "sub": {}}'
 @pytest.fixture
 def instant_worker(monkeypatch):
     """A worker that runs each stage job the moment it is enqueued."""
-    enqueue = run_background_stage.enqueue
+    enqueue = request_boundary.enqueue_stage_job
 
-    def enqueue_and_run(*args, **kwargs):
-        job_id = enqueue(*args, **kwargs)
-        job_storage.get_job(job_id).execute()
-        return job_id
+    def enqueue_and_run(job_request):
+        enqueued = enqueue(job_request)
+        job_storage.get_job(job_request["job_id"]).execute()
+        return enqueued
 
-    monkeypatch.setattr(run_background_stage, "enqueue", enqueue_and_run)
+    monkeypatch.setattr(request_boundary, "enqueue_stage_job", enqueue_and_run)
 
 
 def test_job_finishes_before_the_request_returns__client_sees_completed(
