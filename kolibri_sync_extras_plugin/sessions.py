@@ -14,8 +14,10 @@ import datetime
 import logging
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from kolibri.core.tasks.models import Job as ORMJob
+from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from .jobs import FINISHED_JOB_STATES
@@ -63,8 +65,9 @@ def sessions_in_use(transfer_session_ids):
 def superseded_transfer_sessions(transfer_session):
     """
     The server's other active transfer sessions that ``transfer_session`` supersedes:
-    same client instance, same direction, same filter, idle since it began and for
-    at least :data:`SUPERSEDED_IDLE_SECONDS`, and with no stage job still to finish.
+    same client instance, same direction, same filter, idle since it began, either
+    for at least :data:`SUPERSEDED_IDLE_SECONDS` or at an errored stage, and with no
+    stage job still to finish.
     A client that sends no instance id cannot be told from another such client, so
     none of its transfer sessions is superseded.
 
@@ -74,18 +77,21 @@ def superseded_transfer_sessions(transfer_session):
     client_instance_id = transfer_session.sync_session.client_instance_id
     if client_instance_id is None:
         return []
-    idle_since = min(
-        transfer_session.start_timestamp,
-        timezone.now() - datetime.timedelta(seconds=SUPERSEDED_IDLE_SECONDS),
+    left_alone = Q(
+        last_activity_timestamp__lt=timezone.now()
+        - datetime.timedelta(seconds=SUPERSEDED_IDLE_SECONDS)
     )
+    # morango's client stops at an errored stage, and morango never moves on from one
+    gave_up = Q(transfer_stage_status=transfer_statuses.ERRORED)
     candidates = list(
         TransferSession.objects.filter(
+            left_alone | gave_up,
             active=True,
             push=transfer_session.push,
             filter=transfer_session.filter,
             sync_session__is_server=True,
             sync_session__client_instance_id=client_instance_id,
-            last_activity_timestamp__lt=idle_since,
+            last_activity_timestamp__lt=transfer_session.start_timestamp,
         ).exclude(id=transfer_session.id)
     )
     in_use = sessions_in_use(c.id for c in candidates)

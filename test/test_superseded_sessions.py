@@ -9,6 +9,7 @@ import uuid
 import pytest
 from django.utils import timezone
 from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
@@ -191,3 +192,17 @@ def test_pull_with_a_stage_job_still_queued__left_open(
     _completed_pull(async_client, another_sync_session)
 
     assert _active(abandoned_pull)
+
+
+def test_pull_idle_only_briefly_but_errored__closed(
+    abandoned_pull, async_client, another_sync_session
+):
+    # the client stopped at the errored stage, and morango never moves on from it
+    _left_alone_for(abandoned_pull, 30)
+    TransferSession.objects.filter(id=abandoned_pull.id).update(
+        transfer_stage_status=transfer_statuses.ERRORED
+    )
+
+    _completed_pull(async_client, another_sync_session)
+
+    assert not _active(abandoned_pull)
