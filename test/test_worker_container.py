@@ -4,9 +4,9 @@ its own, under the same host name and sharing the server's home, as in a
 Kubernetes pod or Docker with host networking. Its pid means nothing to the HTTP
 process, so a client's poll while it runs a stage must not call it dead.
 
-On SQLite this end-to-end run cannot tell the old host-name-and-pid check from
-the new one: the poll's write waits for the stage's write lock and gives up, which
-undoes its marking of the job. ``test_workers`` pins the poll's decision itself.
+On SQLite this run also passed with the old host-name-and-pid check, whose poll
+had to write while the stage held SQLite's write lock; ``test_workers`` pins the
+poll's decision itself, and fails with the old check.
 """
 
 import os
