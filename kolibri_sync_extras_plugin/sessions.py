@@ -34,9 +34,9 @@ __all__ = [
 ]
 
 #: How long a transfer session must have been left alone before a later transfer
-#: of the same client may close it. A client that polls a stage does not touch its
-#: transfer session, and morango's client backs off to polls 5 s apart, so this is
-#: far beyond any live client's silence.
+#: of the same client may close it. Polling a stage does not touch the transfer
+#: session, and morango's client polls at most 5 s apart: this leaves a wide margin
+#: for that, and for a pulling client's own work before it asks for cleanup.
 SUPERSEDED_IDLE_SECONDS = 300
 
 
