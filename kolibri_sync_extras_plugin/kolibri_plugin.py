@@ -19,14 +19,22 @@ class SyncExtrasPlugin(KolibriPluginBase):
 
     def disable(self):
         """
-        ``kolibri plugin disable`` calls this with Kolibri initialized: release the
-        background stages first (see :mod:`.release`), since nothing can once the
-        plugin's task is gone. Disabling goes on if that fails, with a message
-        saying what to run instead.
+        ``kolibri plugin disable`` calls this: release the background stages first
+        (see :mod:`.release`), since nothing can once the plugin's task is gone.
+        That command does not set Django up, so this does, as Kolibri's own Django
+        commands do. Disabling goes on if the release fails, with a message saying
+        what to run instead.
         """
         import logging
 
         try:
+            from django.apps import apps
+
+            if not apps.ready:
+                from kolibri.utils.main import initialize
+
+                initialize(skip_update=True)
+
             from .release import release_background_stages
 
             release_background_stages()
