@@ -40,6 +40,7 @@ __all__ = [
     "job_rows",
     "delete_job_rows",
     "update_job_row",
+    "insert_job",
     "job_storage_in_test_transaction",
     "aware_utc",
     "update_job_progress",
@@ -74,6 +75,7 @@ JobRow = namedtuple(
         "scheduled_time",
         "worker_host",
         "worker_process",
+        "worker_extra",
     ),
 )
 JobRow.__doc__ = """
@@ -104,6 +106,7 @@ def _row(orm_job):
         scheduled_time=aware_utc(orm_job.scheduled_time),
         worker_host=orm_job.worker_host,
         worker_process=orm_job.worker_process,
+        worker_extra=orm_job.worker_extra,
     )
 
 
@@ -182,6 +185,57 @@ def update_job_row(job_id, **fields):
     engine, table = _sqlalchemy_job_table()
     with engine.begin() as connection:
         connection.execute(table.update().where(table.c.id == job_id).values(**values))
+
+
+def insert_job(job, priority, queue):
+    """
+    Add ``job`` to job storage as QUEUED, only if no row has its id: Kolibri's own
+    enqueue overwrites a finished job of the same id, which would run its work
+    again. Kolibri's scheduled-job hooks run as after its own enqueue.
+
+    :type job: kolibri.core.tasks.job.Job
+    :return: Whether the job was added
+    :rtype: bool
+    """
+    from kolibri.core.tasks.job import State
+    from kolibri.core.tasks.main import job_storage
+
+    job.state = State.QUEUED
+    now = datetime.datetime.now(datetime.timezone.utc)
+    columns = dict(
+        id=job.job_id,
+        state=job.state,
+        func=job.func,
+        priority=priority,
+        queue=queue,
+        interval=0,
+        repeat=0,
+        saved_job=job.to_json(),
+    )
+    if _JOBS_IN_DJANGO:
+        from django.db import IntegrityError
+        from django.db import transaction
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        try:
+            with transaction.atomic(using=ORMJob.objects.db):
+                orm_job = ORMJob.objects.create(scheduled_time=now, **columns)
+        except IntegrityError:
+            return False
+    else:
+        from kolibri.core.tasks.storage import ORMJob
+        from sqlalchemy.exc import IntegrityError
+
+        orm_job = ORMJob(scheduled_time=now.replace(tzinfo=None), **columns)
+        try:
+            with job_storage.session_scope() as session:
+                session.add(orm_job)
+                session.flush()
+                session.expunge(orm_job)
+        except IntegrityError:
+            return False
+    job_storage._run_scheduled_hooks(orm_job)
+    return True
 
 
 def job_storage_in_test_transaction():

@@ -3,12 +3,12 @@ The check made on each client poll of a background stage: whether the job servin
 it can still settle it.
 
 Kolibri's job hook settles a stage when its job fails or is cancelled through job
-storage; this catches what the hook cannot see: a job row that vanished, and a
-worker process that died without marking its job.
+storage; this catches what the hook cannot see: a job row that vanished, a worker
+process that died without marking its job, and a stage put back to STARTED by a
+repeated request after its job had settled it.
 """
 
 import logging
-import socket
 
 from django.utils import timezone
 from kolibri.core.tasks.exceptions import JobNotFound
@@ -19,6 +19,9 @@ from morango.models.core import TransferSession
 from .errors import WorkerGone
 from .jobs import job_id_for
 from .jobs import settle_for_job_state
+from .jobs import settle_stage
+from .workers import identity_of
+from .workers import is_gone
 
 logger = logging.getLogger(__name__)
 
@@ -35,35 +38,35 @@ MISSING_JOB_GRACE_SECONDS = 10
 
 def worker_is_gone(orm_job):
     """
-    Whether the worker process that took a RUNNING job has died on this host (killed,
+    Whether the worker process that took a RUNNING job has certainly died (killed,
     out of memory) without marking it: Kolibri only requeues such a job when its
     workers next start, and a client is polling now.
+
+    Only the identity the job recorded as it started counts (see :mod:`.workers`):
+    a worker in another pid namespace or on another host, or a job that recorded
+    none, cannot be told dead from here and counts as alive.
 
     :type orm_job: kolibri.core.tasks.models.Job
     :rtype: bool
     """
-    from morango.utils import pid_exists
-
-    if orm_job.state != State.RUNNING or not orm_job.worker_process:
+    if orm_job.state != State.RUNNING:
         return False
-    if orm_job.worker_host and orm_job.worker_host != socket.gethostname():
-        return False
-    try:
-        return not pid_exists(int(orm_job.worker_process))
-    except ValueError:
-        return False
+    return is_gone(identity_of(orm_job.worker_extra))
 
 
 def _waiting_stage(transfer_session_id):
     """
-    :return: The stage and last activity of an active transfer session whose stage
-        waits on a job, or ``None``
+    :return: The stage and last activity of an active transfer session of which this
+        instance is the server, whose stage waits on a job, or ``None``. A transfer
+        session this instance runs as a client waits on another server, not on a
+        job here.
     :rtype: dict|None
     """
     return (
         TransferSession.objects.filter(
             id=transfer_session_id,
             active=True,
+            sync_session__is_server=True,
             transfer_stage_status=transfer_statuses.STARTED,
         )
         .values("transfer_stage", "last_activity_timestamp")
@@ -78,8 +81,13 @@ def check_background_stage(transfer_session_id):
 
     - the job is gone from job storage (past a short grace for its enqueueing),
     - the job FAILED or was CANCELED (normally the job hook has already done this),
-    - the job is RUNNING in a worker process of this host that no longer exists:
-      the job is marked FAILED, so it is not requeued behind the client's back.
+    - the job is RUNNING in a worker process that certainly no longer exists (see
+      :func:`worker_is_gone`): the job is marked FAILED, so it is not requeued
+      behind the client's back,
+    - the job COMPLETED but the stage still shows STARTED: a repeated request
+      from the client saved the row it had read before the job settled the stage.
+      The stage gets the job's outcome: COMPLETED if the job ran it, ERRORED if
+      the job found it no longer waiting (nothing else will run it).
 
     :param transfer_session_id: The polled transfer session's id
     :return: The status the stage was settled with, or ``None``
@@ -111,4 +119,29 @@ def check_background_stage(transfer_session_id):
                 "",
             )
         job_state = job_storage.get_orm_job(job_id).state
+        if job_state == State.COMPLETED:
+            return _settle_from_completed_job(transfer_session_id, stage, job_id)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
+
+
+def _settle_from_completed_job(transfer_session_id, stage, job_id):
+    """
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    result = job_storage.get_job(job_id).result or {}
+    ran = isinstance(result, dict) and result.get("ran") is True
+    stage_status = transfer_statuses.COMPLETED if ran else transfer_statuses.ERRORED
+    if not settle_stage(transfer_session_id, stage, stage_status):
+        return None
+    logger.warning(
+        "Stage %s of transfer session %s was STARTED again after its job %s had "
+        "ended; settled it as %s",
+        stage,
+        transfer_session_id,
+        job_id,
+        stage_status,
+    )
+    return stage_status

@@ -22,6 +22,35 @@ class SyncExtrasPlugin(KolibriPluginBase):
 
     kolibri_options = "options"
 
+    def disable(self):
+        """
+        ``kolibri plugin disable`` calls this: release the background stages first
+        (see :mod:`.release`), since nothing can once the plugin's task is gone.
+        That command does not set Django up, so this does, as Kolibri's own Django
+        commands do. Disabling goes on if the release fails, with a message saying
+        what to run instead.
+        """
+        import logging
+
+        try:
+            from django.apps import apps
+
+            if not apps.ready:
+                from kolibri.utils.main import initialize
+
+                initialize(skip_update=True)
+
+            from .release import release_background_stages
+
+            release_background_stages()
+        except Exception:
+            logging.getLogger(__name__).exception(
+                "Could not release the plugin's background stages; before "
+                "disabling it, stop Kolibri and run "
+                "`kolibri manage sync_extras_release`, or see the plugin's README"
+            )
+        super(SyncExtrasPlugin, self).disable()
+
 
 @register_hook
 class BackgroundStageSyncHook(FacilityDataSyncHook):
@@ -64,10 +93,17 @@ class BackgroundStageJobHook(JobHook):
             logger.exception("Could not schedule the clearing of old stage jobs")
 
     def update(self, job, orm_job, state=None, **kwargs):
+        from kolibri.core.tasks.job import State
+
         from .jobs import RUN_STAGE_TASK
         from .jobs import settle_from_job
+        from .workers import record_current_worker
 
         if state is None or job.func != RUN_STAGE_TASK:
+            return
+        if state == State.RUNNING:
+            # called in the process that is about to run the job
+            record_current_worker(job.job_id)
             return
         settle_from_job(job, state)
 

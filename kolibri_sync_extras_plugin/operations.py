@@ -12,6 +12,7 @@ from .config import runs_in_background
 from .limits import refuse_stage_over_limits
 from .request_boundary import schedule_background_stage
 from .sessions import close_superseded_transfer_sessions
+from .sessions import own_earlier_pushes
 from .store import undeserialized_records
 
 
@@ -62,7 +63,13 @@ class DeserializeLeftoversOperation(LocalOperation):
     so the client's retry sends nothing and morango skips deserializing: the
     records would wait, dirty, for some later push that carries data. On a push
     that transferred no records, this operation deserializes what is waiting
-    within the push's filter; otherwise it passes to morango's own operation.
+    within the push's filter, then runs Kolibri's post-transfer work for the
+    pushes those records came from (their cleanup never ran it).
+
+    It passes to morango's own operation unless every waiting record within the
+    filter came from an earlier push of the same client that no stage job is still
+    working on (see :func:`~.sessions.own_earlier_pushes`): it never applies
+    another client's records, nor records a job is about to deserialize.
     """
 
     def handle(self, context):
@@ -78,8 +85,30 @@ class DeserializeLeftoversOperation(LocalOperation):
         self._assert(context.filter is not None)
         self._assert(not context.transfer_session.records_transferred)
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
-        self._assert(undeserialized_records(context.filter).exists())
-        return _deserialize_within(context)
+        leftovers = undeserialized_records(context.filter)
+        self._assert(leftovers.exists())
+        sources = own_earlier_pushes(
+            context.transfer_session,
+            leftovers.values_list("last_transfer_session_id", flat=True).distinct(),
+        )
+        self._assert(sources is not None)
+        result = _deserialize_within(context)
+        if result == transfer_statuses.COMPLETED:
+            _post_transfer(sources)
+        return result
+
+
+def _post_transfer(transfer_sessions):
+    """
+    Fire, for each transfer session, the signal morango's server fires after
+    cleanup, so Kolibri's post-transfer hooks see the records it received.
+    """
+    from .context import BackgroundSessionContext
+    from .runner import stage_signal
+
+    cleanup = stage_signal(transfer_stages.CLEANUP)
+    for transfer_session in transfer_sessions:
+        cleanup.completed.fire(context=BackgroundSessionContext(transfer_session))
 
 
 def _deserialize_within(context):

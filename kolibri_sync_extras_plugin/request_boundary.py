@@ -10,6 +10,7 @@ it (see :mod:`.health`).
 
 import logging
 import threading
+import uuid
 
 from django.core.signals import request_finished
 from django.core.signals import request_started
@@ -37,10 +38,7 @@ def _on_request_started(environ=None, **kwargs):
             check_background_stage(transfer_session_id)
         except Exception:
             # a failed check must not fail the client's poll; the next poll retries it
-            logger.exception(
-                "Could not check the background stage of transfer session %s",
-                transfer_session_id,
-            )
+            logger.exception("Could not check the background stage of a polled session")
 
 
 def _polled_transfer_session_id(environ):
@@ -61,7 +59,20 @@ def _polled_transfer_session_id(environ):
         return None
     if match.url_name != "transfersessions-detail":
         return None
-    return match.kwargs.get("pk")
+    return _transfer_session_id(match.kwargs.get("pk"))
+
+
+def _transfer_session_id(pk):
+    """
+    :return: ``pk`` as morango stores a transfer session id (32 hex digits), or
+        ``None`` if it cannot be one: anyone on the network can send any path, and
+        morango's view answers 404 to such a request without the plugin's help
+    :rtype: str|None
+    """
+    try:
+        return uuid.UUID(pk).hex
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _on_request_finished(**kwargs):

@@ -9,15 +9,14 @@ import logging
 
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
-from kolibri.core.tasks.exceptions import JobNotFound
 from kolibri.core.tasks.job import JobStatus
 from kolibri.core.tasks.job import State
 from kolibri.core.tasks.permissions import IsAdminForJob
 from morango.constants import transfer_statuses
 
+from .compat import insert_job
 from .context import BackgroundSessionContext
 from .errors import StageNoLongerAwaited
-from .jobs import FINISHED_JOB_STATES
 from .jobs import SYNC_EXTRAS_QUEUE
 from .jobs import job_id_for
 from .jobs import settle_stage
@@ -214,20 +213,20 @@ def stage_job_request(context):
 
 def enqueue_stage_job(job_request):
     """
-    Enqueue the stage job unless the job serving that stage is already waiting or
-    running. A finished job with the same id is replaced: that is a new attempt.
+    Enqueue the stage's one job, unless a job with its id exists in any state.
+
+    A stage of a transfer session gets exactly one job ever: a job that finished
+    has settled its stage, or the poll settles it from the job (see
+    :mod:`.health`), so enqueueing it again could only run the stage twice. A new
+    attempt is a new sync: morango gives it a new transfer session, so new job ids.
+    The job row is inserted, never updated, so of two requests enqueueing at once
+    exactly one enqueues.
 
     :param job_request: See :func:`stage_job_request`
     :return: Whether a job was enqueued
     :rtype: bool
     """
-    from kolibri.core.tasks.main import job_storage
-
-    try:
-        existing = job_storage.get_job(job_request["job_id"])
-    except JobNotFound:
-        existing = None
-    if existing is not None and existing.state not in FINISHED_JOB_STATES:
-        return False
-    run_background_stage.enqueue(**job_request)
-    return True
+    job = run_background_stage._ready_job(**job_request)
+    return insert_job(
+        job, priority=run_background_stage.priority, queue=run_background_stage.queue
+    )

@@ -14,6 +14,7 @@ It serves Kolibri with cheroot, the WSGI server Kolibri itself uses, on 127.0.0.
 """
 
 import argparse
+import shlex
 import signal
 import sys
 
@@ -53,12 +54,17 @@ class SplitKolibriInstance(KolibriInstance):
         """:rtype: int|None"""
         return self._worker.process.pid if self.worker_running else None
 
-    def start_worker(self, timeout=60):
+    def start_worker(self, timeout=60, pid_namespace_pid=None):
         """
         Start ``kolibri services`` for this home and wait until its workers have
         started (Kolibri logs it), which is when stalled jobs have been requeued.
 
-        :return: The worker process's pid
+        :param pid_namespace_pid: Run the worker in a pid namespace of its own, as
+            in a container of its own that shares the host name, with this pid
+            there (needs root and ``unshare``); the worker's pid then means nothing
+            to the HTTP process
+        :return: The pid of the process started here (``unshare`` for a worker in
+            its own pid namespace)
         :rtype: int
         """
         if self.worker_running:
@@ -66,10 +72,13 @@ class SplitKolibriInstance(KolibriInstance):
         self.prepare()
         self._worker_count += 1
         output_path = self.lab_dir / "services-{}.txt".format(self._worker_count)
+        command = [self.python, "-m", "kolibri", "services", "--foreground"]
+        command.append("--skip-update")
+        if pid_namespace_pid is not None:
+            command = _in_own_pid_namespace(command, pid_namespace_pid)
         with open(output_path, "w") as output:
             self._worker = LabService(
-                [self.python, "-m", "kolibri", "services", "--foreground"]
-                + ["--skip-update"],
+                command,
                 self.env(),
                 self.home,
                 output,
@@ -112,6 +121,22 @@ class SplitKolibriInstance(KolibriInstance):
         """Stop the worker process, then the HTTP process, each by its pid."""
         self.stop_worker()
         super(SplitKolibriInstance, self).stop()
+
+
+def _in_own_pid_namespace(command, pid):
+    """
+    ``command`` run in a new pid namespace as pid ``pid`` there: the namespace's
+    first process sets the pid it hands out next, then waits for the command.
+    ``--kill-child`` ends the namespace when ``unshare`` itself is killed.
+    """
+    script = "echo {} > /proc/sys/kernel/ns_last_pid; {} & wait".format(
+        pid - 1, " ".join(shlex.quote(part) for part in command)
+    )
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + [
+        "sh",
+        "-c",
+        script,
+    ]
 
 
 def serve_http(port, host=LOCALHOST):

@@ -4,9 +4,6 @@ COMPLETED or ERRORED and never stays in progress with nothing left to move it.
 """
 
 import datetime
-import os
-import socket
-import subprocess
 
 import pytest
 from django.utils import timezone
@@ -16,15 +13,17 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin import request_boundary
 from kolibri_sync_extras_plugin.compat import delete_job_rows
-from kolibri_sync_extras_plugin.compat import update_job_row
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
-from kolibri_sync_extras_plugin.tasks import run_background_stage
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
 from .helpers.jobs import queued_stage_jobs
 from .helpers.jobs import run_stage_jobs
+from .helpers.worker_processes import ended_process_identity
+from .helpers.worker_processes import live_identity
+from .helpers.worker_processes import mark_running_in
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -32,14 +31,14 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 @pytest.fixture
 def instant_worker(monkeypatch):
     """A worker that runs each stage job the moment it is enqueued."""
-    enqueue = run_background_stage.enqueue
+    enqueue = request_boundary.enqueue_stage_job
 
-    def enqueue_and_run(*args, **kwargs):
-        job_id = enqueue(*args, **kwargs)
-        job_storage.get_job(job_id).execute()
-        return job_id
+    def enqueue_and_run(job_request):
+        enqueued = enqueue(job_request)
+        job_storage.get_job(job_request["job_id"]).execute()
+        return enqueued
 
-    monkeypatch.setattr(run_background_stage, "enqueue", enqueue_and_run)
+    monkeypatch.setattr(request_boundary, "enqueue_stage_job", enqueue_and_run)
 
 
 def test_job_finishes_before_the_request_returns__client_sees_completed(
@@ -171,22 +170,12 @@ def test_job_row_vanishes__client_polls_after_grace__stage_errored(
     assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
 
 
-def _mark_running_in(job_id, pid):
-    update_job_row(
-        job_id,
-        state="RUNNING",
-        worker_host=socket.gethostname(),
-        worker_process=str(pid),
-    )
-
-
 def test_job_running_in_a_dead_worker__client_polls__stage_errored_and_job_failed(
     pull_at_serializing, async_client
 ):
     [job] = queued_stage_jobs()
-    dead_worker = subprocess.Popen(["true"])
-    dead_worker.wait()
-    _mark_running_in(job.job_id, dead_worker.pid)
+    dead_worker = ended_process_identity()
+    mark_running_in(job.job_id, dead_worker)
 
     polled = async_client.get(pull_at_serializing["id"])
 
@@ -200,7 +189,7 @@ def test_job_running_in_a_live_worker__client_polls__stage_still_started(
     pull_at_serializing, async_client
 ):
     [job] = queued_stage_jobs()
-    _mark_running_in(job.job_id, os.getpid())
+    mark_running_in(job.job_id, live_identity())
 
     polled = async_client.get(pull_at_serializing["id"])
 

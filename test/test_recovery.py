@@ -4,17 +4,23 @@ both sides holding the same data.
 """
 
 import json
+import uuid
 
 import pytest
 from django.db import IntegrityError
 from django.db import OperationalError
+from django.utils import timezone
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Store
+from morango.models.core import SyncSession
+from morango.models.core import TransferSession
 from morango.sync.controller import MorangoProfileController
 
 from kolibri_sync_extras_plugin import runner
+from kolibri_sync_extras_plugin.jobs import job_id_for
+from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import run_stage_jobs
@@ -22,8 +28,39 @@ from .helpers.jobs import run_stage_jobs
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
 
+def _push_session(sync_session):
+    """A push of ``sync_session``'s client whose deserializing failed."""
+    return TransferSession.objects.create(
+        id=uuid.uuid4().hex,
+        sync_session=sync_session,
+        push=True,
+        active=True,
+        filter=sync_session.server_certificate.get_root().id,
+        transfer_stage=transfer_stages.DESERIALIZING,
+        transfer_stage_status=transfer_statuses.ERRORED,
+        start_timestamp=timezone.now(),
+        last_activity_timestamp=timezone.now(),
+    )
+
+
+def _earlier_sync_session(sync_session, **changes):
+    """An earlier sync session of ``sync_session``'s client (or as ``changes`` say)."""
+    earlier = SyncSession.objects.get(id=sync_session.id)
+    earlier.id = uuid.uuid4().hex
+    for name, value in changes.items():
+        setattr(earlier, name, value)
+    earlier.save(force_insert=True)
+    return earlier
+
+
 @pytest.fixture
-def received_but_not_deserialized(facility):
+def interrupted_push(server_sync_session):
+    """The same client's earlier push, in the sync session that failed."""
+    return _push_session(_earlier_sync_session(server_sync_session))
+
+
+@pytest.fixture
+def received_but_not_deserialized(facility, interrupted_push):
     """
     A learner's new name sits in morango's store, merged by a push whose
     deserializing never finished: the state a server crash leaves behind.
@@ -35,8 +72,16 @@ def received_but_not_deserialized(facility):
     serialized["full_name"] = "Renamed While Server Was Down"
     record.serialized = json.dumps(serialized)
     record.dirty_bit = True
+    record.last_transfer_session_id = interrupted_push.id
     record.save()
     return learner
+
+
+def _renamed(learner):
+    return (
+        FacilityUser.objects.get(id=learner.id).full_name
+        == "Renamed While Server Was Down"
+    )
 
 
 def _push_nothing_to_deserializing(client, sync_session):
@@ -81,6 +126,97 @@ def test_retried_push_transfers_nothing__in_the_background_too(
     )
     learner = FacilityUser.objects.get(id=received_but_not_deserialized.id)
     assert learner.full_name == "Renamed While Server Was Down"
+
+
+def test_leftovers_applied__post_transfer_work_run_for_the_push_they_came_from(
+    received_but_not_deserialized,
+    interrupted_push,
+    async_client,
+    server_sync_session,
+    monkeypatch,
+):
+    cleaned_up = []
+    signal = runner.stage_signal(transfer_stages.CLEANUP).completed
+    monkeypatch.setattr(
+        signal,
+        "_handlers",
+        signal._handlers
+        + [lambda context, **kw: cleaned_up.append(context.transfer_session.id)],
+    )
+
+    _push_nothing_to_deserializing(async_client, server_sync_session)
+
+    assert _renamed(received_but_not_deserialized)
+    assert cleaned_up == [interrupted_push.id]
+
+
+def test_leftovers_of_another_clients_push__left_alone(
+    received_but_not_deserialized, interrupted_push, async_client, server_sync_session
+):
+    other_client = _earlier_sync_session(
+        server_sync_session, client_instance_id=uuid.uuid4()
+    )
+    TransferSession.objects.filter(id=interrupted_push.id).update(
+        sync_session=other_client
+    )
+
+    _push_nothing_to_deserializing(async_client, server_sync_session)
+
+    assert not _renamed(received_but_not_deserialized)
+
+
+def test_leftovers_of_a_push_whose_job_is_still_queued__left_to_that_job(
+    received_but_not_deserialized, interrupted_push, async_client, server_sync_session
+):
+    TransferSession.objects.filter(id=interrupted_push.id).update(
+        transfer_stage_status=transfer_statuses.STARTED
+    )
+    job_id = job_id_for(interrupted_push.id, transfer_stages.DESERIALIZING)
+    enqueue_stage_job(
+        dict(
+            job_id=job_id,
+            facility_id=None,
+            extra_metadata={},
+            kwargs=dict(
+                transfer_session_id=interrupted_push.id,
+                stage=transfer_stages.DESERIALIZING,
+                request_data={},
+                capabilities=[],
+            ),
+        )
+    )
+
+    _push_nothing_to_deserializing(async_client, server_sync_session)
+
+    assert not _renamed(received_but_not_deserialized)
+
+
+def test_leftovers_outside_the_pushing_clients_filter__left_alone(
+    received_but_not_deserialized, async_client, server_sync_session
+):
+    # a client whose filter is one learner's partition, not the learner renamed
+    record = Store.objects.get(id=received_but_not_deserialized.id)
+    other_learner = (
+        FacilityUser.objects.exclude(id=record.id)
+        .filter(facility_id=received_but_not_deserialized.facility_id)
+        .first()
+    )
+    own_partition = "{}:user-ro:{}".format(
+        received_but_not_deserialized.dataset_id, other_learner.id
+    )
+    assert not record.partition.startswith(own_partition)
+    transfer = async_client.create(server_sync_session, push=True, records_total=0)
+    TransferSession.objects.filter(id=transfer["id"]).update(filter=own_partition)
+    for stage in (
+        transfer_stages.SERIALIZING,
+        transfer_stages.QUEUING,
+        transfer_stages.TRANSFERRING,
+        transfer_stages.DEQUEUING,
+        transfer_stages.DESERIALIZING,
+    ):
+        async_client.proceed_to(transfer["id"], stage)
+
+    assert not _renamed(received_but_not_deserialized)
 
 
 def test_record_that_failed_to_deserialize__is_not_retried_on_every_push(

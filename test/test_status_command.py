@@ -6,9 +6,6 @@ and the transfer sessions, and exits non-zero when one is stuck or errored.
 import datetime
 import io
 import json
-import os
-import socket
-import subprocess
 import uuid
 
 import pytest
@@ -30,6 +27,9 @@ from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
 from .helpers.jobs import queued_stage_jobs
 from .helpers.jobs import run_stage_jobs
+from .helpers.worker_processes import ended_process_identity
+from .helpers.worker_processes import live_identity
+from .helpers.worker_processes import mark_running_in
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -65,15 +65,6 @@ def _backdate_job(job_id, seconds):
 def _backdate_stage(transfer_session_id, seconds):
     TransferSession.objects.filter(id=transfer_session_id).update(
         last_activity_timestamp=timezone.now() - datetime.timedelta(seconds=seconds)
-    )
-
-
-def _mark_running_in(job_id, pid):
-    update_job_row(
-        job_id,
-        state="RUNNING",
-        worker_host=socket.gethostname(),
-        worker_process=str(pid),
     )
 
 
@@ -290,23 +281,22 @@ def test_status__job_running_in_a_dead_worker__stuck_and_exits_two(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    dead_worker = subprocess.Popen(["true"])
-    dead_worker.wait()
-    _mark_running_in(job.job_id, dead_worker.pid)
+    dead_worker = ended_process_identity()
+    mark_running_in(job.job_id, dead_worker)
 
     code, report = status_json()
 
     stage = _only_stage(report)
     assert code == 2
     assert stage["problem"] == "stuck"
-    assert stage["detail"] == "worker process {} is gone".format(dead_worker.pid)
+    assert stage["detail"] == "worker process {} is gone".format(dead_worker["pid"])
 
 
 def test_status__job_running_in_a_live_worker__not_stuck_and_exits_zero(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    _mark_running_in(job.job_id, os.getpid())
+    mark_running_in(job.job_id, live_identity())
 
     code, report = status_json()
 
@@ -316,11 +306,12 @@ def test_status__job_running_in_a_live_worker__not_stuck_and_exits_zero(
 
 def test_status_json__job_running__names_its_worker_process(pull_at_serializing):
     [job] = queued_stage_jobs()
-    _mark_running_in(job.job_id, os.getpid())
+    worker = live_identity()
+    mark_running_in(job.job_id, worker)
 
     code, report = status_json()
 
-    assert _only_stage(report)["worker_process"] == str(os.getpid())
+    assert _only_stage(report)["worker_process"] == str(worker["pid"])
 
 
 def test_status_json__stage_without_job__names_no_worker_process(

@@ -3,14 +3,20 @@ A client that completes a sync again after an interrupted one leaves no transfer
 session of the interrupted sync open on the server.
 """
 
+import datetime
 import uuid
 
 import pytest
 from django.utils import timezone
 from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
+
+from kolibri_sync_extras_plugin.jobs import job_id_for
+from kolibri_sync_extras_plugin.sessions import SUPERSEDED_IDLE_SECONDS
+from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -50,6 +56,12 @@ def _transfer_and_close(client, transfer_session_id):
     client.close(transfer_session_id)
 
 
+def _left_alone_for(transfer_session, seconds):
+    TransferSession.objects.filter(id=transfer_session.id).update(
+        last_activity_timestamp=timezone.now() - datetime.timedelta(seconds=seconds)
+    )
+
+
 def _active(transfer_session):
     return TransferSession.objects.get(id=transfer_session.id).active
 
@@ -67,6 +79,7 @@ def another_sync_session(server_sync_session):
 def abandoned_pull(async_client, server_sync_session):
     abandoned = _abandoned_pull(async_client, server_sync_session)
     assert Buffer.objects.filter(transfer_session=abandoned).exists()
+    _left_alone_for(abandoned, SUPERSEDED_IDLE_SECONDS + 1)
     return abandoned
 
 
@@ -130,3 +143,65 @@ def test_pull_active_since_the_new_one_began__left_open(
     assert not TransferSession.objects.get(id=transfer["id"]).active
 
     assert _active(abandoned_pull)
+
+
+def test_pull_idle_only_briefly__left_open(
+    abandoned_pull, async_client, another_sync_session
+):
+    # a second sync of the same device running at once: its pull was busy a
+    # moment before this one began
+    _left_alone_for(abandoned_pull, 30)
+
+    _completed_pull(async_client, another_sync_session)
+
+    assert _active(abandoned_pull)
+
+
+def test_client_without_instance_id__abandoned_pull_of_another_such_client_left_open(
+    abandoned_pull, async_client, another_sync_session
+):
+    # two clients that send no instance id cannot be told apart
+    SyncSession.objects.filter(
+        id__in=[abandoned_pull.sync_session_id, another_sync_session.id]
+    ).update(client_instance_id=None)
+
+    _completed_pull(async_client, another_sync_session)
+
+    assert _active(abandoned_pull)
+
+
+def test_pull_with_a_stage_job_still_queued__left_open(
+    abandoned_pull, async_client, another_sync_session
+):
+    # the older pull's current stage waits for its job: a worker will work on it
+    enqueue_stage_job(
+        dict(
+            job_id=job_id_for(abandoned_pull.id, abandoned_pull.transfer_stage),
+            facility_id=None,
+            extra_metadata={},
+            kwargs=dict(
+                transfer_session_id=abandoned_pull.id,
+                stage=abandoned_pull.transfer_stage,
+                request_data={},
+                capabilities=[],
+            ),
+        )
+    )
+
+    _completed_pull(async_client, another_sync_session)
+
+    assert _active(abandoned_pull)
+
+
+def test_pull_idle_only_briefly_but_errored__closed(
+    abandoned_pull, async_client, another_sync_session
+):
+    # the client stopped at the errored stage, and morango never moves on from it
+    _left_alone_for(abandoned_pull, 30)
+    TransferSession.objects.filter(id=abandoned_pull.id).update(
+        transfer_stage_status=transfer_statuses.ERRORED
+    )
+
+    _completed_pull(async_client, another_sync_session)
+
+    assert not _active(abandoned_pull)

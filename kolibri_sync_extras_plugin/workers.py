@@ -1,0 +1,143 @@
+"""
+Which process runs a stage job, told apart well enough to say that it died.
+
+Kolibri records a running job's host name and pid. Neither is enough: a web
+container and a worker container can share a host name but not a pid namespace (a
+Kubernetes pod, Docker with host networking), so the worker's pid means nothing to
+the web process; and two hosts never share one. A job therefore also carries the
+identity of the process that runs it: the boot, the pid namespace, the pid and the
+pid's start time. Another process can only call that worker dead when it shares
+the boot and the pid namespace and that pid is gone or belongs to a newer process;
+whenever it cannot tell, the worker counts as alive.
+"""
+
+import json
+import os
+
+__all__ = [
+    "IDENTITY_KEY",
+    "current_identity",
+    "identity_of",
+    "is_gone",
+    "record_current_worker",
+    "worker_extra",
+]
+
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+_PID_NAMESPACE_PATH = "/proc/{}/ns/pid"
+_STAT_PATH = "/proc/{}/stat"
+
+#: The key of the identity in a job's ``worker_extra`` (a JSON object).
+IDENTITY_KEY = "sync_extras_worker"
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace(pid="self"):
+    try:
+        return os.stat(_PID_NAMESPACE_PATH.format(pid)).st_ino
+    except OSError:
+        return None
+
+
+def _start_time(pid):
+    """
+    :return: When the process with ``pid`` started, in clock ticks since boot (field
+        22 of ``/proc/<pid>/stat``), or ``None`` if there is no such process
+    :rtype: int|None
+    """
+    stat = _read(_STAT_PATH.format(pid))
+    if not stat:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after it
+    fields = stat.rsplit(")", 1)[-1].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def current_identity():
+    """
+    The identity of the calling process, or ``None`` where ``/proc`` cannot give it
+    (not Linux).
+
+    :rtype: dict|None
+    """
+    pid = os.getpid()
+    identity = {
+        "boot_id": _read(_BOOT_ID_PATH),
+        "pid_namespace": _pid_namespace(),
+        "pid": pid,
+        "start_time": _start_time(pid),
+    }
+    if None in identity.values():
+        return None
+    return identity
+
+
+def worker_extra(identity):
+    """
+    :return: The ``worker_extra`` text that records ``identity`` on a job
+    :rtype: str
+    """
+    return json.dumps({IDENTITY_KEY: identity})
+
+
+def identity_of(worker_extra_text):
+    """
+    :param worker_extra_text: A job's ``worker_extra``
+    :return: The worker identity it records, or ``None``
+    :rtype: dict|None
+    """
+    try:
+        identity = json.loads(worker_extra_text or "")[IDENTITY_KEY]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(identity, dict):
+        return None
+    return identity
+
+
+def is_gone(identity):
+    """
+    Whether the process ``identity`` names has certainly ended: it ran in this boot
+    and in this pid namespace, and its pid is free or taken by another process.
+
+    :param identity: See :func:`current_identity`; ``None`` when unknown
+    :return: ``False`` whenever that cannot be told from here
+    :rtype: bool
+    """
+    here = current_identity()
+    if not identity or here is None:
+        return False
+    try:
+        same_boot = identity["boot_id"] == here["boot_id"]
+        same_namespace = int(identity["pid_namespace"]) == here["pid_namespace"]
+        pid, started = int(identity["pid"]), int(identity["start_time"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not (same_boot and same_namespace):
+        return False
+    return _start_time(pid) != started
+
+
+def record_current_worker(job_id):
+    """
+    Record the calling process as the one running a job. Called as the job starts
+    to run, in the process that runs it (Kolibri's own record, made just before,
+    leaves ``worker_extra`` empty).
+
+    :param job_id: The job's id
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    identity = current_identity()
+    if identity is not None:
+        job_storage.save_worker_info(job_id, extra=worker_extra(identity))
