@@ -30,9 +30,12 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         from .operations import BackgroundStageOperation
         from .operations import CloseSupersededTransfersOperation
         from .operations import DeserializeLeftoversOperation
+        from .operations import PiecewiseDeserializeOperation
 
+        # operations of equal priority run in this order: pieces before leftovers
         return [
             BackgroundStageOperation(),
+            PiecewiseDeserializeOperation(),
             DeserializeLeftoversOperation(),
             CloseSupersededTransfersOperation(),
         ]

@@ -1,6 +1,7 @@
 """
 The morango operations the plugin adds to every sync: one takes a configured stage
-out of the HTTP request; two finish what an interrupted sync left undone.
+out of the HTTP request; one deserializes in short transactions in the background;
+two finish what an interrupted sync left undone.
 """
 
 from morango.constants import transfer_stages
@@ -9,6 +10,9 @@ from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
+from .pieces import deserialize_in_pieces
+from .pieces import has_changes_to_serialize
+from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
 from .sessions import close_superseded_transfer_sessions
 from .store import undeserialized_records
@@ -46,6 +50,58 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(runs_in_background(context.stage, context.is_push))
         schedule_background_stage(context)
         return transfer_statuses.STARTED
+
+
+class PiecewiseDeserializeOperation(LocalOperation):
+    """
+    Deserializes a push in a background job one short transaction at a time (see
+    :mod:`.pieces`), so the job never holds the database's write lock for long.
+
+    It passes (returns ``False``) when done, so the stage's own operations follow
+    as they would have: they serialize (which morango does before deserializing,
+    and which records this instance's counter), and go over what is still dirty,
+    which is now only records that failed. Kolibri's own deserializing operations
+    (which repair what failed) keep working unchanged. It passes at once outside a
+    background job, on a morango version :mod:`.pieces` does not mirror, and when
+    there is nothing waiting to be deserialized.
+    """
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: str|bool
+        """
+        from morango.utils import SETTINGS
+
+        self._assert(getattr(context, "in_background", False))
+        self._assert(context.is_server and context.is_push)
+        self._assert(context.stage == transfer_stages.DESERIALIZING)
+        self._assert(context.transfer_session is not None)
+        self._assert(context.filter is not None)
+        self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
+        self._assert(supports_installed_morango())
+        self._assert(undeserialized_records(context.filter).exists())
+        return _in_pieces(context)
+
+
+def _in_pieces(context):
+    from django.db import OperationalError
+    from morango.sync.operations import DBBackend
+    from morango.sync.operations import _serialize_into_store
+
+    profile = context.sync_session.profile
+    try:
+        # morango serializes first, so deserializing does not overwrite local
+        # changes; the stage's own operations serialize again afterwards, which
+        # finds nothing left to serialize
+        if has_changes_to_serialize(profile, context.filter):
+            _serialize_into_store(profile, filter=context.filter)
+        deserialize_in_pieces(profile, context.filter)
+    except OperationalError as e:
+        if DBBackend._is_transaction_isolation_error(e):
+            return transfer_statuses.PENDING
+        raise
+    return False
 
 
 class DeserializeLeftoversOperation(LocalOperation):
