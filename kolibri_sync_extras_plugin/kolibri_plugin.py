@@ -41,6 +41,21 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         ]
 
 
+def _settle_once_job_storage_commits(job, orm_job, job_state):
+    """
+    Settle the job's stage after job storage's transaction commits: Kolibri calls
+    job hooks inside it, and on SQLite job storage is a file of its own, so writing
+    the main database from there would hold one lock while waiting for the other.
+    """
+    from django.db import transaction
+
+    from .jobs import settle_from_job
+
+    transaction.on_commit(
+        lambda: settle_from_job(job, job_state), using=orm_job._state.db
+    )
+
+
 @register_hook
 class BackgroundStageJobHook(JobHook):
     """Settles a background stage when job storage finishes or drops its job."""
@@ -50,18 +65,18 @@ class BackgroundStageJobHook(JobHook):
 
     def update(self, job, orm_job, state=None, **kwargs):
         from .jobs import RUN_STAGE_TASK
-        from .jobs import settle_from_job
 
         if state is None or job.func != RUN_STAGE_TASK:
             return
-        settle_from_job(job, state)
+        _settle_once_job_storage_commits(job, orm_job, state)
 
     def clear(self, job, orm_job):
         from .jobs import FINISHED_JOB_STATES
         from .jobs import RUN_STAGE_TASK
-        from .jobs import settle_from_job
 
         if job.func != RUN_STAGE_TASK:
             return
         # a job cleared before it finished will never settle its stage
-        settle_from_job(job, job.state if job.state in FINISHED_JOB_STATES else None)
+        _settle_once_job_storage_commits(
+            job, orm_job, job.state if job.state in FINISHED_JOB_STATES else None
+        )

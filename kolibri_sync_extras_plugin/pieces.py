@@ -38,6 +38,7 @@ from collections import defaultdict
 import morango
 from django.core import exceptions
 from django.db.models import Q
+from django.dispatch import Signal
 from morango.errors import MorangoDirtyParent
 from morango.errors import MorangoMissingParent
 from morango.models.core import DeletedModels
@@ -54,11 +55,17 @@ from .store import undeserialized_records
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PIECE_COMMITTED",
     "SUPPORTED_MORANGO_VERSIONS",
     "TARGET_PIECE_SECONDS",
     "deserialize_in_pieces",
     "supports_installed_morango",
 ]
+
+#: Sent after each piece commits, on the thread that ran it, with ``records`` (how
+#: many records the piece worked on) and ``seconds`` (how long its transaction
+#: took): the moment to report progress, with no database transaction open.
+PIECE_COMMITTED = Signal()
 
 #: The morango versions whose ``_deserialize_from_store`` this module mirrors.
 SUPPORTED_MORANGO_VERSIONS = frozenset(("0.8.15",))
@@ -220,6 +227,7 @@ class _Run(object):
         # size the next piece so its transaction lasts about the target
         scaled = int(records * TARGET_PIECE_SECONDS / max(elapsed, 0.001))
         self._size = max(MIN_PIECE_RECORDS, min(MAX_PIECE_RECORDS, scaled))
+        PIECE_COMMITTED.send(sender=_Run, records=records, seconds=elapsed)
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
 

@@ -198,6 +198,19 @@ def live_async_client(live_server):
     return MorangoHttpClient(live_server.url)
 
 
+@pytest.fixture
+def job_storage_commits(django_capture_on_commit_callbacks):
+    """
+    A block after which what waits for job storage's transaction to commit runs:
+    the test's own transaction would otherwise hold it back until the test ends.
+    """
+    from django.db import router
+    from kolibri.core.tasks.models import Job as ORMJob
+
+    alias = router.db_for_write(ORMJob)
+    return lambda: django_capture_on_commit_callbacks(using=alias, execute=True)
+
+
 def stage_jobs():
     """The plugin's jobs in Kolibri's job storage."""
     return job_storage.filter_jobs(queue=SYNC_EXTRAS_QUEUE)
