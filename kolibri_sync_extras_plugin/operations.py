@@ -11,7 +11,6 @@ from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
 from .pieces import deserialize_in_pieces
-from .pieces import has_changes_to_serialize
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
 from .sessions import close_superseded_transfer_sessions
@@ -57,11 +56,13 @@ class PiecewiseDeserializeOperation(LocalOperation):
     Deserializes a push in a background job one short transaction at a time (see
     :mod:`.pieces`), so the job never holds the database's write lock for long.
 
-    It passes (returns ``False``) when done, so the stage's own operations follow
-    as they would have: they serialize (which morango does before deserializing,
-    and which records this instance's counter), and go over what is still dirty,
-    which is now only records that failed. Kolibri's own deserializing operations
-    (which repair what failed) keep working unchanged. It passes at once outside a
+    It does what morango's receiver does, serializing first (so deserializing does
+    not overwrite local changes) and then deserializing, and passes (returns
+    ``False``) so the stage's other operations still run: Kolibri's own (which
+    repair what failed, such as clashing picture passwords) and morango's, which
+    it tells there is nothing left to deserialize by counting the push's records as
+    already applied on the context's transfer session (in memory only; the job
+    reads the session again when the stage ends). It passes at once outside a
     background job, on a morango version :mod:`.pieces` does not mirror, and when
     there is nothing waiting to be deserialized.
     """
@@ -73,15 +74,22 @@ class PiecewiseDeserializeOperation(LocalOperation):
         """
         from morango.utils import SETTINGS
 
-        self._assert(getattr(context, "in_background", False))
+        self._assert(_deserializes_in_pieces(context))
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
         self._assert(context.transfer_session is not None)
         self._assert(context.filter is not None)
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
-        self._assert(supports_installed_morango())
         self._assert(undeserialized_records(context.filter).exists())
         return _in_pieces(context)
+
+
+def _deserializes_in_pieces(context):
+    """
+    Whether :class:`PiecewiseDeserializeOperation` takes the stage's deserializing,
+    leftovers of an interrupted push included.
+    """
+    return getattr(context, "in_background", False) and supports_installed_morango()
 
 
 def _in_pieces(context):
@@ -91,16 +99,14 @@ def _in_pieces(context):
 
     profile = context.sync_session.profile
     try:
-        # morango serializes first, so deserializing does not overwrite local
-        # changes; the stage's own operations serialize again afterwards, which
-        # finds nothing left to serialize
-        if has_changes_to_serialize(profile, context.filter):
-            _serialize_into_store(profile, filter=context.filter)
+        _serialize_into_store(profile, filter=context.filter)
         deserialize_in_pieces(profile, context.filter)
     except OperationalError as e:
         if DBBackend._is_transaction_isolation_error(e):
             return transfer_statuses.PENDING
         raise
+    # morango's receiver deserializes only a push that transferred records
+    context.transfer_session.records_transferred = 0
     return False
 
 
@@ -114,7 +120,8 @@ class DeserializeLeftoversOperation(LocalOperation):
     so the client's retry sends nothing and morango skips deserializing: the
     records would wait, dirty, for some later push that carries data. On a push
     that transferred no records, this operation deserializes what is waiting
-    within the push's filter; otherwise it passes to morango's own operation.
+    within the push's filter; otherwise it passes to morango's own operation. In a
+    background job it leaves them to :class:`PiecewiseDeserializeOperation`.
     """
 
     def handle(self, context):
@@ -124,6 +131,7 @@ class DeserializeLeftoversOperation(LocalOperation):
         """
         from morango.utils import SETTINGS
 
+        self._assert(not _deserializes_in_pieces(context))
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
         self._assert(context.transfer_session is not None)

@@ -41,8 +41,6 @@ from django.db.models import Q
 from django.dispatch import Signal
 from morango.errors import MorangoDirtyParent
 from morango.errors import MorangoMissingParent
-from morango.models.core import DeletedModels
-from morango.models.core import HardDeletedModels
 from morango.models.core import Store
 from morango.registry import syncable_models
 from morango.sync.operations import _begin_transaction
@@ -72,8 +70,9 @@ SUPPORTED_MORANGO_VERSIONS = frozenset(("0.8.15",))
 
 #: How long one piece's transaction should hold the write lock, in seconds.
 TARGET_PIECE_SECONDS = 0.1
-#: Records in the first piece of a model, before pieces are sized by time.
-FIRST_PIECE_RECORDS = 25
+#: Records in the first piece of each model, before pieces are sized by time
+#: (models differ tenfold in how long a record takes).
+FIRST_PIECE_RECORDS = 10
 #: Bounds on the records in one piece (the upper one stays below SQLite's limit
 #: on query parameters).
 MIN_PIECE_RECORDS = 5
@@ -95,34 +94,10 @@ def supports_installed_morango():
     return morango.__version__ in SUPPORTED_MORANGO_VERSIONS
 
 
-def has_changes_to_serialize(profile, sync_filter):
-    """
-    Whether this instance has app changes under ``sync_filter`` not yet in its store:
-    dirty rows, or deletions waiting to be recorded. Deserializing over them would
-    overwrite them, which is why morango serializes before it deserializes.
-
-    :type profile: str
-    :type sync_filter: morango.models.certificates.Filter
-    :rtype: bool
-    """
-
-    if (
-        DeletedModels.objects.filter(profile=profile).exists()
-        or HardDeletedModels.objects.filter(profile=profile).exists()
-    ):
-        return True
-    in_filter = _under_filter(sync_filter, "_morango_partition")
-    return any(
-        model.syncing_objects.filter(in_filter, _morango_dirty_bit=True).exists()
-        for model in syncable_models.get_models(profile)
-    )
-
-
 def deserialize_in_pieces(profile, sync_filter, on_piece=None):
     """
     Deserialize the dirty Store records under ``sync_filter`` as morango would, one
-    short transaction at a time. Serialize local changes first (see
-    :func:`has_changes_to_serialize`).
+    short transaction at a time. As with morango's, serialize local changes first.
 
     :type profile: str
     :type sync_filter: morango.models.certificates.Filter
@@ -213,7 +188,7 @@ class _Run(object):
             profile=self.profile,
         )
 
-    def _piece(self, work, records):
+    def _piece(self, work, records, model):
         """Run ``work`` in its own transaction, as morango begins its own, and time it."""
 
         started = time.monotonic()
@@ -223,9 +198,16 @@ class _Run(object):
         self.pieces += 1
         self.records += records
         self.longest = max(self.longest, elapsed)
-        logger.debug("Piece of %d records held the database %.3fs", records, elapsed)
-        # size the next piece so its transaction lasts about the target
+        logger.debug(
+            "Piece of %d %s records held the database %.3fs",
+            records,
+            model.__name__,
+            elapsed,
+        )
+        # size the next piece so its transaction lasts about the target, growing
+        # at most twofold, as one quick piece may be luck
         scaled = int(records * TARGET_PIECE_SECONDS / max(elapsed, 0.001))
+        scaled = min(scaled, 2 * max(records, MIN_PIECE_RECORDS))
         self._size = max(MIN_PIECE_RECORDS, min(MAX_PIECE_RECORDS, scaled))
         PIECE_COMMITTED.send(sender=_Run, records=records, seconds=elapsed)
         if self.on_piece is not None:
@@ -236,9 +218,14 @@ class _Run(object):
 
     def _model(self, model):
         store_records = self._store_records(model)
-        dirty = list(store_records.filter(dirty_bit=True).values_list("id", flat=True))
+        # read as morango reads them, so they come in the same order: a record may
+        # depend on one before it (a group membership on the classroom's)
+        dirty = [r.id for r in store_records.filter(dirty_bit=True).iterator()]
+        self._size = FIRST_PIECE_RECORDS
         for batch in _batches(dirty, self._piece_size):
-            self._piece(lambda: self._deserialize_batch(model, batch), len(batch))
+            self._piece(
+                lambda: self._deserialize_batch(model, batch), len(batch), model
+            )
 
     def _deserialize_batch(self, model, batch):
         """morango's step for a model without a foreign key to itself, on ``batch``."""
@@ -287,19 +274,25 @@ class _Run(object):
         children = store_records.filter(dirty_bit=True).filter(
             Q(_self_ref_fk__in=clean_parents) | Q(_self_ref_fk="")
         )
-        level = list(children.values_list("id", flat=True))
+        level = [r.id for r in children.iterator()]
+        self._size = FIRST_PIECE_RECORDS
         while level:
             for batch in _batches(level, self._piece_size):
                 self._piece(
-                    lambda: self._deserialize_children(model, batch), len(batch)
+                    lambda: self._deserialize_children(model, batch),
+                    len(batch),
+                    model,
                 )
             clean_parents = store_records.filter(dirty_bit=False).char_ids_list()
-            level = list(
-                store_records.filter(dirty_bit=True, _self_ref_fk__in=clean_parents)
+            level = [
+                r.id
+                for r in store_records.filter(
+                    dirty_bit=True, _self_ref_fk__in=clean_parents
+                )
                 .exclude(id__in=self.excluded)
-                .values_list("id", flat=True)
-            )
-        self._piece(lambda: self._mark_orphans(store_records), 0)
+                .iterator()
+            ]
+        self._piece(lambda: self._mark_orphans(store_records), 0, model)
 
     def _deserialize_children(self, model, batch):
 

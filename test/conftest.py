@@ -211,6 +211,16 @@ def job_storage_commits(django_capture_on_commit_callbacks):
     return lambda: django_capture_on_commit_callbacks(using=alias, execute=True)
 
 
+@pytest.fixture
+def pieces_of_three(monkeypatch):
+    """Background deserializing commits three records at a time (see ``pieces``)."""
+    from kolibri_sync_extras_plugin import pieces
+
+    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 3)
+    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 3)
+    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
+
+
 def stage_jobs():
     """The plugin's jobs in Kolibri's job storage."""
     return job_storage.filter_jobs(queue=SYNC_EXTRAS_QUEUE)

@@ -14,7 +14,6 @@ from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 from morango.models.core import Store
 
-from kolibri_sync_extras_plugin import pieces
 from kolibri_sync_extras_plugin import runner
 from kolibri_sync_extras_plugin.progress import transaction_depth
 
@@ -29,13 +28,6 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
 def _fractions(updates):
     return [update["progress"] / update["total"] for update in updates]
-
-
-@pytest.fixture
-def pieces_of_three(monkeypatch):
-    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 3)
-    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 3)
-    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
 
 
 def test_deserializing_progress__pushed_records__saved_after_each_piece_and_never_goes_back(
