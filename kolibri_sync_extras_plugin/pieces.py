@@ -48,8 +48,6 @@ from morango.sync.operations import _save_deserialized_record
 from morango.sync.operations import _self_referential_fk
 from morango.sync.operations import _validate_store_foreign_keys
 
-from .store import undeserialized_records
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -77,9 +75,6 @@ FIRST_PIECE_RECORDS = 10
 #: on query parameters).
 MIN_PIECE_RECORDS = 5
 MAX_PIECE_RECORDS = 500
-#: How often the whole filter is gone through again while records that never
-#: failed are still dirty (another push merged more while the pieces ran).
-MAX_PASSES = 3
 
 # what morango's deserialization catches per record, and records as the error
 _RECORD_ERRORS = (exceptions.ValidationError, exceptions.ObjectDoesNotExist, ValueError)
@@ -97,7 +92,11 @@ def supports_installed_morango():
 def deserialize_in_pieces(profile, sync_filter, on_piece=None):
     """
     Deserialize the dirty Store records under ``sync_filter`` as morango would, one
-    short transaction at a time. As with morango's, serialize local changes first.
+    short transaction at a time. Like morango's, the caller serializes first.
+
+    Records another push merges while the pieces run are deserialized here if
+    they arrive before their model is listed, and otherwise by that push's own
+    stage, as with morango.
 
     :type profile: str
     :type sync_filter: morango.models.certificates.Filter
@@ -109,10 +108,7 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None):
     """
 
     run = _Run(profile, sync_filter, on_piece)
-    for _ in range(MAX_PASSES):
-        run.one_pass()
-        if not undeserialized_records(sync_filter).filter(profile=profile).exists():
-            break
+    run.one_pass()
     logger.debug(
         "Deserialized %d records in %d pieces; the longest held the database %.3fs",
         run.records,
