@@ -37,6 +37,7 @@ from collections import defaultdict
 
 import morango
 from django.core import exceptions
+from django.db import connection
 from django.db.models import Q
 from django.dispatch import Signal
 from morango.errors import MorangoDirtyParent
@@ -68,6 +69,15 @@ SUPPORTED_MORANGO_VERSIONS = frozenset(("0.8.15",))
 
 #: How long one piece's transaction should hold the write lock, in seconds.
 TARGET_PIECE_SECONDS = 0.1
+#: On SQLite, how long to leave the write lock free after each piece, as a share
+#: of the piece's own time, and its bounds in seconds. SQLite lets a waiting
+#: writer in only when it happens to look while the lock is free (a waiting
+#: connection looks again every 100 ms at most), so a job that began its next
+#: piece at once would keep other requests out as surely as one long transaction.
+PAUSE_SHARE = 1.0
+MIN_PAUSE_SECONDS = 0.02
+MAX_PAUSE_SECONDS = 0.2
+
 #: Records in the first piece of each model, before pieces are sized by time
 #: (models differ tenfold in how long a record takes).
 FIRST_PIECE_RECORDS = 10
@@ -208,6 +218,10 @@ class _Run(object):
         PIECE_COMMITTED.send(sender=_Run, records=records, seconds=elapsed)
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
+        if connection.vendor == "sqlite":
+            time.sleep(
+                min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, elapsed * PAUSE_SHARE))
+            )
 
     def _piece_size(self):
         return self._size
