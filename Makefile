@@ -1,25 +1,41 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both create a virtual environment in .venv with Kolibri and this plugin first.
+# Both create a virtual environment with Kolibri and this plugin first: Kolibri
+# 0.19 in .venv by default, another supported line with KOLIBRI=0.16 (0.17, 0.18)
+# in .venv-0.16, so every line can be tested side by side.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
+KOLIBRI ?= 0.19
+ifeq ($(KOLIBRI),0.19)
+VENV ?= .venv
 KOLIBRI_HOME ?= $(CURDIR)/.kolibri
+else
+VENV ?= .venv-$(KOLIBRI)
+KOLIBRI_HOME ?= $(CURDIR)/.kolibri-$(KOLIBRI)
+endif
+BIN := $(VENV)/bin
 export KOLIBRI_HOME
 
-.PHONY: venv test demo bench lint clean
+# the fast, in-process tests (no Kolibri process started), for the development
+# loop; `make test` runs everything
+FAST := -m "not e2e"
+
+.PHONY: venv test test-fast demo bench package-check lint clean
 
 $(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install -r requirements.txt -r requirements-test.txt "kolibri==$(KOLIBRI).*"
 	$(BIN)/pip install -e .
 	$(BIN)/kolibri plugin enable kolibri_sync_extras_plugin
 	touch $@
 
 venv: $(BIN)/kolibri
 
+# the full suite, as CI runs it
 test: venv
-	$(BIN)/python -m pytest test/
+	$(BIN)/python -m pytest test/ $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest test/ $(FAST) $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/python -m sync_lab.demo $(DEMO_ARGS)
@@ -27,10 +43,15 @@ demo: venv
 bench: venv
 	$(BIN)/python -m sync_lab.demo --bench $(DEMO_ARGS)
 
+# build the sdist and the wheel, check what they hold, and enable the wheel in a
+# fresh environment with stock Kolibri; the checked files are left in dist/
+package-check:
+	PYTHON=$(PYTHON) .ci/check-package
+
 lint:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements-dev.txt
 	$(BIN)/pre-commit run --all-files
 
 clean:
-	rm -rf $(VENV) $(KOLIBRI_HOME) build *.egg-info
+	rm -rf $(VENV) $(KOLIBRI_HOME) build dist *.egg-info

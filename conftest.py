@@ -18,6 +18,12 @@ os.environ.setdefault(
 import kolibri  # noqa: E402,F401
 
 # isort: split
+from kolibri.plugins import config as plugin_config  # noqa: E402
+
+# Kolibri before 0.18 ignores KOLIBRI_PLUGIN_ENABLE: enable it in the home as well
+plugin_config.add_plugin("kolibri_sync_extras_plugin")
+
+# isort: split
 import django  # noqa: E402
 
 # pytest-django looked for Django before the import above made it importable

@@ -17,6 +17,10 @@ __all__ = [
     "BackgroundSettings",
     "get_background_settings",
     "runs_in_background",
+    "StageJobLimits",
+    "get_stage_job_limits",
+    "RetentionSettings",
+    "get_retention_settings",
 ]
 
 SECTION = "Sync"
@@ -29,6 +33,19 @@ FINALIZATION_STAGES = (
     transfer_stages.DESERIALIZING,
     transfer_stages.CLEANUP,
 )
+
+StageJobLimits = namedtuple("StageJobLimits", ("per_client", "total"))
+StageJobLimits.__doc__ = """
+How many stage jobs may wait or run at once: for one client instance, and for all.
+"""
+
+RetentionSettings = namedtuple(
+    "RetentionSettings", ("completed_seconds", "failed_seconds", "interval_seconds")
+)
+RetentionSettings.__doc__ = """
+How long finished stage jobs of closed transfer sessions stay in job storage, and
+how often the job that clears them runs.
+"""
 
 BackgroundSettings = namedtuple("BackgroundSettings", ("pull_stages", "push_stages"))
 BackgroundSettings.__doc__ = """
@@ -127,3 +144,59 @@ def runs_in_background(stage, is_push):
     background = get_background_settings()
     stages = background.push_stages if is_push else background.pull_stages
     return stage in stages
+
+
+def _sync_section(options):
+    if options is None:
+        from kolibri.utils.conf import OPTIONS
+
+        options = OPTIONS
+    return options[SECTION]
+
+
+def _whole_number(sync_options, option, minimum):
+    """
+    :return: The option's value, checked to be a whole number of at least ``minimum``
+    :rtype: int
+    :raises InvalidSyncOption: naming the option, its value and what is allowed
+    """
+    value = sync_options[option]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSyncOption(
+            "[{section}] {option} = {value!r}: give a whole number of {minimum} or "
+            "more".format(section=SECTION, option=option, value=value, minimum=minimum)
+        )
+    return value
+
+
+def get_stage_job_limits(options=None):
+    """
+    Read and validate the caps on unfinished stage jobs.
+
+    :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
+    :rtype: StageJobLimits
+    :raises InvalidSyncOption: when a cap is not a whole number of 1 or more
+    """
+    sync_options = _sync_section(options)
+    return StageJobLimits(
+        per_client=_whole_number(sync_options, "MAX_STAGE_JOBS_PER_CLIENT", 1),
+        total=_whole_number(sync_options, "MAX_STAGE_JOBS", 1),
+    )
+
+
+def get_retention_settings(options=None):
+    """
+    Read and validate how long finished stage jobs are kept.
+
+    :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
+    :rtype: RetentionSettings
+    :raises InvalidSyncOption: when a period is negative, or the interval below 1
+    """
+    sync_options = _sync_section(options)
+    return RetentionSettings(
+        completed_seconds=_whole_number(
+            sync_options, "COMPLETED_STAGE_JOB_RETENTION", 0
+        ),
+        failed_seconds=_whole_number(sync_options, "FAILED_STAGE_JOB_RETENTION", 0),
+        interval_seconds=_whole_number(sync_options, "STAGE_JOB_CLEANUP_INTERVAL", 1),
+    )

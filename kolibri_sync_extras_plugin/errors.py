@@ -1,6 +1,8 @@
 """The errors this plugin raises, so callers can tell expected failures apart."""
 
 from django.core.exceptions import ImproperlyConfigured
+from rest_framework import status
+from rest_framework.exceptions import APIException
 
 
 class SyncExtrasError(Exception):
@@ -24,3 +26,14 @@ class StageNoLongerAwaited(BackgroundStageError):
 
 class WorkerGone(BackgroundStageError):
     """The worker process running a background stage died without finishing it."""
+
+
+class StageJobLimitReached(SyncExtrasError, APIException):
+    """
+    A stage was asked for while its client, or all clients together, already had as
+    many stage jobs waiting or running as ``[Sync]`` allows. Raised through the
+    client's request, so the client sees an HTTP 503 whose detail names the cap.
+    """
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "stage_job_limit_reached"

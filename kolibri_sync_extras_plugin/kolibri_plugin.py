@@ -6,10 +6,15 @@ and declares hooks; everything that touches Django or morango is imported when a
 hook is first called.
 """
 
+import logging
+
 from kolibri.core.auth.hooks import FacilityDataSyncHook
-from kolibri.core.tasks.hooks import JobHook
 from kolibri.plugins import KolibriPluginBase
 from kolibri.plugins.hooks import register_hook
+
+from .compat import JobHook
+
+logger = logging.getLogger(__name__)
 
 
 class SyncExtrasPlugin(KolibriPluginBase):
@@ -58,10 +63,23 @@ def _settle_once_job_storage_commits(job, orm_job, job_state):
 
 @register_hook
 class BackgroundStageJobHook(JobHook):
-    """Settles a background stage when job storage finishes or drops its job."""
+    """
+    Settles a background stage when job storage finishes or drops its job, and
+    keeps the clearing of old stage jobs scheduled.
+    """
 
     def schedule(self, job, orm_job):
-        pass
+        from .jobs import RUN_STAGE_TASK
+        from .retention import schedule_retention
+
+        if job.func != RUN_STAGE_TASK:
+            return
+        # wherever stage jobs are queued, the job that clears them must be too; a
+        # failure here must not fail the stage being queued
+        try:
+            schedule_retention()
+        except Exception:
+            logger.exception("Could not schedule the clearing of old stage jobs")
 
     def update(self, job, orm_job, state=None, **kwargs):
         from .jobs import RUN_STAGE_TASK

@@ -10,6 +10,7 @@ from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
+from .limits import refuse_stage_over_limits
 from .pieces import deserialize_in_pieces
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
@@ -31,6 +32,8 @@ class BackgroundStageOperation(LocalOperation):
     - the stage is configured to run in the background for this direction,
     - the context is not already the background job's own.
 
+    Past the caps on unfinished stage jobs (see :mod:`.limits`) the stage is refused.
+
     STARTED, unlike PENDING, tells morango's controller not to invoke the stage again
     when the client repeats its request: the job settles the status itself.
     """
@@ -47,6 +50,7 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(context.transfer_session is not None)
         self._assert(ASYNC_OPERATIONS in context.capabilities)
         self._assert(runs_in_background(context.stage, context.is_push))
+        refuse_stage_over_limits(context)
         schedule_background_stage(context)
         return transfer_statuses.STARTED
 

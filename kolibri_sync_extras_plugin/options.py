@@ -44,5 +44,51 @@ option_spec = {
                 dequeuing, deserializing, cleanup.
             """,
         },
+        "MAX_STAGE_JOBS_PER_CLIENT": {
+            "type": "integer",
+            "default": 4,
+            "envvars": ("KOLIBRI_SYNC_MAX_STAGE_JOBS_PER_CLIENT",),
+            "description": """
+                How many background stage jobs one client device may have waiting or
+                running at once. A syncing device waits on one stage at a time; a request
+                for a stage beyond this is refused (HTTP 503) instead of queued.
+            """,
+        },
+        "MAX_STAGE_JOBS": {
+            "type": "integer",
+            "default": 100,
+            "envvars": ("KOLIBRI_SYNC_MAX_STAGE_JOBS",),
+            "description": """
+                How many background stage jobs all clients together may have waiting or
+                running at once; a request for a stage beyond this is refused (HTTP 503).
+            """,
+        },
+        "COMPLETED_STAGE_JOB_RETENTION": {
+            "type": "integer",
+            "default": 3600,
+            "envvars": ("KOLIBRI_SYNC_COMPLETED_STAGE_JOB_RETENTION",),
+            "description": """
+                Seconds a completed stage job stays in Kolibri's job storage after it
+                finished, once its transfer session has closed.
+            """,
+        },
+        "FAILED_STAGE_JOB_RETENTION": {
+            "type": "integer",
+            "default": 259200,
+            "envvars": ("KOLIBRI_SYNC_FAILED_STAGE_JOB_RETENTION",),
+            "description": """
+                Seconds a failed or cancelled stage job stays in Kolibri's job storage
+                after it finished, once its transfer session has closed.
+            """,
+        },
+        "STAGE_JOB_CLEANUP_INTERVAL": {
+            "type": "integer",
+            "default": 600,
+            "envvars": ("KOLIBRI_SYNC_STAGE_JOB_CLEANUP_INTERVAL",),
+            "description": """
+                Seconds between two runs of the Kolibri job that clears stage jobs past
+                their retention.
+            """,
+        },
     }
 }

@@ -6,8 +6,10 @@ What each stage lets us count:
 
 - ``deserializing``: the dirty Store records under the sync filter are known when
   the stage starts, and morango saves each Store record back as it deserializes
-  it, so records are counted one by one. In a background job the plugin commits
-  them in pieces (see :mod:`.pieces`), and progress is saved after each piece.
+  it, so records are counted one by one (before Kolibri 0.19, morango marks them
+  clean in bulk: 0 of them until all are done; see :mod:`.compat`). In a
+  background job on Kolibri 0.19 the plugin commits them in pieces (see
+  :mod:`.pieces`), and progress is saved after each piece.
 - ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
   are known when the stage starts, but morango merges them in one SQL transaction,
   so progress is 0 of them until all are done.
@@ -38,6 +40,8 @@ from morango.constants import transfer_stages
 from morango.models.core import Buffer
 from morango.models.core import Store
 
+from .compat import COUNTS_DESERIALIZED_RECORDS
+from .compat import update_job_progress
 from .pieces import PIECE_COMMITTED
 from .store import dirty_store_records
 from .wording import describe
@@ -85,7 +89,11 @@ def _queued_records(context):
 #: Per stage: the count known when the stage starts, the count known when it ends,
 #: and whether records are counted one by one while it runs.
 _COUNTS = {
-    transfer_stages.DESERIALIZING: (_dirty_store_records, None, True),
+    transfer_stages.DESERIALIZING: (
+        _dirty_store_records,
+        None,
+        COUNTS_DESERIALIZED_RECORDS,
+    ),
     transfer_stages.DEQUEUING: (_buffered_records, None, False),
     transfer_stages.QUEUING: (None, _queued_records, False),
 }
@@ -319,10 +327,7 @@ class StageProgress(object):
         self._metadata["status_text"] = self._status_text()
         # Kolibri saves this only when it moved by 1% or more, or is complete
         self._write(
-            self.job.update_progress,
-            self.done,
-            self.total,
-            extra_metadata=self._metadata,
+            update_job_progress, self.job, self.done, self.total, self._metadata
         )
 
     def _save_metadata(self, **metadata):

@@ -11,10 +11,10 @@ from collections import namedtuple
 
 from django.utils import timezone
 from kolibri.core.tasks.job import Job
-from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from .compat import job_rows
 from .health import MISSING_JOB_GRACE_SECONDS
 from .health import worker_is_gone
 from .jobs import FINISHED_JOB_STATES
@@ -23,12 +23,14 @@ from .jobs import SYNC_EXTRAS_QUEUE
 from .jobs import job_id_for
 from .jobs import stage_status_for_job_state
 from .wording import describe_job
+from .writer_lock import FIRST_ENQUEUED_KEY
 
 __all__ = [
     "STUCK",
     "ERRORED",
     "DEFAULT_STUCK_AFTER_SECONDS",
     "StageReport",
+    "report_as_dict",
     "report_background_stages",
 ]
 
@@ -53,6 +55,7 @@ StageReport = namedtuple(
         "stage_status",
         "job_id",
         "job_state",
+        "worker_process",
         "progress",
         "total_progress",
         "percentage",
@@ -71,7 +74,8 @@ transfer session tell.
 
 ``stage_status`` is the stage's status as the client sees it, or ``moved on``,
 ``closed`` or ``gone`` once the transfer session has left the stage. ``job_state``
-is ``None`` when no job serves the stage. ``age_seconds`` counts from when the job
+is ``None`` when no job serves the stage; ``worker_process`` is the pid of the
+process that last ran the job, as Kolibri noted it. ``age_seconds`` counts from when the job
 was enqueued, or for a stage without a job from its transfer session's last
 activity. ``problem`` is :data:`STUCK`, :data:`ERRORED` or ``None``, and ``detail``
 says why (or why a job left its stage alone).
@@ -151,7 +155,7 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
 
 
 def _job_reports(now, stuck_after, errors_since):
-    orm_jobs = list(ORMJob.objects.filter(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK))
+    orm_jobs = job_rows(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
     jobs = [(Job.from_json(orm_job.saved_job), orm_job) for orm_job in orm_jobs]
     session_ids = {job.kwargs.get("transfer_session_id") for job, _ in jobs}
     sessions = {
@@ -164,7 +168,11 @@ def _job_reports(now, stuck_after, errors_since):
         metadata = job.extra_metadata
         transfer_session_id = job.kwargs.get("transfer_session_id")
         stage = job.kwargs.get("stage")
-        age = _seconds_between(orm_job.scheduled_time, now)
+        # a job waiting for the writers' turn is rescheduled each time it looks
+        enqueued_at = (
+            _parse_time(metadata.get(FIRST_ENQUEUED_KEY)) or orm_job.scheduled_time
+        )
+        age = _seconds_between(enqueued_at, now)
         problem, detail = _job_problem(job, orm_job, age, stuck_after, errors_since)
         yield StageReport(
             transfer_session_id=transfer_session_id,
@@ -175,11 +183,12 @@ def _job_reports(now, stuck_after, errors_since):
             stage_status=_stage_status_seen(sessions.get(transfer_session_id), stage),
             job_id=job.job_id,
             job_state=job.state,
+            worker_process=orm_job.worker_process,
             progress=job.progress,
             total_progress=job.total_progress,
             percentage=job.percentage_progress,
             status_text=describe_job(job),
-            enqueued_at=orm_job.scheduled_time,
+            enqueued_at=enqueued_at,
             started_at=_parse_time(metadata.get("started_at")),
             finished_at=_parse_time(metadata.get("finished_at")),
             age_seconds=age,
@@ -234,6 +243,7 @@ def _jobless_reports(now, job_ids):
             stage_status=session["transfer_stage_status"],
             job_id=None,
             job_state=None,
+            worker_process=None,
             progress=0,
             total_progress=0,
             percentage=0.0,
@@ -245,6 +255,20 @@ def _jobless_reports(now, job_ids):
             problem=STUCK if stuck else None,
             detail="no job in job storage",
         )
+
+
+def report_as_dict(report):
+    """
+    A report with its times as ISO 8601 text, ready for JSON.
+
+    :type report: StageReport
+    :rtype: dict
+    """
+    data = report._asdict()
+    for key in ("enqueued_at", "started_at", "finished_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    return data
 
 
 def report_background_stages(

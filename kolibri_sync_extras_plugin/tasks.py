@@ -1,7 +1,8 @@
 """
 The Kolibri task that runs one deferred sync stage, and how it is enqueued.
 
-Kolibri imports this module from every installed app to find registered tasks.
+Kolibri imports this module from every installed app to find registered tasks;
+the task that clears old stage jobs lives in :mod:`.retention` and is found here.
 """
 
 import logging
@@ -21,16 +22,19 @@ from .jobs import SYNC_EXTRAS_QUEUE
 from .jobs import job_id_for
 from .jobs import settle_stage
 from .progress import StageProgress
+from .retention import clear_finished_stage_jobs
 from .runner import awaited_transfer_session
 from .runner import run_stage_operations
 from .runner import stage_signal
 from .wording import describe
 from .wording import describe_job
 from .wording import facility_label
+from .writer_lock import one_writer_at_a_time
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "clear_finished_stage_jobs",
     "run_background_stage",
     "stage_job_request",
     "enqueue_stage_job",
@@ -62,6 +66,7 @@ def background_stage_status(job):
     # the jobs name facilities and sync sessions: only their admins may see them
     permission_classes=[IsAdminForJob],
 )
+@one_writer_at_a_time
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
 ):

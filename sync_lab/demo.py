@@ -10,7 +10,9 @@ the longest single request the server served, record counts on both sides and th
 server's jobs. Every process it started is stopped before it exits.
 
 ``--compare`` runs the same data with the plugin on and off, ``--bench`` does so at
-several sizes, and ``--proxy-timeout`` makes the proxy answer 504 as nginx would.
+several sizes, ``--clients K`` has K clients pull and push at the same time (see
+:mod:`sync_lab.many_clients`), and ``--proxy-timeout`` makes the proxy answer 504
+as nginx would.
 ``python -m sync_lab.demo --help`` lists the options.
 """
 
@@ -29,6 +31,10 @@ from morango.constants import transfer_stages
 
 from .dataset import RECORDS_PER_LEARNER
 from .instances import KolibriInstance
+from .many_clients import DATABASES
+from .many_clients import ServerTemplates
+from .many_clients import render_many_clients
+from .many_clients import run_many_clients
 from .proxy import TimingProxy
 from .report import ModeRun
 from .report import render_bench
@@ -203,7 +209,7 @@ def run_mode(mode, templates, client_records, args, progress):
         server.start()
         progress.say(
             "{}: listening on {} (pid {})".format(
-                server.name, server.base_url, server.process.pid
+                server.name, server.base_url, server.pid
             )
         )
         with TimingProxy(
@@ -312,6 +318,71 @@ def run_bench(args, workdir, output, progress):
     return [run for _, runs in results for run in runs.values()]
 
 
+class _ManyClientsResult(object):
+    """A many-clients run, as :func:`main` judges runs."""
+
+    def __init__(self, run):
+        self.run = run
+        self.mode = "{} ({} clients, {})".format(run.mode, run.clients, run.database)
+
+    @property
+    def succeeded(self):
+        return self.run.ok
+
+
+def run_many(args, workdir, output, progress):
+    """
+    Every ``--clients`` count, on every ``--databases`` database, with the plugin
+    on and off (or only ``--mode`` if given), from the same templates.
+    """
+    templates = ServerTemplates(
+        workdir, args.records, args.seed, progress.say, keep=args.keep
+    )
+    modes = [MODES[args.mode]] if args.mode_given else list(MODES.values())
+    runs = []
+    try:
+        for clients in args.clients:
+            for database in args.databases:
+                for mode in modes:
+                    runs.append(
+                        run_many_clients(
+                            mode,
+                            database,
+                            templates,
+                            clients,
+                            args.client_records,
+                            args,
+                            background_stages(mode),
+                            progress.say,
+                        )
+                    )
+                    progress.say("many clients so far:\n" + render_many_clients(runs))
+    finally:
+        templates.cleanup()
+    text = render_many_clients(runs)
+    print("\n" + text)
+    _write(output / "many-clients.txt", text, progress)
+    return [_ManyClientsResult(run) for run in runs]
+
+
+def _counts(value):
+    try:
+        counts = [int(item) for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("give whole numbers, e.g. 4,8")
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("give one or more numbers above 0")
+    return counts
+
+
+def _databases(value):
+    names = [item.strip().lower() for item in value.split(",") if item.strip()]
+    unknown = [name for name in names if name not in DATABASES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError("choose from {}".format(", ".join(DATABASES)))
+    return names
+
+
 def _sizes(value):
     try:
         sizes = [int(item) for item in value.split(",") if item.strip()]
@@ -349,8 +420,8 @@ def parse_args(argv=None):
     what.add_argument(
         "--mode",
         choices=list(MODES),
-        default="on",
-        help="run the server with the plugin on (default) or off",
+        help="run the server with the plugin on (default) or off; with --clients, "
+        "only that mode",
     )
     what.add_argument(
         "--compare",
@@ -361,6 +432,19 @@ def parse_args(argv=None):
         "--bench",
         action="store_true",
         help="compare both modes at several sizes (see --sizes); writes a table and a chart",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_counts,
+        help="K stock clients, each with its own data, pull and then push at the "
+        "same time, plugin on and off; a comma list runs each count (e.g. 4,8)",
+    )
+    parser.add_argument(
+        "--databases",
+        type=_databases,
+        default=["sqlite"],
+        help="with --clients: the server's databases, comma separated, from {} "
+        "(default sqlite)".format(", ".join(DATABASES)),
     )
     parser.add_argument(
         "--sizes",
@@ -406,6 +490,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--quiet", action="store_true", help="print only the report")
     args = parser.parse_args(argv)
+    args.mode_given = args.mode is not None
+    if args.mode is None:
+        args.mode = "on"
+    if args.clients and (args.compare or args.bench):
+        parser.error("--clients runs both modes itself; leave out --compare/--bench")
     if args.users is not None:
         args.records = args.users * RECORDS_PER_LEARNER
     if args.records is None:
@@ -434,6 +523,8 @@ def run(args, progress=None):
     workdir.mkdir(parents=True, exist_ok=True)
     progress.say("Kolibri homes under {}".format(workdir))
     try:
+        if args.clients:
+            return run_many(args, workdir, output, progress)
         if args.bench:
             return run_bench(args, workdir, output, progress)
         if args.compare:
@@ -455,7 +546,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted; every Kolibri process the demo started has been stopped")
         return 130
-    failed = [run.mode for run in runs if not _succeeded(run)]
+    failed = [
+        run.mode
+        for run in runs
+        if not (run.succeeded if hasattr(run, "succeeded") else _succeeded(run))
+    ]
     if failed:
         print("\nnot a clean round trip with the plugin {}".format(" / ".join(failed)))
         return 1

@@ -13,6 +13,7 @@ Kolibri's ``manage shell -c`` imports it, calls it and prints its JSON result.
 
 import atexit
 import configparser
+import hashlib
 import importlib
 import json
 import logging
@@ -24,9 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from mirakuru import Executor
+from mirakuru import HTTPExecutor
+from mirakuru.base import ENV_UUID
+from mirakuru.exceptions import AlreadyRunning
+from mirakuru.exceptions import ExecutorError
+from mirakuru.exceptions import ProcessExitedWithError
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +153,12 @@ def child_environment(home, base=None):
         if not key.startswith(_SCRUBBED_PREFIXES) and key != _CALL_ENV
     }
     env["KOLIBRI_HOME"] = str(home)
+    # morango derives a device's instance id from the machine and the database's
+    # id, which a copied home shares with its template: a system id of its own
+    # makes each home a device of its own, as each client of a real server is
+    env["MORANGO_SYSTEM_ID"] = (
+        "sync-lab-" + hashlib.sha1(str(home).encode("utf-8")).hexdigest()
+    )
     python_path = [str(REPO_ROOT)]
     if env.get("PYTHONPATH"):
         python_path.append(env["PYTHONPATH"])
@@ -221,7 +233,7 @@ class KolibriInstance(object):
         self.keep_home = keep_home
         self.python = python or sys.executable
         self.port = None
-        self.process = None
+        self._server = None
         self._server_output = None
         self._prepared = False
         self._command_count = 0
@@ -261,7 +273,12 @@ class KolibriInstance(object):
     @property
     def running(self):
         """:rtype: bool"""
-        return self.process is not None and self.process.poll() is None
+        return self._server is not None and self._server.running()
+
+    @property
+    def pid(self):
+        """The server process's pid, while it runs. :rtype: int|None"""
+        return self._server.process.pid if self.running else None
 
     def env(self):
         """:rtype: dict"""
@@ -406,25 +423,20 @@ class KolibriInstance(object):
         started = time.monotonic()
         timed_out = False
         with open(output_path, "w+") as output:
-            process = subprocess.Popen(
-                command,
-                cwd=str(self.home),
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
             try:
-                returncode = process.wait(timeout=timeout)
+                returncode = subprocess.run(
+                    command,
+                    cwd=str(self.home),
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    timeout=timeout,
+                ).returncode
             except subprocess.TimeoutExpired:
-                timed_out = True
-                _terminate(process, grace=10)
-                returncode = process.returncode
-            except BaseException:
-                # interrupted: the command is in its own session, so nobody else stops it
-                _terminate(process, grace=10)
-                raise
+                # subprocess.run has killed it
+                timed_out, returncode = True, None
             output.seek(0)
             text = output.read()
         result = CommandResult(
@@ -484,7 +496,8 @@ class KolibriInstance(object):
     def start(self, timeout=120, attempts=3):
         """
         Start ``kolibri start --foreground``: the HTTP server and the job workers,
-        in one process on 127.0.0.1, and wait until it answers.
+        in one process on 127.0.0.1, and wait until it answers a public API
+        request (mirakuru's :class:`~mirakuru.HTTPExecutor` polls it).
 
         :raises ServerFailed: if it exits or does not answer within ``timeout``
         """
@@ -494,73 +507,43 @@ class KolibriInstance(object):
         for attempt in range(1, attempts + 1):
             self.port = free_port()
             self.write_options()
-            self._spawn_server()
-            try:
-                self.wait_until_ready(timeout=timeout)
-                return
-            except ServerFailed:
-                port_taken = "occupied" in self.server_output_tail().lower()
-                self.stop()
-                if not port_taken or attempt == attempts:
-                    raise
-
-    def _spawn_server(self):
-        self.lab_dir.mkdir(parents=True, exist_ok=True)
-        self._server_output = self.lab_dir / "server-{}.txt".format(self.port)
-        with open(self._server_output, "w") as output:
-            self.process = subprocess.Popen(
-                [
-                    self.python,
-                    "-m",
-                    "kolibri",
-                    "start",
-                    "--foreground",
-                    "--port",
-                    str(self.port),
-                ],
-                cwd=str(self.home),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                # our own process group: a Ctrl-C meant for the caller is handled by
-                # the caller, which then stops the server by its pid
-                start_new_session=True,
-            )
-        _running.add(self)
-        logger.debug(
-            "%s: started server pid %s on port %s",
-            self.name,
-            self.process.pid,
-            self.port,
-        )
-
-    def wait_until_ready(self, timeout=120):
-        """Poll the server until it answers a public API request."""
-        deadline = time.monotonic() + timeout
-        url = self.base_url + _READY_PATH
-        while True:
-            if not self.running:
-                raise ServerFailed(
-                    "{}: the server exited with {} before answering; output:\n{}".format(
-                        self.name,
-                        None if self.process is None else self.process.returncode,
-                        self.server_output_tail(),
-                    )
+            self._server_output = self.lab_dir / "server-{}.txt".format(self.port)
+            with open(self._server_output, "w") as output:
+                self._server = LabServer(
+                    self.server_command(),
+                    self.env(),
+                    self.home,
+                    output,
+                    timeout,
+                    url=self.base_url + _READY_PATH,
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise ServerFailed(
-                    "{}: no answer from {} within {}s; output:\n{}".format(
-                        self.name, url, timeout, self.server_output_tail()
+                _running.add(self)
+                try:
+                    self._server.start()
+                    logger.debug(
+                        "%s: server pid %s on port %s", self.name, self.pid, self.port
                     )
-                )
-            time.sleep(0.25)
+                    return
+                except ExecutorError as e:
+                    # mirakuru found something on the port before starting, or
+                    # Kolibri found it taken: another process was quicker
+                    port_taken = isinstance(e, AlreadyRunning) or (
+                        "occupied" in self.server_output_tail().lower()
+                    )
+                    self.stop()
+                    if not port_taken or attempt == attempts:
+                        raise ServerFailed(
+                            "{}: the server did not answer ({}); output:\n{}".format(
+                                self.name, e, self.server_output_tail()
+                            )
+                        )
+
+    def server_command(self):
+        """:return: The command that serves this instance on :attr:`port`"""
+        return [self.python, "-m", "kolibri", "start", "--foreground"] + [
+            "--port",
+            str(self.port),
+        ]
 
     def log_tail(self, lines=_OUTPUT_TAIL_LINES):
         """
@@ -581,25 +564,31 @@ class KolibriInstance(object):
         with open(self._server_output) as output:
             return "\n".join(output.read().splitlines()[-lines:])
 
-    def stop(self, timeout=30):
+    def stop(self):
         """
         Stop the server by its own pid: SIGTERM, then SIGKILL if it has not exited
-        within ``timeout`` seconds.
-
-        :return: The server's exit code, or ``None`` if none was running
+        within the start's timeout.
         """
-        process, self.process = self.process, None
+        server, self._server = self._server, None
         _running.discard(self)
-        if process is None:
-            return None
-        _terminate(process, grace=timeout)
-        logger.debug(
-            "%s: server pid %s exited with %s",
-            self.name,
-            process.pid,
-            process.returncode,
-        )
-        return process.returncode
+        if server is not None:
+            server.stop_quietly()
+            logger.debug("%s: server stopped", self.name)
+
+    def kill(self):
+        """
+        SIGKILL the server process by its pid, and forget it, so that
+        :meth:`start` starts a new one.
+
+        :return: The killed process's pid
+        :rtype: int
+        """
+        pid = self.pid
+        if pid is None:
+            raise InstanceError("{} is not running".format(self.name))
+        server, self._server = self._server, None
+        server.kill(sig=signal.SIGKILL)
+        return pid
 
     def cleanup(self):
         """Stop the server and remove the home, unless it is to be kept."""
@@ -653,19 +642,70 @@ class KolibriInstance(object):
         return self.manage(*args, timeout=timeout, check=check, label=label)
 
 
-def _terminate(process, grace):
-    """SIGTERM ``process`` by its pid, then SIGKILL it after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        logger.warning("pid %s ignored SIGTERM for %ss: killing it", process.pid, grace)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
+class _LabProcess(object):
+    """
+    A process of the lab, started and stopped by mirakuru in a session of its own
+    (a Ctrl-C meant for the lab is the lab's to handle), its output going to a
+    file. Its environment is exactly the one given, as :func:`child_environment`
+    builds it, where mirakuru would start from the lab's own.
+    """
+
+    def __init__(self, command, env, cwd, output, timeout, **kwargs):
+        self._env = env
+        super(_LabProcess, self).__init__(
+            command,
+            cwd=str(cwd),
+            timeout=timeout,
+            sleep=0.25,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            **kwargs,
+        )
+
+    @property
+    def envvars(self):
+        return dict(self._env, **{ENV_UUID: self._uuid})
+
+    def stop_quietly(self):
+        """Stop the process (SIGTERM, then SIGKILL); how it exited is no concern."""
+        try:
+            self.stop()
+        except ProcessExitedWithError:
+            pass
+
+
+class LabServer(_LabProcess, HTTPExecutor):
+    """A server process, ready once its ``url`` answers a GET with 200."""
+
+    def __init__(self, command, env, cwd, output, timeout, url):
+        super(LabServer, self).__init__(
+            command,
+            env,
+            cwd,
+            output,
+            timeout,
+            url=url,
+            status=200,
+            method="GET",
+            request_timeout=5,
+        )
+
+
+class LabService(_LabProcess, Executor):
+    """A process without a port, ready once its output says ``ready_text``."""
+
+    def __init__(self, command, env, cwd, output, timeout, ready_text):
+        super(LabService, self).__init__(command, env, cwd, output, timeout)
+        self._output_path = output.name
+        self._ready_text = ready_text
+
+    def pre_start_check(self):
+        return False
+
+    def after_start_check(self):
+        with open(self._output_path, errors="replace") as output:
+            return self._ready_text in output.read()
 
 
 def _ini_value(value):
@@ -690,7 +730,7 @@ def running_instances():
 @atexit.register
 def _stop_running_servers():
     for instance in list(_running):
-        instance.stop(timeout=10)
+        instance.stop()
 
 
 def serve_call():

@@ -1,109 +1,74 @@
 """
-The plugin's background stage jobs on a server, read from Kolibri's job storage.
+The plugin's background stage jobs on a server, as the plugin's own status report
+(:func:`kolibri_sync_extras_plugin.status.report_background_stages`, the data of
+``kolibri manage sync_extras_status --json``) describes them: the lab reads job
+storage through it and nothing else.
 
-:func:`stage_jobs` runs inside the server instance (through
+:func:`stage_jobs`, :func:`settled_stage_jobs` and :func:`stage_job_in_state` run
+inside the server instance (through
 :meth:`~sync_lab.instances.KolibriInstance.call`); the other functions run in the
-lab and ask the instance.
+lab and ask the instance. Waiting inside one process that reads job storage
+between short sleeps costs next to nothing and sees a change within a fraction of
+a second, where starting a Kolibri process per look takes seconds and CPU from the
+very jobs being waited for.
 """
 
 import time
-from datetime import timezone as _tz
+
+from .instances import InstanceError
 
 __all__ = [
     "FINISHED_STATES",
     "stage_jobs",
     "list_stage_jobs",
-    "settled_stage_jobs",
     "wait_for_stage_jobs",
+    "wait_for_stage_job",
 ]
 
 #: Job states after which a job does not change any more (Kolibri's ``State``).
 FINISHED_STATES = frozenset(("COMPLETED", "FAILED", "CANCELED"))
 
 
-def _epoch(value):
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_tz.utc)
-    return value.timestamp()
-
-
-def stage_jobs(transfer_session_id=None):
+def stage_jobs():
     """
-    The plugin's stage jobs in this instance's job storage, oldest first.
+    The plugin's stage jobs in this instance's job storage, oldest first, each as
+    :func:`~kolibri_sync_extras_plugin.status.report_as_dict` gives its report:
+    ``job_id``, ``job_state``, ``direction``, ``stage``, ``transfer_session_id``,
+    ``worker_process``, ``started_at``, ``finished_at``, ``detail`` (a failed
+    job's error) and the rest of
+    :class:`~kolibri_sync_extras_plugin.status.StageReport`.
 
-    Each is a dict with the job's ``job_id``, ``state``, ``stage``, ``direction``,
-    ``transfer_session_id``, ``facility_id``, its ``result`` and ``exception``, and
-    ``scheduled``: when it was enqueued, as a Unix time (Kolibri 0.19 leaves the
-    job table's created and updated times empty).
-
-    :param transfer_session_id: Only the jobs of this transfer session
     :rtype: list
     """
-    from kolibri.core.tasks.main import job_storage
-    from kolibri.core.tasks.models import Job as ORMJob
+    from kolibri_sync_extras_plugin.status import report_as_dict
+    from kolibri_sync_extras_plugin.status import report_background_stages
 
-    from kolibri_sync_extras_plugin.jobs import RUN_STAGE_TASK
-
-    scheduled = dict(
-        ORMJob.objects.filter(func=RUN_STAGE_TASK).values_list("id", "scheduled_time")
-    )
-    jobs = []
-    for job in job_storage.filter_jobs(func=RUN_STAGE_TASK):
-        metadata = job.extra_metadata or {}
-        kwargs = job.kwargs or {}
-        if (
-            transfer_session_id is not None
-            and kwargs.get("transfer_session_id") != transfer_session_id
-        ):
-            continue
-        jobs.append(
-            {
-                "job_id": job.job_id,
-                "state": job.state,
-                "stage": kwargs.get("stage", metadata.get("stage")),
-                "direction": metadata.get("direction"),
-                "transfer_session_id": kwargs.get("transfer_session_id"),
-                "sync_session_id": metadata.get("sync_session_id"),
-                "facility_id": metadata.get("facility_id") or job.facility_id,
-                "result": job.result,
-                "exception": job.exception,
-                "scheduled": _epoch(scheduled.get(job.job_id)),
-            }
-        )
-    jobs.sort(key=lambda job: (job["scheduled"] or 0, job["job_id"]))
-    return jobs
+    return [report_as_dict(r) for r in report_background_stages() if r.job_id]
 
 
-def list_stage_jobs(instance, transfer_session_id=None):
+def list_stage_jobs(instance):
     """
     :type instance: sync_lab.instances.KolibriInstance
     :rtype: list
     """
-    return instance.call(stage_jobs, transfer_session_id=transfer_session_id)
+    return instance.call(stage_jobs)
 
 
 def _settled(jobs, expected):
     finished = {
         (job["direction"], job["stage"])
         for job in jobs
-        if job["state"] in FINISHED_STATES
+        if job["job_state"] in FINISHED_STATES
     }
-    unfinished = [job for job in jobs if job["state"] not in FINISHED_STATES]
+    unfinished = [job for job in jobs if job["job_state"] not in FINISHED_STATES]
     return expected <= finished and not unfinished
 
 
 def settled_stage_jobs(expected, wait, interval=0.25):
     """
     Inside the server instance: wait until the stage jobs include a finished job
-    for each expected ``(direction, stage)`` pair and none is waiting or running.
+    for each expected ``[direction, stage]`` pair and none is waiting or running.
 
-    Waiting in one process that reads job storage between short sleeps costs next
-    to nothing, where starting a Kolibri process per look would take CPU from the
-    very jobs being waited for.
-
-    :param expected: ``[direction, stage]`` pairs
     :param wait: Seconds to wait at most
     :return: The jobs, as they were at the end of the wait
     :rtype: list
@@ -115,6 +80,27 @@ def settled_stage_jobs(expected, wait, interval=0.25):
         if _settled(jobs, expected) or time.monotonic() > deadline:
             return jobs
         time.sleep(interval)
+
+
+def stage_job_in_state(direction, stage, state, wait, interval=0.05):
+    """
+    Inside the server instance: wait until a job of ``direction`` and ``stage`` is
+    in ``state``.
+
+    :return: The job, or ``None`` if none was within ``wait`` seconds
+    :rtype: dict|None
+    """
+    deadline = time.monotonic() + wait
+    while time.monotonic() <= deadline:
+        for job in stage_jobs():
+            if (job["direction"], job["stage"], job["job_state"]) == (
+                direction,
+                stage,
+                state,
+            ):
+                return job
+        time.sleep(interval)
+    return None
 
 
 def wait_for_stage_jobs(instance, expected, timeout=60):
@@ -134,3 +120,35 @@ def wait_for_stage_jobs(instance, expected, timeout=60):
         expected=sorted(list(pair) for pair in expected),
         wait=timeout,
     )
+
+
+def wait_for_stage_job(instance, stage, direction, state="RUNNING", timeout=120):
+    """
+    Wait until a stage job of ``direction`` and ``stage`` is in ``state``: a fault
+    has to land while a particular job runs.
+
+    :type instance: sync_lab.instances.KolibriInstance
+    :return: The job, as :func:`stage_jobs` describes it
+    :rtype: dict
+    :raises InstanceError: if none is within ``timeout`` seconds
+    """
+    job = instance.call(
+        stage_job_in_state,
+        timeout=timeout + 300,
+        direction=direction,
+        stage=stage,
+        state=state,
+        wait=timeout,
+    )
+    if job is None:
+        raise InstanceError(
+            "{}: no {} {} job was {} within {}s; jobs: {}".format(
+                instance.name,
+                direction,
+                stage,
+                state,
+                timeout,
+                list_stage_jobs(instance),
+            )
+        )
+    return job

@@ -9,6 +9,7 @@ or the time spent in the requests that did the work) and how long the client
 waited from asking for the stage to seeing it done.
 """
 
+import datetime
 import logging
 from collections import OrderedDict
 
@@ -58,10 +59,13 @@ def job_run_time(job):
     :return: How long the stage ran in the job, if the job says
     :rtype: float|None
     """
-    result = job.get("result")
-    if isinstance(result, dict):
-        return result.get("duration")
-    return None
+    if not (job.get("started_at") and job.get("finished_at")):
+        return None
+    started, finished = (
+        datetime.datetime.fromisoformat(job[key])
+        for key in ("started_at", "finished_at")
+    )
+    return (finished - started).total_seconds()
 
 
 class StageTiming(object):
@@ -349,7 +353,7 @@ def render_run(run):
                     [
                         job["direction"],
                         job["stage"],
-                        job["state"],
+                        job["job_state"],
                         _seconds(job_run_time(job), 3),
                         job["job_id"][:12],
                     ]

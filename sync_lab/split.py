@@ -15,14 +15,15 @@ It serves Kolibri with cheroot, the WSGI server Kolibri itself uses, on 127.0.0.
 
 import argparse
 import signal
-import subprocess
 import sys
 
-from .faults import sigkill
+from mirakuru.exceptions import ExecutorError
+
+from . import instances
 from .instances import LOCALHOST
 from .instances import InstanceError
 from .instances import KolibriInstance
-from .instances import _terminate
+from .instances import LabService
 
 __all__ = ["SplitKolibriInstance", "serve_http"]
 
@@ -36,33 +37,21 @@ class SplitKolibriInstance(KolibriInstance):
 
     def __init__(self, *args, **kwargs):
         super(SplitKolibriInstance, self).__init__(*args, **kwargs)
-        self.worker = None
+        self._worker = None
         self._worker_count = 0
 
-    def _spawn_server(self):
-        self.lab_dir.mkdir(parents=True, exist_ok=True)
-        self._server_output = self.lab_dir / "http-{}.txt".format(self.port)
-        with open(self._server_output, "w") as output:
-            self.process = subprocess.Popen(
-                [self.python, "-m", "sync_lab.split", "--port", str(self.port)],
-                cwd=str(self.home),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _register(self)
+    def server_command(self):
+        return [self.python, "-m", "sync_lab.split", "--port", str(self.port)]
 
     @property
     def worker_running(self):
         """:rtype: bool"""
-        return self.worker is not None and self.worker.poll() is None
+        return self._worker is not None and self._worker.running()
 
     @property
     def worker_pid(self):
         """:rtype: int|None"""
-        return None if self.worker is None else self.worker.pid
+        return self._worker.process.pid if self.worker_running else None
 
     def start_worker(self, timeout=60):
         """
@@ -73,24 +62,32 @@ class SplitKolibriInstance(KolibriInstance):
         :rtype: int
         """
         if self.worker_running:
-            return self.worker.pid
+            return self.worker_pid
         self.prepare()
         self._worker_count += 1
         output_path = self.lab_dir / "services-{}.txt".format(self._worker_count)
         with open(output_path, "w") as output:
-            self.worker = subprocess.Popen(
+            self._worker = LabService(
                 [self.python, "-m", "kolibri", "services", "--foreground"]
                 + ["--skip-update"],
-                cwd=str(self.home),
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                self.env(),
+                self.home,
+                output,
+                timeout,
+                ready_text="Starting async task workers",
             )
-        _register(self)
-        _wait_for_text(self.worker, output_path, "Starting async task workers", timeout)
-        return self.worker.pid
+            # stopped at exit with every other server the lab started
+            instances._running.add(self)
+            try:
+                self._worker.start()
+            except ExecutorError as e:
+                self._worker = None
+                raise InstanceError(
+                    "{}: the worker did not start ({}); output:\n{}".format(
+                        self.name, e, output_path.read_text()[-4000:]
+                    )
+                )
+        return self.worker_pid
 
     def kill_worker(self):
         """
@@ -99,50 +96,22 @@ class SplitKolibriInstance(KolibriInstance):
 
         :return: The killed process's pid
         """
-        worker, self.worker = self.worker, None
-        if worker is None:
+        pid = self.worker_pid
+        if pid is None:
             raise InstanceError("{} has no worker process".format(self.name))
-        sigkill(worker)
-        return worker.pid
+        worker, self._worker = self._worker, None
+        worker.kill(sig=signal.SIGKILL)
+        return pid
 
-    def stop_worker(self, timeout=30):
-        worker, self.worker = self.worker, None
+    def stop_worker(self):
+        worker, self._worker = self._worker, None
         if worker is not None:
-            _terminate(worker, grace=timeout)
+            worker.stop_quietly()
 
-    def stop(self, timeout=30):
+    def stop(self):
         """Stop the worker process, then the HTTP process, each by its pid."""
-        self.stop_worker(timeout=timeout)
-        return super(SplitKolibriInstance, self).stop(timeout=timeout)
-
-
-def _register(instance):
-    # stopped at exit with every other server the lab started
-    from . import instances
-
-    instances._running.add(instance)
-
-
-def _wait_for_text(process, output_path, text, timeout):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(output_path, errors="replace") as output:
-            seen = output.read()
-        if text in seen:
-            return
-        if process.poll() is not None:
-            raise InstanceError(
-                "the process exited with {} before {!r}; output:\n{}".format(
-                    process.returncode, text, seen[-4000:]
-                )
-            )
-        if time.monotonic() > deadline:
-            raise InstanceError(
-                "no {!r} within {}s; output:\n{}".format(text, timeout, seen[-4000:])
-            )
-        time.sleep(0.2)
+        self.stop_worker()
+        super(SplitKolibriInstance, self).stop()
 
 
 def serve_http(port, host=LOCALHOST):

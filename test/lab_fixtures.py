@@ -4,17 +4,21 @@ Session-wide starting points for the tests that run real Kolibri processes.
 Provisioning a server takes tens of seconds, so each kind of home is made once per
 run and every test module starts from copies: a server on SQLite, a server on
 PostgreSQL (a database of a throw-away cluster, copied per server), and a fresh
-client. Registered as a pytest plugin by the suite's root ``conftest.py``.
+client. Registered as a pytest plugin by the suite's root ``conftest.py``; the
+servers made from them come from :mod:`test.helpers.lab`.
 """
 
+import contextlib
 import os
-import uuid
+import sys
 
 import pytest
 
 from sync_lab.instances import KolibriInstance
+from sync_lab.lines import line_python
+from sync_lab.lines import venv_dir
 from sync_lab.postgres import PostgresServer
-from sync_lab.postgres import find_bindir
+from sync_lab.postgres import postgres_installed
 from sync_lab.scenario import provision_server
 
 #: Set (as CI does) to fail, rather than skip, when PostgreSQL is not installed.
@@ -22,12 +26,6 @@ REQUIRE_POSTGRES_ENV = "SYNC_LAB_REQUIRE_POSTGRES"
 
 #: Records of learner activity on every template server.
 SERVER_RECORDS = 300
-
-#: Both of the plugin's switches on: every server stage it can move runs in a job.
-BACKGROUND_EVERYTHING = {
-    "BACKGROUND_INITIALIZATION": True,
-    "BACKGROUND_FINALIZATION": True,
-}
 
 
 # what the process-level tests measured, for the run's summary
@@ -80,7 +78,7 @@ def client_template(lab_templates_root):
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL cluster on 127.0.0.1, for the whole run."""
-    if find_bindir() is None and not os.environ.get(REQUIRE_POSTGRES_ENV):
+    if not postgres_installed() and not os.environ.get(REQUIRE_POSTGRES_ENV):
         pytest.skip(
             "PostgreSQL is not installed (set {} to fail instead)".format(
                 REQUIRE_POSTGRES_ENV
@@ -94,7 +92,8 @@ def postgres():
 def postgres_server_template(postgres, lab_templates_root):
     """
     A server home provisioned into its own PostgreSQL database, never started:
-    ``(home, database, facility)``. :func:`postgres_server` copies both.
+    ``(home, database, facility)``. :func:`test.helpers.lab.new_server` copies
+    both.
     """
     database = "kolibri_template"
     postgres.create_database(database)
@@ -108,45 +107,63 @@ def postgres_server_template(postgres, lab_templates_root):
         yield template, database, facility
 
 
-def postgres_server(postgres, template, name, root, **kwargs):
+#: Set (as CI does) to fail, rather than skip, when a Kolibri line a test syncs
+#: with is not installed in this checkout.
+REQUIRE_LINES_ENV = "SYNC_LAB_REQUIRE_LINES"
+
+
+def python_of_line(line):
     """
-    A new server instance on a new copy of the template's database.
+    The interpreter that runs Kolibri ``line``; the test is skipped when the line is
+    not installed (``make venv KOLIBRI=<line>``), or fails under CI.
 
-    :param template: The :func:`postgres_server_template` fixture's value
-    :param kwargs: As for :class:`~sync_lab.instances.KolibriInstance`
-    :rtype: sync_lab.instances.KolibriInstance
+    :rtype: str
     """
-    home, template_database, _ = template
-    database = "kolibri_{}".format(uuid.uuid4().hex[:12])
-    postgres.create_database(database, template=template_database)
-    options = dict(kwargs.pop("options", None) or {})
-    options.update(postgres.kolibri_options(database))
-    return KolibriInstance.copy_of(home, name, root=root, options=options, **kwargs)
+    python = line_python(line)
+    if python is None:
+        message = (
+            "Kolibri {} is not installed in {}: run `make venv KOLIBRI={}`".format(
+                line, venv_dir(line), line
+            )
+        )
+        if os.environ.get(REQUIRE_LINES_ENV) or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip("{} (set {} to fail instead)".format(message, REQUIRE_LINES_ENV))
+    return python
 
 
-#: The databases a lab server can keep its data in, as :func:`new_server` names them.
-DATABASES = ("postgresql", "sqlite")
-
-
-def new_server(request, database, name, root, **kwargs):
+@pytest.fixture(scope="session")
+def line_template(request, lab_templates_root):
     """
-    A server instance, not started, from the run's template on ``database``.
-
-    :param request: The asking fixture's ``request``, to reach the templates
-    :param database: ``"sqlite"`` or ``"postgresql"``; the PostgreSQL tests are
-        skipped when PostgreSQL is not installed
-    :param kwargs: As for :class:`~sync_lab.instances.KolibriInstance`
-    :return: The server and its facility
-    :rtype: tuple
+    ``line_template(kind, line)``: the run's ``"server"`` or ``"client"`` template
+    home made by Kolibri ``line``, each made once; the running line's are the
+    :func:`server_template` and :func:`client_template` fixtures. A server template
+    is ``(home, facility)``, a client template the home.
     """
-    if database == "sqlite":
-        template, facility = request.getfixturevalue("server_template")
-        server = KolibriInstance.copy_of(template, name, root=root, **kwargs)
-        return server, facility
-    if database == "postgresql":
-        template = request.getfixturevalue("postgres_server_template")
-        postgres = request.getfixturevalue("postgres")
-        return postgres_server(postgres, template, name, root, **kwargs), template[2]
-    raise ValueError(
-        "database {!r}: choose one of {}".format(database, ", ".join(DATABASES))
-    )
+    made = {}
+    with contextlib.ExitStack() as stack:
+
+        def template(kind, line):
+            python = python_of_line(line)
+            if python == sys.executable:
+                return request.getfixturevalue(kind + "_template")
+            if (kind, line) not in made:
+                instance = stack.enter_context(
+                    KolibriInstance(
+                        "{}-template-{}".format(kind, line),
+                        root=lab_templates_root,
+                        plugin=kind == "server",
+                        python=python,
+                    )
+                )
+                if kind == "server":
+                    made[kind, line] = (
+                        instance,
+                        provision_server(instance, SERVER_RECORDS),
+                    )
+                else:
+                    instance.migrate()
+                    made[kind, line] = instance
+            return made[kind, line]
+
+        yield template

@@ -9,11 +9,13 @@ import pytest
 from morango.constants import transfer_stages
 
 from kolibri_sync_extras_plugin.config import get_background_settings
+from kolibri_sync_extras_plugin.config import get_retention_settings
+from kolibri_sync_extras_plugin.config import get_stage_job_limits
 from kolibri_sync_extras_plugin.config import runs_in_background
 from kolibri_sync_extras_plugin.errors import InvalidSyncOption
 from kolibri_sync_extras_plugin.options import option_spec
 
-from .conftest import sync_options
+from .helpers.options import sync_options
 
 
 def _options(**sync):
@@ -124,6 +126,57 @@ def test_runs_in_background__stage_belongs_to_its_direction_only():
         assert not runs_in_background(transfer_stages.TRANSFERRING, is_push=True)
 
 
+def test_stage_job_limits__defaults__four_per_client_a_hundred_in_all():
+    limits = get_stage_job_limits(_options())
+
+    assert (limits.per_client, limits.total) == (4, 100)
+
+
+def test_retention__defaults__an_hour_completed_three_days_failed():
+    retention = get_retention_settings(_options())
+
+    assert retention.completed_seconds == 3600
+    assert retention.failed_seconds == 3 * 24 * 3600
+    assert retention.interval_seconds == 600
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("MAX_STAGE_JOBS_PER_CLIENT", 0),
+        ("MAX_STAGE_JOBS", -1),
+        ("MAX_STAGE_JOBS", True),
+    ],
+)
+def test_stage_job_limits__below_one__error_names_option_and_value(option, value):
+    with pytest.raises(InvalidSyncOption) as error:
+        get_stage_job_limits(_options(**{option: value}))
+
+    assert "[Sync] {} = {!r}".format(option, value) in str(error.value)
+    assert "whole number of 1 or more" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("COMPLETED_STAGE_JOB_RETENTION", -1),
+        ("FAILED_STAGE_JOB_RETENTION", -5),
+        ("STAGE_JOB_CLEANUP_INTERVAL", 0),
+    ],
+)
+def test_retention__out_of_range__error_names_option_and_value(option, value):
+    with pytest.raises(InvalidSyncOption) as error:
+        get_retention_settings(_options(**{option: value}))
+
+    assert "[Sync] {} = {!r}".format(option, value) in str(error.value)
+
+
+def test_retention__zero_retention__accepted():
+    retention = get_retention_settings(_options(COMPLETED_STAGE_JOB_RETENTION=0))
+
+    assert retention.completed_seconds == 0
+
+
 def _kolibri(args, options_ini="", **env):
     """Run the real ``kolibri`` command in a fresh home with this plugin enabled."""
     home = tempfile.mkdtemp(prefix="sync-extras-cli-")
@@ -157,7 +210,7 @@ SHOW_SETTINGS = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
     result = _kolibri(
         ["manage", "check"],
@@ -170,7 +223,7 @@ def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
     assert "serializing, queuing" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__env_var_overrides_options_ini():
     result = _kolibri(
         SHOW_SETTINGS,
@@ -186,7 +239,7 @@ def test_cli__env_var_overrides_options_ini():
     assert "KOLIBRI_SYNC_BACKGROUND_FINALIZATION" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli__invalid_boolean__kolibri_exits_nonzero_naming_the_variable():
     result = _kolibri(
         ["manage", "check"], KOLIBRI_SYNC_BACKGROUND_INITIALIZATION="maybe"

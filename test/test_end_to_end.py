@@ -18,19 +18,20 @@ from sync_lab.dataset import COUNTED
 from sync_lab.instances import KolibriInstance
 from sync_lab.scenario import round_trip
 
-from .lab_fixtures import new_server
+from .helpers.constants import BACKGROUND_EVERYTHING
+from .helpers.constants import PULL_STAGES
+from .helpers.constants import PUSH_STAGES
+from .helpers.lab import new_server
 
 pytestmark = pytest.mark.e2e
 
 CLIENT_RECORDS = 120
 
-PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
-PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
 
 #: The server's ``[Sync]`` options per mode, and the stage jobs each must run.
 MODES = {
     "plugin_on": (
-        {"BACKGROUND_INITIALIZATION": True, "BACKGROUND_FINALIZATION": True},
+        BACKGROUND_EVERYTHING,
         PULL_STAGES | PUSH_STAGES,
     ),
     "plugin_off": (
@@ -77,7 +78,7 @@ def synced(request, mode, lab_root, client_template):
 
 def _job_summary(outcome):
     return [
-        (job["direction"], job["stage"], job["state"], job["exception"])
+        (job["direction"], job["stage"], job["job_state"], job["detail"])
         for job in outcome.jobs
     ]
 
@@ -118,7 +119,7 @@ def test_stage_jobs__each_configured_stage_completed(synced):
     completed = {
         (job["direction"], job["stage"])
         for job in synced.jobs
-        if job["state"] == "COMPLETED"
+        if job["job_state"] == "COMPLETED"
     }
     assert completed == synced.expected_jobs, _job_summary(synced)
 
@@ -129,7 +130,7 @@ def test_stage_jobs__one_job_per_stage_and_session(synced):
 
 
 def test_stage_jobs__none_failed(synced):
-    failed = [job for job in synced.jobs if job["state"] != "COMPLETED"]
+    failed = [job for job in synced.jobs if job["job_state"] != "COMPLETED"]
     assert not failed, "{}\n\nserver log:\n{}".format(
         _job_summary(synced), synced.server.log_tail()
     )

@@ -11,22 +11,22 @@ import subprocess
 import pytest
 from django.utils import timezone
 from kolibri.core.tasks.main import job_storage
-from kolibri.core.tasks.models import Job as ORMJob
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import update_job_row
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.tasks import run_background_stage
 
-from .conftest import ALL_DATABASES
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
-
-CLIENT_FSIC = '{"super": {}, "sub": {}}'
 
 
 @pytest.fixture
@@ -48,13 +48,13 @@ def test_job_finishes_before_the_request_returns__client_sees_completed(
     transfer = async_client.create(server_sync_session, push=False)
 
     async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
 
     polled = async_client.get(transfer["id"])
     assert polled["transfer_stage"] == transfer_stages.SERIALIZING
     assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
-    assert polled["client_fsic"] == CLIENT_FSIC
+    assert polled["client_fsic"] == EMPTY_FSIC
 
 
 def test_stage_raises_in_the_job__stage_errored_and_job_failed(
@@ -98,6 +98,7 @@ def test_job_cancelled__stage_settled_after_job_storage_commits(
 ):
     from django.db import connections
     from django.db import router
+    from kolibri.core.tasks.models import Job as ORMJob
 
     from kolibri_sync_extras_plugin import jobs
 
@@ -180,7 +181,7 @@ def _backdate_stage(transfer_session_id, seconds):
 
 def _delete_job_row(job_id):
     # as if job storage lost the row outside Kolibri's API (no job hook runs)
-    ORMJob.objects.filter(id=job_id).delete()
+    delete_job_rows(job_id)
 
 
 def test_job_row_vanishes__client_poll_within_grace__stage_still_started(
@@ -207,11 +208,12 @@ def test_job_row_vanishes__client_polls_after_grace__stage_errored(
 
 
 def _mark_running_in(job_id, pid):
-    orm_job = job_storage.get_orm_job(job_id)
-    orm_job.state = "RUNNING"
-    orm_job.worker_host = socket.gethostname()
-    orm_job.worker_process = str(pid)
-    orm_job.save()
+    update_job_row(
+        job_id,
+        state="RUNNING",
+        worker_host=socket.gethostname(),
+        worker_process=str(pid),
+    )
 
 
 def test_job_running_in_a_dead_worker__client_polls__stage_errored_and_job_failed(

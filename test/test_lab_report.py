@@ -2,6 +2,8 @@
 How the lab's report works out stage timings from proxy exchanges and stage jobs.
 """
 
+import datetime
+
 from sync_lab.proxy import Exchange
 from sync_lab.report import BACKGROUND
 from sync_lab.report import REQUEST
@@ -26,12 +28,15 @@ def _exchange(
 
 
 def _job(stage, duration):
+    started = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    finished = started + datetime.timedelta(seconds=duration)
     return {
         "transfer_session_id": SESSION,
         "stage": stage,
         "direction": "pull",
-        "state": "COMPLETED",
-        "result": {"stage": stage, "ran": True, "duration": duration},
+        "job_state": "COMPLETED",
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
     }
 
 

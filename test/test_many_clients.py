@@ -22,8 +22,10 @@ from sync_lab.jobs import wait_for_stage_jobs
 from sync_lab.proxy import TimingProxy
 from sync_lab.scenario import DEFAULT_CREDENTIALS
 
-from .lab_fixtures import BACKGROUND_EVERYTHING
-from .lab_fixtures import new_server
+from .helpers.constants import BACKGROUND_EVERYTHING
+from .helpers.constants import PULL_STAGES
+from .helpers.constants import PUSH_STAGES
+from .helpers.lab import new_server
 
 pytestmark = pytest.mark.e2e
 
@@ -33,8 +35,6 @@ CLIENT_RECORDS = 120
 #: only records what the client asks for, or hands over a chunk of records.
 LONGEST_REQUEST_BOUND_SECONDS = 10
 
-PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
-PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
 
 #: What would tell a client that the server's database got in the way.
 BUSY_DATABASE_ERRORS = (
@@ -192,7 +192,7 @@ def test_many_clients__no_row_twice_on_server(many_clients):
 def test_many_clients__every_stage_job_completed(many_clients):
     jobs = many_clients.server_state["jobs"]
     assert len(jobs) == CLIENTS * len(PULL_STAGES | PUSH_STAGES)
-    assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
+    assert {job["job_state"] for job in jobs} == {"COMPLETED"}, jobs
 
 
 def test_many_clients__no_transfer_session_open_on_server(many_clients):

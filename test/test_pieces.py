@@ -32,7 +32,7 @@ from kolibri_sync_extras_plugin.runner import run_stage_operations
 from kolibri_sync_extras_plugin.runner import stage_middleware
 from kolibri_sync_extras_plugin.store import dirty_store_records
 
-from .conftest import ALL_DATABASES
+from .helpers.constants import ALL_DATABASES
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 

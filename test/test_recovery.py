@@ -16,8 +16,8 @@ from morango.sync.controller import MorangoProfileController
 
 from kolibri_sync_extras_plugin import runner
 
-from .conftest import ALL_DATABASES
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 

@@ -21,14 +21,15 @@ from sync_lab.dataset import COUNTED
 from sync_lab.dataset import generate_activity
 from sync_lab.faults import BackgroundSync
 from sync_lab.faults import kill_server
-from sync_lab.faults import stage_job_rows
-from sync_lab.faults import wait_for_stage_job
 from sync_lab.instances import KolibriInstance
+from sync_lab.jobs import list_stage_jobs
+from sync_lab.jobs import wait_for_stage_job
 from sync_lab.jobs import wait_for_stage_jobs
 from sync_lab.proxy import TimingProxy
 from sync_lab.scenario import DEFAULT_CREDENTIALS
 
-from .lab_fixtures import BACKGROUND_EVERYTHING
+from .helpers.constants import BACKGROUND_EVERYTHING
+from .helpers.constants import PUSH_STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +38,6 @@ CRASHED_PUSH_RECORDS = 800
 #: How soon after the crash the client's sync must have ended, one way or the
 #: other: the server's restart, a poll interval and the poll, with room to spare.
 ENDED_BOUND_SECONDS = 60
-
-PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def crashed(tmp_path_factory, server_template, client_template, lab_report):
             )
 
             wait_for_stage_jobs(server, {("push", "deserializing")})
-            outcome.job_rows = stage_job_rows(server)
+            outcome.job_rows = list_stage_jobs(server)
             outcome.retry = client.sync(*sync_args, timeout=600, check=False)
         # the client does not wait for the server's cleanup job
         wait_for_stage_jobs(server, PUSH_STAGES)
@@ -130,7 +129,7 @@ def test_server_killed__client_push_completed_or_said_why_not(crashed):
 
 def test_server_restarted__requeued_job_finished_the_stage(crashed):
     [job] = [row for row in crashed.job_rows if row["job_id"] == crashed.job["job_id"]]
-    assert job["state"] == "COMPLETED", job
+    assert job["job_state"] == "COMPLETED", job
     assert job["worker_process"] != str(crashed.killed_pid), job
 
 

@@ -11,22 +11,21 @@ from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.jobs import job_id_for
 
-from .conftest import ALL_DATABASES
-from .conftest import no_stage_jobs_after
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
-from .conftest import stage_jobs
-from .conftest import sync_options
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.jobs import no_stage_jobs_after
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
+from .helpers.jobs import stage_jobs
+from .helpers.options import sync_options
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
-
-CLIENT_FSIC = '{"super": {}, "sub": {}}'
 
 
 def _pull_to_serializing(client, sync_session):
     transfer = client.create(sync_session, push=False)
     return transfer, client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
 
 
@@ -40,7 +39,7 @@ def test_pull_serializing__background_on__request_returns_started_and_queues_one
     [job] = queued_stage_jobs()
     assert job.job_id == job_id_for(transfer["id"], transfer_stages.SERIALIZING)
     assert job.state == "QUEUED"
-    assert job.kwargs["request_data"] == {"client_fsic": CLIENT_FSIC}
+    assert job.kwargs["request_data"] == {"client_fsic": EMPTY_FSIC}
     assert job.extra_metadata["stage"] == transfer_stages.SERIALIZING
     assert job.extra_metadata["direction"] == "pull"
     assert job.extra_metadata["transfer_session_id"] == transfer["id"]
@@ -57,7 +56,7 @@ def test_pull_serializing__job_runs__serializes_with_the_clients_fsic(
     assert job.state == "COMPLETED"
     polled = async_client.get(transfer["id"])
     assert polled["transfer_stage_status"] == transfer_statuses.COMPLETED
-    assert polled["client_fsic"] == CLIENT_FSIC
+    assert polled["client_fsic"] == EMPTY_FSIC
     # the server's counters for the facility's serialized records
     assert server_sync_session.server_certificate.get_root().id in polled["server_fsic"]
 
@@ -108,7 +107,7 @@ def test_pull__client_cannot_poll__every_initialization_stage_runs_inline(
     background_everything, blocking_client, server_sync_session
 ):
     transfer = blocking_client.create(
-        server_sync_session, push=False, client_fsic=CLIENT_FSIC
+        server_sync_session, push=False, client_fsic=EMPTY_FSIC
     )
 
     assert transfer["transfer_stage"] == transfer_stages.QUEUING
@@ -123,7 +122,7 @@ def test_pull_serializing__client_repeats_the_request__still_one_job(
     transfer, _ = _pull_to_serializing(async_client, server_sync_session)
 
     again = async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
 
     assert again["transfer_stage_status"] == transfer_statuses.STARTED

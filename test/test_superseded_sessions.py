@@ -12,18 +12,17 @@ from morango.models.core import Buffer
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
-from .conftest import ALL_DATABASES
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
-
-CLIENT_FSIC = '{"super": {}, "sub": {}}'
 
 
 def _abandoned_pull(client, sync_session):
     """A pull the client gave up on with the records queued for it."""
     transfer = client.create(sync_session, push=False)
     client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
     client.proceed_to(transfer["id"], transfer_stages.QUEUING)
     return TransferSession.objects.get(id=transfer["id"])
@@ -32,7 +31,7 @@ def _abandoned_pull(client, sync_session):
 def _completed_pull(client, sync_session):
     transfer = client.create(sync_session, push=False)
     client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
     _transfer_and_close(client, transfer["id"])
     completed = TransferSession.objects.get(id=transfer["id"])
@@ -125,7 +124,7 @@ def test_pull_active_since_the_new_one_began__left_open(
         last_activity_timestamp=timezone.now()
     )
     async_client.proceed_to(
-        transfer["id"], transfer_stages.SERIALIZING, client_fsic=CLIENT_FSIC
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
     _transfer_and_close(async_client, transfer["id"])
     assert not TransferSession.objects.get(id=transfer["id"]).active

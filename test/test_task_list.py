@@ -11,10 +11,10 @@ from morango.constants import transfer_stages
 
 from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
 
-from .conftest import ALL_DATABASES
-from .conftest import EMPTY_FSIC
-from .conftest import queued_stage_jobs
-from .conftest import run_stage_jobs
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 

@@ -19,15 +19,17 @@ from sync_lab.checks import sync_states
 from sync_lab.dataset import COUNTED
 from sync_lab.dataset import generate_activity
 from sync_lab.faults import BackgroundSync
-from sync_lab.faults import stage_job_rows
-from sync_lab.faults import wait_for_stage_job
 from sync_lab.instances import KolibriInstance
+from sync_lab.jobs import list_stage_jobs
+from sync_lab.jobs import wait_for_stage_job
 from sync_lab.jobs import wait_for_stage_jobs
 from sync_lab.scenario import DEFAULT_CREDENTIALS
 from sync_lab.scenario import round_trip
 from sync_lab.split import SplitKolibriInstance
 
-from .lab_fixtures import BACKGROUND_EVERYTHING
+from .helpers.constants import BACKGROUND_EVERYTHING
+from .helpers.constants import PULL_STAGES
+from .helpers.constants import PUSH_STAGES
 
 pytestmark = pytest.mark.e2e
 
@@ -37,9 +39,6 @@ KILLED_PUSH_RECORDS = 800
 #: How soon the client must stop after the worker died: one poll interval (morango
 #: backs off to 5 s at most) and the poll, with room for a busy machine.
 DETECTION_BOUND_SECONDS = 20
-
-PULL_STAGES = {("pull", "serializing"), ("pull", "queuing")}
-PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def synced(deployment):
         expected_jobs=PULL_STAGES | PUSH_STAGES,
     )
     outcome.worker_pid = server.worker_pid
-    outcome.job_rows = stage_job_rows(server)
+    outcome.job_rows = list_stage_jobs(server)
     outcome.server = server
     return outcome
 
@@ -147,7 +146,7 @@ def test_separate_worker__each_configured_stage_completed_in_a_job(synced):
     completed = {
         (job["direction"], job["stage"])
         for job in synced.jobs
-        if job["state"] == "COMPLETED"
+        if job["job_state"] == "COMPLETED"
     }
     assert completed == PULL_STAGES | PUSH_STAGES, synced.jobs
 
@@ -185,8 +184,8 @@ def test_worker_killed__job_failed_as_worker_gone(worker_killed):
         for job in worker_killed.server["jobs"]
         if job["job_id"] == worker_killed.job["job_id"]
     ]
-    assert job["state"] == "FAILED"
-    assert "WorkerGone" in (job["exception"] or ""), job
+    assert job["job_state"] == "FAILED"
+    assert "WorkerGone" in (job["detail"] or ""), job
 
 
 def test_worker_killed__retry_completes(worker_killed):

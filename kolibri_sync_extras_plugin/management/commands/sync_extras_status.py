@@ -5,13 +5,14 @@ and whether any is stuck or errored, for people and for health checks.
 
 import json
 
-from django.core.management.base import BaseCommand
-from django.core.management.base import CommandError
 from django.utils import timezone
 
+from kolibri_sync_extras_plugin.compat import BaseCommand
+from kolibri_sync_extras_plugin.compat import CommandError
 from kolibri_sync_extras_plugin.status import DEFAULT_STUCK_AFTER_SECONDS
 from kolibri_sync_extras_plugin.status import ERRORED
 from kolibri_sync_extras_plugin.status import STUCK
+from kolibri_sync_extras_plugin.status import report_as_dict
 from kolibri_sync_extras_plugin.status import report_background_stages
 
 #: Exit status when a stage errored, and when one is stuck (which outranks it).
@@ -88,14 +89,6 @@ def _table(rows):
     )
 
 
-def _as_json(report):
-    data = report._asdict()
-    for key in ("enqueued_at", "started_at", "finished_at"):
-        if data[key] is not None:
-            data[key] = data[key].isoformat()
-    return data
-
-
 class Command(BaseCommand):
     help = (
         "List the sync stages this server runs in the background (transfer session, "
@@ -156,7 +149,7 @@ class Command(BaseCommand):
                             "stuck": stuck,
                             "errored": errored,
                         },
-                        "stages": [_as_json(report) for report in reports],
+                        "stages": [report_as_dict(report) for report in reports],
                     },
                     # one line, the last on stdout: Kolibri logs to stdout before it
                     separators=(",", ":"),

@@ -1,0 +1,250 @@
+"""
+The one place that knows how the supported Kolibri release lines differ.
+
+The plugin runs on Kolibri 0.16.x, 0.17.x, 0.18.x and 0.19.x. Every other module
+imports the names below instead of the Kolibri, Django or morango name they stand
+for, so a difference between lines is handled here once:
+
+- Kolibri 0.19 keeps job storage in a Django model; 0.16 to 0.18 keep it in an
+  SQLAlchemy table of a database of its own, which a test's transaction does not
+  roll back, and whose ``scheduled_time`` is a naive UTC time.
+- The job storage hook is ``JobHook`` on 0.19 and ``StorageHook`` before it.
+- ``Job.update_progress`` takes ``extra_metadata`` from 0.18 on.
+- morango before Kolibri 0.19 marks most store records clean in bulk while
+  deserializing, so records cannot be counted one by one there.
+- Kolibri 0.16 runs Django 1.11: an app's ``AppConfig`` is used only when the
+  package names it in ``default_app_config``, and ``CommandError`` takes no
+  ``returncode``.
+
+Kolibri imports the plugin before Django is configured, so only what needs no
+settings (Kolibri's version and task hooks, Django's version and management base
+classes) is imported at module level here; job storage is imported when used.
+"""
+
+import datetime
+import functools
+import inspect
+import sys
+from collections import namedtuple
+
+from django import VERSION as DJANGO_VERSION
+from django.core.management.base import BaseCommand as _DjangoBaseCommand
+from django.core.management.base import CommandError as _DjangoCommandError
+from kolibri import VERSION as KOLIBRI_VERSION
+from kolibri.core.tasks import hooks as _task_hooks
+
+__all__ = [
+    "KOLIBRI_LINE",
+    "JobHook",
+    "JobRow",
+    "job_rows",
+    "delete_job_rows",
+    "update_job_row",
+    "job_storage_in_test_transaction",
+    "aware_utc",
+    "update_job_progress",
+    "COUNTS_DESERIALIZED_RECORDS",
+    "BaseCommand",
+    "CommandError",
+]
+
+#: The running Kolibri's release line, e.g. ``(0, 19)``.
+KOLIBRI_LINE = tuple(KOLIBRI_VERSION[:2])
+
+#: Kolibri's hook on job storage changes: ``JobHook`` from 0.19, ``StorageHook`` before.
+JobHook = getattr(_task_hooks, "JobHook", None) or _task_hooks.StorageHook
+
+#: Whether job storage is Kolibri's Django model ``kolibri.core.tasks.models.Job``
+#: (0.19) rather than an SQLAlchemy table (0.16 to 0.18).
+_JOBS_IN_DJANGO = KOLIBRI_LINE >= (0, 19)
+
+#: Whether morango saves each store record as it deserializes it, so a stage can
+#: count them live. morango as shipped before Kolibri 0.19 (0.8.3 and older) marks
+#: the records of most models clean with one UPDATE at the end of each model.
+COUNTS_DESERIALIZED_RECORDS = KOLIBRI_LINE >= (0, 19)
+
+JobRow = namedtuple(
+    "JobRow",
+    (
+        "id",
+        "state",
+        "func",
+        "queue",
+        "saved_job",
+        "scheduled_time",
+        "worker_host",
+        "worker_process",
+    ),
+)
+JobRow.__doc__ = """
+One row of Kolibri's job storage, the same on every line; ``scheduled_time`` is
+timezone-aware (UTC).
+"""
+
+
+def aware_utc(value):
+    """
+    :param value: A time from job storage: naive UTC before Kolibri 0.19, aware after
+    :type value: datetime.datetime|None
+    :return: The same time, timezone-aware
+    :rtype: datetime.datetime|None
+    """
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=datetime.timezone.utc)
+
+
+def _row(orm_job):
+    return JobRow(
+        id=orm_job.id,
+        state=orm_job.state,
+        func=orm_job.func,
+        queue=orm_job.queue,
+        saved_job=orm_job.saved_job,
+        scheduled_time=aware_utc(orm_job.scheduled_time),
+        worker_host=orm_job.worker_host,
+        worker_process=orm_job.worker_process,
+    )
+
+
+def _sqlalchemy_job_table():
+    from kolibri.core.tasks.main import job_storage
+    from kolibri.core.tasks.storage import ORMJob
+
+    return job_storage.engine, ORMJob.__table__
+
+
+def job_rows(queue=None, func=None, job_id=None):
+    """
+    Read job storage's rows directly (what :meth:`Storage.filter_jobs` hides: when
+    a job was scheduled, and which worker runs it).
+
+    :rtype: list[JobRow]
+    """
+    if _JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        queryset = ORMJob.objects.all()
+        for field, value in (("queue", queue), ("func", func), ("id", job_id)):
+            if value is not None:
+                queryset = queryset.filter(**{field: value})
+        return [_row(orm_job) for orm_job in queryset]
+    engine, table = _sqlalchemy_job_table()
+    query = table.select()
+    for column, value in (("queue", queue), ("func", func), ("id", job_id)):
+        if value is not None:
+            query = query.where(table.c[column] == value)
+    with engine.connect() as connection:
+        return [_row(orm_job) for orm_job in connection.execute(query)]
+
+
+def delete_job_rows(job_id=None):
+    """
+    Delete job storage rows without Kolibri's storage hooks seeing it: a job that
+    vanishes some other way. Every row if ``job_id`` is ``None``.
+    """
+    if _JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        queryset = ORMJob.objects.all()
+        if job_id is not None:
+            queryset = queryset.filter(id=job_id)
+        queryset.delete()
+        return
+    engine, table = _sqlalchemy_job_table()
+    query = table.delete()
+    if job_id is not None:
+        query = query.where(table.c.id == job_id)
+    with engine.begin() as connection:
+        connection.execute(query)
+
+
+def update_job_row(job_id, **fields):
+    """
+    Change columns of a job storage row without Kolibri's storage hooks seeing it,
+    e.g. ``update_job_row(job_id, state="RUNNING", worker_process="123")``.
+
+    :param fields: Column values; times timezone-aware
+    """
+    if _JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        ORMJob.objects.filter(id=job_id).update(**fields)
+        return
+    values = {
+        column: (
+            value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+            if isinstance(value, datetime.datetime)
+            else value
+        )
+        for column, value in fields.items()
+    }
+    engine, table = _sqlalchemy_job_table()
+    with engine.begin() as connection:
+        connection.execute(table.update().where(table.c.id == job_id).values(**values))
+
+
+def job_storage_in_test_transaction():
+    """
+    :return: Whether a Django test's transaction also rolls back job storage; where
+        it does not (before Kolibri 0.19), tests must empty job storage themselves
+    :rtype: bool
+    """
+    return _JOBS_IN_DJANGO
+
+
+@functools.lru_cache(maxsize=None)
+def _progress_takes_metadata():
+    from kolibri.core.tasks.job import Job
+
+    return "extra_metadata" in inspect.signature(Job.update_progress).parameters
+
+
+def update_job_progress(job, progress, total_progress, extra_metadata):
+    """
+    Save a job's progress and its ``extra_metadata``: in one write where Kolibri
+    takes both at once (0.18 on), in two before, the metadata first so that no
+    reader sees the new progress with the old status text.
+
+    :type job: kolibri.core.tasks.job.Job
+    :type extra_metadata: dict
+    """
+    if _progress_takes_metadata():
+        job.update_progress(progress, total_progress, extra_metadata=extra_metadata)
+        return
+    job.extra_metadata.update(extra_metadata)
+    job.save_meta()
+    job.update_progress(progress, total_progress)
+
+
+# Django 1.11 (Kolibri 0.16) ------------------------------------------------------
+
+if DJANGO_VERSION < (3, 2):
+    #: Django before 3.2 uses an app's own ``AppConfig`` only when named here.
+    default_app_config = "kolibri_sync_extras_plugin.apps.SyncExtrasConfig"
+
+
+if "returncode" in inspect.signature(_DjangoCommandError.__init__).parameters:
+    CommandError = _DjangoCommandError
+    BaseCommand = _DjangoBaseCommand
+else:
+
+    class CommandError(_DjangoCommandError):
+        """``CommandError`` with the exit status Django 3.1 added, for Django 1.11."""
+
+        def __init__(self, *args, returncode=1, **kwargs):
+            self.returncode = returncode
+            super().__init__(*args, **kwargs)
+
+    class BaseCommand(_DjangoBaseCommand):
+        """Exits with a :class:`CommandError`'s ``returncode`` on Django 1.11 too."""
+
+        def execute(self, *args, **options):
+            try:
+                return super().execute(*args, **options)
+            except CommandError as e:
+                # run_from_argv would exit 1 whatever the error says
+                if not getattr(self, "_called_from_command_line", False):
+                    raise
+                self.stderr.write("CommandError: {}".format(e))
+                sys.exit(e.returncode)

@@ -1,0 +1,181 @@
+"""
+Caps on the stage jobs that clients can leave waiting on a server.
+
+A request for a background stage returns at once and leaves a job that survives
+restarts, so a client asking for stages in a loop (any holder of a certificate can)
+could fill job storage and hold Kolibri's workers. Before a stage is handed to a
+job, the unfinished stage jobs of its client instance and of all clients are
+counted; past ``[Sync] MAX_STAGE_JOBS_PER_CLIENT`` or ``[Sync] MAX_STAGE_JOBS``
+the stage is refused instead of queued: it ends ERRORED, the server logs why, and
+the client's request fails with HTTP 503 whose detail, and status line, name the
+cap.
+"""
+
+import logging
+
+from kolibri.core.tasks.job import State
+
+from .config import FINALIZATION_STAGES
+from .config import INITIALIZATION_STAGES
+from .config import get_stage_job_limits
+from .errors import StageJobLimitReached
+from .jobs import RUN_STAGE_TASK
+from .jobs import SYNC_EXTRAS_QUEUE
+from .jobs import job_id_for
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "UNFINISHED_JOB_STATES",
+    "unfinished_stage_jobs",
+    "refuse_stage_over_limits",
+    "connect_refusal_signals",
+    "REFUSAL_MIDDLEWARE",
+    "RefusalReasonMiddleware",
+    "add_refusal_middleware",
+]
+
+#: Job states in which a stage job still holds a place in job storage's queue.
+UNFINISHED_JOB_STATES = [
+    State.PENDING,
+    State.SCHEDULED,
+    State.QUEUED,
+    State.SELECTED,
+    State.RUNNING,
+    State.CANCELING,
+]
+
+_PER_CLIENT_OPTION = "MAX_STAGE_JOBS_PER_CLIENT"
+_TOTAL_OPTION = "MAX_STAGE_JOBS"
+
+
+def unfinished_stage_jobs():
+    """
+    :return: The stage jobs in job storage that are waiting or running
+    :rtype: list[kolibri.core.tasks.job.Job]
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    return job_storage.filter_jobs(
+        queue=SYNC_EXTRAS_QUEUE, state=UNFINISHED_JOB_STATES, func=RUN_STAGE_TASK
+    )
+
+
+def _client_instance_id(context):
+    value = context.sync_session.client_instance_id
+    return getattr(value, "hex", value)
+
+
+def _refusal(context, option, count, cap, whose):
+    message = (
+        "Stage '{stage}' refused: this server already has {count} sync stage jobs "
+        "waiting or running {whose}, the most [Sync] {option} = {cap} allows. Sync "
+        "again once they have finished, or raise [Sync] {option} in the server's "
+        "options.ini."
+    ).format(stage=context.stage, count=count, whose=whose, option=option, cap=cap)
+    logger.warning(
+        "Refused stage %s of transfer session %s for client instance %s: %d stage "
+        "jobs waiting or running %s, [Sync] %s = %d",
+        context.stage,
+        context.transfer_session.id,
+        _client_instance_id(context),
+        count,
+        whose,
+        option,
+        cap,
+    )
+    return StageJobLimitReached(message)
+
+
+def refuse_stage_over_limits(context):
+    """
+    Refuse the context's stage if its client, or all clients together, already have
+    as many unfinished stage jobs as the caps allow. Two requests counted at the same
+    moment may both pass, so a client that asks concurrently can exceed its cap by
+    its number of concurrent requests; it cannot grow its jobs by asking in a loop.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :raises StageJobLimitReached: naming the cap that was reached
+    """
+    limits = get_stage_job_limits()
+    own_job_id = job_id_for(context.transfer_session.id, context.stage)
+    jobs = [job for job in unfinished_stage_jobs() if job.job_id != own_job_id]
+    if len(jobs) >= limits.total:
+        raise _refusal(context, _TOTAL_OPTION, len(jobs), limits.total, "in all")
+    client = _client_instance_id(context)
+    of_client = [
+        job
+        for job in jobs
+        if (job.extra_metadata or {}).get("client_instance_id") == client
+    ]
+    if len(of_client) >= limits.per_client:
+        raise _refusal(
+            context,
+            _PER_CLIENT_OPTION,
+            len(of_client),
+            limits.per_client,
+            "for this device",
+        )
+
+
+def _raise_refusal(context=None, **kwargs):
+    """
+    morango's controller turns any exception of an operation into an ERRORED stage
+    and answers the client's request with that status alone. Raised again from the
+    stage's ``completed`` signal (fired after the stage was marked ERRORED), the
+    refusal leaves the controller and reaches the client as an HTTP 503 with its
+    detail.
+    """
+    error = getattr(context, "error", None)
+    if isinstance(error, StageJobLimitReached):
+        raise error
+
+
+_connected = []
+
+
+def connect_refusal_signals():
+    """Let a refused stage fail its client's request with the refusal's message."""
+    if _connected:
+        return
+    from morango.api.viewsets import session_controller
+
+    for stage in INITIALIZATION_STAGES + FINALIZATION_STAGES:
+        getattr(session_controller.signals, stage).completed.connect(_raise_refusal)
+    _connected.append(True)
+
+
+#: The middleware that puts a refusal's message in the response's status line.
+REFUSAL_MIDDLEWARE = "kolibri_sync_extras_plugin.limits.RefusalReasonMiddleware"
+
+
+class RefusalReasonMiddleware(object):
+    """
+    Puts a refusal's message in the 503's status line as well as its body: a
+    morango client logs the body of an error response only when the response is
+    truthy, which a 4xx/5xx ``requests`` response never is, so the status line
+    (which ``requests`` puts in its ``HTTPError``) is what the client prints.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        data = getattr(response, "data", None)
+        detail = data.get("detail") if isinstance(data, dict) else None
+        if getattr(detail, "code", None) == StageJobLimitReached.default_code:
+            response.reason_phrase = str(detail)
+        return response
+
+
+def add_refusal_middleware():
+    """
+    Add :class:`RefusalReasonMiddleware` to Django's middleware. Kolibri lets a
+    plugin's settings extend only a few settings, so this runs when the app is
+    ready, before Django's request handler loads its middleware.
+    """
+    from django.conf import settings
+
+    if REFUSAL_MIDDLEWARE not in settings.MIDDLEWARE:
+        settings.MIDDLEWARE = list(settings.MIDDLEWARE) + [REFUSAL_MIDDLEWARE]

@@ -1,0 +1,148 @@
+"""
+How long finished stage jobs stay in Kolibri's job storage.
+
+Each pull leaves two stage jobs and each push three, and Kolibri keeps a finished
+job until someone clears it, so job storage would grow with every sync. A
+periodic Kolibri job clears a finished stage job once its transfer session has
+closed (or is gone) and it finished longer ago than ``[Sync]
+COMPLETED_STAGE_JOB_RETENTION`` (completed) or ``FAILED_STAGE_JOB_RETENTION``
+(failed or cancelled) seconds, so the status command and the task list still show
+live and recent stages. The job repeats every ``STAGE_JOB_CLEANUP_INTERVAL``
+seconds by Kolibri's own scheduling (a fixed job id, ``repeat=None``), and is
+scheduled whenever a stage job is, so it exists wherever stage jobs do, whether
+workers run under ``kolibri start`` or ``kolibri services``.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from kolibri.core.tasks.constants import Priority
+from kolibri.core.tasks.decorators import register_task
+from kolibri.core.tasks.exceptions import JobNotFound
+from kolibri.core.tasks.exceptions import JobRunning
+from kolibri.core.tasks.job import State
+from morango.models.core import TransferSession
+
+from .compat import job_rows
+from .config import get_retention_settings
+from .jobs import FINISHED_JOB_STATES
+from .jobs import RUN_STAGE_TASK
+from .jobs import SYNC_EXTRAS_QUEUE
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RETENTION_JOB_ID",
+    "RETENTION_QUEUE",
+    "clear_finished_stage_jobs",
+    "expired_stage_jobs",
+    "schedule_retention",
+]
+
+#: The one job that clears expired stage jobs: a fixed id, so it is never doubled.
+RETENTION_JOB_ID = "kolibri_sync_extras_stage_job_retention"
+#: Its queue, apart from the stage jobs' own.
+RETENTION_QUEUE = "sync_extras_retention"
+
+
+def _ended(job, scheduled_time):
+    """
+    :return: When the job finished, as its progress recorded it; else when it was
+        enqueued (Kolibri 0.19 does not fill the job table's update time)
+    :rtype: datetime.datetime|None
+    """
+    finished_at = (job.extra_metadata or {}).get("finished_at")
+    ended = parse_datetime(finished_at) if finished_at else None
+    return ended or scheduled_time
+
+
+def expired_stage_jobs(now=None):
+    """
+    The finished stage jobs past their retention whose transfer session is closed.
+
+    :param now: The time to judge by; now by default
+    :rtype: list[kolibri.core.tasks.job.Job]
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    now = now or timezone.now()
+    settings = get_retention_settings()
+    finished = job_storage.filter_jobs(
+        queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK, state=list(FINISHED_JOB_STATES)
+    )
+    if not finished:
+        return []
+    session_ids = {job.kwargs.get("transfer_session_id") for job in finished}
+    open_sessions = set(
+        TransferSession.objects.filter(id__in=session_ids, active=True).values_list(
+            "id", flat=True
+        )
+    )
+    scheduled = {
+        row.id: row.scheduled_time
+        for row in job_rows(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
+    }
+    expired = []
+    for job in finished:
+        if job.kwargs.get("transfer_session_id") in open_sessions:
+            continue
+        retention = (
+            settings.completed_seconds
+            if job.state == State.COMPLETED
+            else settings.failed_seconds
+        )
+        ended = _ended(job, scheduled.get(job.job_id))
+        if ended is None or (now - ended).total_seconds() >= retention:
+            expired.append(job)
+    return expired
+
+
+@register_task(
+    job_id=RETENTION_JOB_ID, queue=RETENTION_QUEUE, priority=Priority.REGULAR
+)
+def clear_finished_stage_jobs():
+    """
+    Clear the stage jobs :func:`expired_stage_jobs` finds, through job storage (so
+    its hooks see each clearing). Only finished jobs are cleared: a job run again
+    in the meantime stays.
+
+    :return: How many jobs were cleared
+    :rtype: dict
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    expired = expired_stage_jobs()
+    for job in expired:
+        job_storage.clear(job_id=job.job_id, force=False)
+    if expired:
+        logger.info(
+            "Cleared %d finished stage jobs of closed transfer sessions from job "
+            "storage",
+            len(expired),
+        )
+    return {"cleared": len(expired)}
+
+
+def schedule_retention():
+    """
+    Make sure the clearing job is scheduled to repeat at the configured interval;
+    cheap when it already is (one read of job storage).
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    interval = get_retention_settings().interval_seconds
+    try:
+        orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
+    except JobNotFound:
+        orm_job = None
+    if orm_job is not None and orm_job.interval == interval:
+        return
+    try:
+        clear_finished_stage_jobs.enqueue_in(
+            timedelta(seconds=interval), interval=interval, repeat=None
+        )
+    except JobRunning:
+        # it is clearing right now; its next run is scheduled when it ends
+        pass

@@ -1,0 +1,463 @@
+"""
+Many stock clients syncing with one server at the same time: the demo's
+``--clients K`` mode.
+
+Every client is a fresh device of its own. All of them pull the server's facility
+at once; each then records activity of its own; then all of them push at once,
+through a timing proxy. The run reports the longest request of each phase, each
+client's pull and push time, and checks the data: every sync completed, the server
+holds every client's records exactly once and nothing twice, nothing is left
+half-received or open, and every stage job completed.
+"""
+
+import contextlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from .checks import sync_states
+from .dataset import COUNTED
+from .dataset import generate_activity
+from .instances import KolibriInstance
+from .jobs import wait_for_stage_jobs
+from .proxy import TimingProxy
+from .scenario import DEFAULT_CREDENTIALS
+from .scenario import provision_server
+
+__all__ = [
+    "DATABASES",
+    "ServerTemplates",
+    "ManyClientsRun",
+    "run_many_clients",
+    "render_many_clients",
+]
+
+#: The databases a many-clients server can keep its data in.
+DATABASES = ("sqlite", "postgresql")
+
+#: Which of :func:`~sync_lab.dataset.generate_activity`'s counts each kind grows by.
+_CREATED_KEY = {
+    "users": "users",
+    "classrooms": None,
+    "memberships": "memberships",
+    "summary_logs": "summary_logs",
+    "session_logs": "session_logs",
+    "store": "total",
+}
+
+_PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
+
+
+def _all_at_once(func, items):
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(func, items))
+
+
+class ServerTemplates(object):
+    """
+    A provisioned server home per database, with the same generated data, and a
+    migrated client home; each run starts from copies of them.
+    """
+
+    def __init__(self, workdir, records, seed, progress, keep=False):
+        self.workdir = workdir
+        self.records = records
+        self.seed = seed
+        self.progress = progress
+        self.keep = keep
+        self.postgres = None
+        self._servers = {}
+        self._stack = contextlib.ExitStack()
+        self.client = self._stack.enter_context(
+            KolibriInstance("client-template", root=workdir, keep_home=keep)
+        )
+        progress("client-template: creating an empty, unprovisioned home")
+        self.client.migrate()
+
+    def server(self, database):
+        """
+        :return: The template server home for ``database``, its facility and, on
+            PostgreSQL, its template database
+        :rtype: tuple
+        """
+        if database not in self._servers:
+            self._servers[database] = self._provision(database)
+        return self._servers[database]
+
+    def _provision(self, database):
+        options = {}
+        template_database = None
+        if database == "postgresql":
+            if self.postgres is None:
+                from .postgres import PostgresServer
+
+                self.progress("starting a throw-away PostgreSQL cluster")
+                self.postgres = self._stack.enter_context(PostgresServer())
+            template_database = "kolibri_many_template"
+            self.postgres.create_database(template_database)
+            options = self.postgres.kolibri_options(template_database)
+        home = self._stack.enter_context(
+            KolibriInstance(
+                "server-template-" + database,
+                root=self.workdir,
+                plugin=False,
+                keep_home=self.keep,
+                options=options,
+            )
+        )
+        facility = provision_server(
+            home, self.records, seed=self.seed, progress=self.progress
+        )
+        return home, facility, template_database
+
+    def new_server(self, database, name, **kwargs):
+        """
+        A new server instance from the template for ``database``, not started.
+
+        :return: The server and its facility
+        :rtype: tuple
+        """
+        home, facility, template_database = self.server(database)
+        if template_database is not None:
+            copy = "kolibri_{}".format(uuid.uuid4().hex[:12])
+            self.postgres.create_database(copy, template=template_database)
+            kwargs["options"] = self.postgres.kolibri_options(copy)
+        server = KolibriInstance.copy_of(
+            home, name, root=self.workdir, keep_home=self.keep, **kwargs
+        )
+        return server, facility
+
+    def cleanup(self):
+        self._stack.close()
+
+
+class ManyClientsRun(object):
+    """What happened when ``clients`` clients synced with one server at once."""
+
+    def __init__(self, mode, database, clients):
+        self.mode = mode
+        self.database = database
+        self.clients = clients
+        #: :class:`~sync_lab.instances.CommandResult` of each client's pull and push
+        self.pulls = []
+        self.pushes = []
+        #: What each client generated between its pull and its push
+        self.created = []
+        #: Every :class:`~sync_lab.proxy.Exchange` of each phase
+        self.pull_exchanges = []
+        self.push_exchanges = []
+        self.server_state = None
+        self.client_states = []
+
+    @property
+    def syncs(self):
+        return self.pulls + self.pushes
+
+    @property
+    def longest(self):
+        """The longest request of both phases, or ``None``."""
+        exchanges = self.pull_exchanges + self.push_exchanges
+        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def longest_of(self, phase):
+        exchanges = getattr(self, phase + "_exchanges")
+        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def refused(self):
+        """Requests the server answered 503, as when a stage job cap is reached."""
+        return [
+            e
+            for e in self.pull_exchanges + self.push_exchanges
+            if e.status == 503 and not e.error
+        ]
+
+    def checks(self):
+        """
+        :return: ``(what, passed, detail)`` for each data check
+        :rtype: list
+        """
+        results = []
+        failed = [n for n, sync in enumerate(self.pulls) if not sync.ok]
+        results.append(("every pull completed", not failed, _clients(failed)))
+        failed = [n for n, sync in enumerate(self.pushes) if not sync.ok]
+        results.append(
+            (
+                "every push completed",
+                len(self.pushes) == self.clients and not failed,
+                _clients(failed) or ("" if self.pushes else "no push ran"),
+            )
+        )
+        if self.server_state is None:
+            return results
+        wrong = []
+        for kind in COUNTED:
+            key = _CREATED_KEY[kind]
+            created = [(c[key] if key else 0) for c in self.created]
+            server = self.server_state["counts"][kind]
+            expected = [
+                state["counts"][kind] + sum(created) - created[number]
+                for number, state in enumerate(self.client_states)
+            ]
+            if expected != [server] * len(expected):
+                wrong.append(
+                    "{}: server {}, expected {}".format(kind, server, expected)
+                )
+        results.append(
+            (
+                "server holds every client's records and its own",
+                not wrong,
+                "; ".join(wrong),
+            )
+        )
+        duplicates = {k: v for k, v in self.server_state["duplicates"].items() if v}
+        results.append(("no row twice on the server", not duplicates, duplicates or ""))
+        open_sessions = self.server_state["open_transfer_sessions"]
+        results.append(
+            (
+                "no transfer session left open on the server",
+                not open_sessions,
+                len(open_sessions) or "",
+            )
+        )
+        undeserialized = [self.server_state["undeserialized"]] + [
+            state["undeserialized"] for state in self.client_states
+        ]
+        results.append(
+            (
+                "nothing received and left unapplied on any side",
+                not any(undeserialized),
+                undeserialized if any(undeserialized) else "",
+            )
+        )
+        jobs = self.server_state.get("jobs", [])
+        unfinished = [job for job in jobs if job["state"] != "COMPLETED"]
+        results.append(
+            (
+                "every stage job completed",
+                not unfinished,
+                ", ".join(
+                    "{} {}".format(job["stage"], job["state"]) for job in unfinished
+                ),
+            )
+        )
+        return results
+
+    @property
+    def ok(self):
+        return all(passed for _, passed, _ in self.checks())
+
+
+def _clients(numbers):
+    return ", ".join("client-{}".format(n) for n in numbers)
+
+
+def run_many_clients(
+    mode, database, templates, clients, client_records, args, expected_jobs, progress
+):
+    """
+    One many-clients run with the server in ``mode`` on ``database``.
+
+    :type mode: sync_lab.demo.Mode
+    :type templates: ServerTemplates
+    :param clients: How many clients sync at once
+    :param client_records: Records each client creates before pushing
+    :param expected_jobs: ``(direction, stage)`` pairs the server runs in jobs
+    :rtype: ManyClientsRun
+    """
+    run = ManyClientsRun(mode.name, database, clients)
+    progress(
+        "== {} clients, plugin {}, {}: {}".format(
+            clients, mode.name, database, mode.description
+        )
+    )
+    server, facility = templates.new_server(
+        database,
+        "server-{}-{}-{}".format(mode.name, database, clients),
+        plugin=mode.plugin,
+        sync_options=mode.sync_options,
+    )
+    devices = [
+        KolibriInstance.copy_of(
+            templates.client,
+            "client-{}-{}-{}-{}".format(mode.name, database, clients, number),
+            root=templates.workdir,
+            keep_home=args.keep,
+        )
+        for number in range(clients)
+    ]
+    with contextlib.ExitStack() as stack:
+        for instance in [server] + devices:
+            stack.enter_context(instance)
+        progress("{}: starting the server and its job workers".format(server.name))
+        server.start()
+        proxy = stack.enter_context(TimingProxy(server.base_url))
+        sync_args = (
+            proxy.url,
+            facility["id"],
+            DEFAULT_CREDENTIALS.username,
+            DEFAULT_CREDENTIALS.password,
+        )
+
+        progress("{} clients pulling at once".format(clients))
+        run.pulls = _all_at_once(
+            lambda device: device.sync(
+                *sync_args, push=False, timeout=args.sync_timeout, check=False
+            ),
+            devices,
+        )
+        run.pull_exchanges = proxy.exchanges
+        proxy.clear()
+        progress(_phase_line("pull", run.pulls))
+        if not all(pull.ok for pull in run.pulls):
+            _say_failures(run.pulls, progress)
+        else:
+            progress("each client records about {} new records".format(client_records))
+            run.created = _all_at_once(
+                lambda numbered: numbered[1].call(
+                    generate_activity,
+                    records=client_records,
+                    facility_id=facility["id"],
+                    prefix="client{}".format(numbered[0]),
+                    seed=args.seed + 10 + numbered[0],
+                    existing_share=0.5,
+                ),
+                enumerate(devices),
+            )
+            progress("{} clients pushing at once".format(clients))
+            run.pushes = _all_at_once(
+                lambda device: device.sync(
+                    *sync_args, pull=False, timeout=args.sync_timeout, check=False
+                ),
+                devices,
+            )
+            run.push_exchanges = proxy.exchanges
+            progress(_phase_line("push", run.pushes))
+            _say_failures(run.pushes, progress)
+            if expected_jobs:
+                progress("{}: waiting for background stage jobs".format(server.name))
+                wait_for_stage_jobs(
+                    server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
+                )
+            progress("checking the data on every side")
+            run.server_state, run.client_states = sync_states(
+                server, devices, facility["id"]
+            )
+        progress("{}: stopping the server".format(server.name))
+    for what, passed, detail in run.checks():
+        progress(
+            "  {} {}{}".format(
+                "ok  " if passed else "FAIL",
+                what,
+                ": {}".format(detail) if detail else "",
+            )
+        )
+    return run
+
+
+def _phase_line(direction, syncs):
+    return "{}: {} of {} exited 0, {:.1f}-{:.1f}s each".format(
+        direction,
+        sum(1 for sync in syncs if sync.ok),
+        len(syncs),
+        min(sync.duration for sync in syncs),
+        max(sync.duration for sync in syncs),
+    )
+
+
+def _say_failures(syncs, progress):
+    for number, sync in enumerate(syncs):
+        if not sync.ok:
+            progress(
+                "client-{} failed; its last output:\n{}".format(number, sync.tail(8))
+            )
+
+
+def _exchange_line(exchange):
+    if exchange is None:
+        return "-"
+    return "{:.3f} s ({} {}, stage {})".format(
+        exchange.duration,
+        exchange.method,
+        exchange.path.split("?")[0],
+        exchange.stage or exchange.requested_stage or "-",
+    )
+
+
+def _over(run, seconds):
+    return sum(
+        1 for e in run.pull_exchanges + run.push_exchanges if e.duration > seconds
+    )
+
+
+def render_many_clients(runs):
+    """
+    :param runs: :class:`ManyClientsRun` objects
+    :rtype: str
+    """
+    lines = []
+    for run in runs:
+        lines.append(
+            "== {} clients at once, plugin {}, {}".format(
+                run.clients, run.mode, run.database
+            )
+        )
+        lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
+        lines.append("longest push request: " + _exchange_line(run.longest_of("push")))
+        lines.append(
+            "requests: {}; over 1 s: {}; refused (503): {}".format(
+                len(run.pull_exchanges) + len(run.push_exchanges),
+                _over(run, 1.0),
+                len(run.refused()),
+            )
+        )
+        lines.append("client   pull       push       records pushed")
+        for number in range(run.clients):
+            pull = run.pulls[number] if number < len(run.pulls) else None
+            push = run.pushes[number] if number < len(run.pushes) else None
+            created = run.created[number]["total"] if run.created else "-"
+            lines.append(
+                "{:<8} {:<10} {:<10} {}".format(
+                    number, _sync_cell(pull), _sync_cell(push), created
+                )
+            )
+        for what, passed, detail in run.checks():
+            lines.append(
+                "{} {}{}".format(
+                    "ok  " if passed else "FAIL",
+                    what,
+                    ": {}".format(detail) if detail else "",
+                )
+            )
+        lines.append("")
+    lines.append("== summary")
+    lines.append(
+        "clients  database    plugin  longest request  over 1 s  slowest pull  "
+        "slowest push  data checks"
+    )
+    for run in runs:
+        longest = run.longest
+        lines.append(
+            "{:<8} {:<11} {:<7} {:<16} {:<9} {:<13} {:<13} {}".format(
+                run.clients,
+                run.database,
+                run.mode,
+                "{:.3f} s".format(longest.duration) if longest else "-",
+                _over(run, 1.0),
+                _slowest(run.pulls),
+                _slowest(run.pushes),
+                "pass" if run.ok else "FAIL",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _sync_cell(sync):
+    if sync is None:
+        return "-"
+    return "{:.1f} s{}".format(sync.duration, "" if sync.ok else " FAIL")
+
+
+def _slowest(syncs):
+    if not syncs:
+        return "-"
+    return "{:.1f} s".format(max(sync.duration for sync in syncs))

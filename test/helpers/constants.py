@@ -1,0 +1,24 @@
+"""Values several test modules agree on, defined once."""
+
+#: For ``pytest.mark.django_db``: Kolibri keeps job storage in a database of its own.
+ALL_DATABASES = "__all__"
+
+#: The FSIC of a client that holds no facility data yet.
+EMPTY_FSIC = '{"super": {}, "sub": {}}'
+
+#: The facility every in-process test syncs, and how many learners it has.
+FACILITY_NAME = "Riverside School"
+LEARNERS = 12
+
+#: The server stages the plugin runs in jobs with both switches on, as
+#: ``(direction, stage)`` pairs.
+PULL_STAGES = frozenset({("pull", "serializing"), ("pull", "queuing")})
+PUSH_STAGES = frozenset(
+    {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
+)
+
+#: Both of the plugin's switches on: every server stage it can move runs in a job.
+BACKGROUND_EVERYTHING = {
+    "BACKGROUND_INITIALIZATION": True,
+    "BACKGROUND_FINALIZATION": True,
+}

@@ -1,0 +1,107 @@
+"""
+How the demo's many-clients mode judges a run: its data checks and its report.
+"""
+
+from sync_lab.dataset import COUNTED
+from sync_lab.instances import CommandResult
+from sync_lab.many_clients import ManyClientsRun
+from sync_lab.many_clients import render_many_clients
+from sync_lab.proxy import Exchange
+
+CREATED = {
+    "users": 10,
+    "memberships": 10,
+    "summary_logs": 40,
+    "session_logs": 80,
+    "total": 140,
+}
+
+
+def _sync(returncode=0, duration=30.0):
+    return CommandResult(["sync"], returncode, duration, "")
+
+
+def _state(counts, jobs=()):
+    return {
+        "counts": counts,
+        "duplicates": {kind: 0 for kind in ("users", "memberships")},
+        "open_transfer_sessions": [],
+        "undeserialized": 0,
+        "jobs": list(jobs),
+    }
+
+
+def _client_counts():
+    """A client that pulled a facility of 100 learners and added its own."""
+    counts = {kind: 1000 for kind in COUNTED}
+    counts.update(classrooms=2)
+    for kind, key in (
+        ("users", "users"),
+        ("memberships", "memberships"),
+        ("summary_logs", "summary_logs"),
+        ("session_logs", "session_logs"),
+        ("store", "total"),
+    ):
+        counts[kind] += CREATED[key]
+    return counts
+
+
+def _clean_run(clients=2):
+    run = ManyClientsRun("on", "sqlite", clients)
+    run.pulls = [_sync() for _ in range(clients)]
+    run.pushes = [_sync() for _ in range(clients)]
+    run.created = [dict(CREATED) for _ in range(clients)]
+    run.client_states = [_state(_client_counts()) for _ in range(clients)]
+    server = {kind: value for kind, value in _client_counts().items()}
+    for kind, key in (
+        ("users", "users"),
+        ("memberships", "memberships"),
+        ("summary_logs", "summary_logs"),
+        ("session_logs", "session_logs"),
+        ("store", "total"),
+    ):
+        server[kind] += CREATED[key] * (clients - 1)
+    run.server_state = _state(server, jobs=[{"stage": "cleanup", "state": "COMPLETED"}])
+    exchange = Exchange("PATCH", "/api/morango/v1/transfersessions/abc/", 0.0)
+    exchange.duration = 0.4
+    exchange.status = 200
+    run.push_exchanges = [exchange]
+    return run
+
+
+def test_many_clients_run__every_client_counted__passes():
+    run = _clean_run()
+
+    assert run.ok, run.checks()
+
+
+def test_many_clients_run__server_missing_one_clients_logs__fails():
+    run = _clean_run()
+    run.server_state["counts"]["session_logs"] -= 1
+
+    failed = [what for what, passed, _ in run.checks() if not passed]
+
+    assert failed == ["server holds every client's records and its own"]
+
+
+def test_many_clients_run__one_push_failed__fails_naming_the_client():
+    run = _clean_run()
+    run.pushes[1] = _sync(returncode=1)
+
+    [(what, detail)] = [(w, d) for w, passed, d in run.checks() if not passed]
+
+    assert (what, detail) == ("every push completed", "client-1")
+
+
+def test_many_clients_run__unfinished_stage_job__fails():
+    run = _clean_run()
+    run.server_state["jobs"].append({"stage": "deserializing", "state": "QUEUED"})
+
+    assert not run.ok
+
+
+def test_render__summary_line__longest_request_and_verdict():
+    text = render_many_clients([_clean_run()])
+
+    assert "2        sqlite      on      0.400 s" in text
+    assert text.rstrip().endswith("pass")

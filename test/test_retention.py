@@ -1,0 +1,133 @@
+"""
+Finished stage jobs are cleared from job storage once their transfer session has
+closed and their retention has passed, by a repeating Kolibri job that is
+scheduled with the stage jobs and never doubled.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from kolibri.core.tasks.exceptions import JobNotFound
+from kolibri.core.tasks.main import job_storage
+from morango.constants import transfer_stages
+from morango.models.core import TransferSession
+
+from kolibri_sync_extras_plugin.retention import RETENTION_JOB_ID
+from kolibri_sync_extras_plugin.retention import clear_finished_stage_jobs
+from kolibri_sync_extras_plugin.retention import expired_stage_jobs
+
+from .helpers.constants import ALL_DATABASES
+from .helpers.jobs import queued_stage_jobs
+from .helpers.jobs import run_stage_jobs
+from .helpers.options import sync_options
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+
+def _close(transfer):
+    TransferSession.objects.filter(id=transfer["id"]).update(active=False)
+
+
+def _exists(job_id):
+    try:
+        job_storage.get_orm_job(job_id)
+    except JobNotFound:
+        return False
+    return True
+
+
+@pytest.fixture
+def completed_job(pull_at_serializing):
+    """The completed serializing job of a pull."""
+    [job] = run_stage_jobs()
+    return pull_at_serializing, job
+
+
+def test_retention__completed_job_of_closed_session_past_retention__cleared(
+    completed_job,
+):
+    transfer, job = completed_job
+    _close(transfer)
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=0):
+        result = clear_finished_stage_jobs()
+
+    assert result == {"cleared": 1}
+    assert not _exists(job.job_id)
+
+
+def test_retention__session_still_open__job_kept(completed_job):
+    transfer, job = completed_job
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=0):
+        clear_finished_stage_jobs()
+
+    assert _exists(job.job_id)
+
+
+def test_retention__within_completed_retention__job_kept(completed_job):
+    transfer, job = completed_job
+    _close(transfer)
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=3600):
+        clear_finished_stage_jobs()
+
+    assert _exists(job.job_id)
+
+
+def test_retention__completed_retention_passed__job_expired(completed_job):
+    transfer, job = completed_job
+    _close(transfer)
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=3600):
+        expired = expired_stage_jobs(now=timezone.now() + timedelta(seconds=3601))
+
+    assert [j.job_id for j in expired] == [job.job_id]
+
+
+def test_retention__failed_job__kept_for_the_failed_retention(failed_queuing):
+    _close(failed_queuing)
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=0, FAILED_STAGE_JOB_RETENTION=60):
+        kept = expired_stage_jobs(now=timezone.now() + timedelta(seconds=30))
+        expired = expired_stage_jobs(now=timezone.now() + timedelta(seconds=61))
+
+    assert failed_queuing["job_id"] not in [j.job_id for j in kept]
+    assert failed_queuing["job_id"] in [j.job_id for j in expired]
+
+
+def test_retention_job__stage_job_enqueued__scheduled_to_repeat_at_the_interval(
+    pull_at_serializing,
+):
+    orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
+
+    assert orm_job.repeat is None
+    assert orm_job.interval == 600
+    assert orm_job.scheduled_time > timezone.now()
+
+
+def test_retention_job__another_stage_job_enqueued__not_rescheduled(
+    pull_at_serializing, async_client
+):
+    first = job_storage.get_orm_job(RETENTION_JOB_ID).scheduled_time
+    run_stage_jobs()
+
+    async_client.proceed_to(pull_at_serializing["id"], transfer_stages.QUEUING)
+
+    assert queued_stage_jobs()[0].kwargs["stage"] == transfer_stages.QUEUING
+    assert job_storage.get_orm_job(RETENTION_JOB_ID).scheduled_time == first
+
+
+def test_retention_job__run__clears_and_is_queued_again(completed_job):
+    transfer, job = completed_job
+    _close(transfer)
+    retention_job = job_storage.get_job(RETENTION_JOB_ID)
+
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=0):
+        retention_job.execute()
+
+    assert not _exists(job.job_id)
+    orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
+    assert orm_job.state == "QUEUED"
+    assert orm_job.scheduled_time > timezone.now()
