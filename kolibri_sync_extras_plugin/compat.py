@@ -41,6 +41,7 @@ __all__ = [
     "delete_job_rows",
     "update_job_row",
     "insert_job",
+    "after_job_storage_commit",
     "job_storage_in_test_transaction",
     "aware_utc",
     "update_job_progress",
@@ -236,6 +237,21 @@ def insert_job(job, priority, queue):
             return False
     job_storage._run_scheduled_hooks(orm_job)
     return True
+
+
+def after_job_storage_commit(orm_job, callback):
+    """
+    Call ``callback`` once the job storage transaction that is changing
+    ``orm_job`` has committed. Kolibri 0.19 calls job hooks inside that
+    transaction (a Django one, on job storage's database); before 0.19 it calls
+    them after its SQLAlchemy session has committed, so the callback runs at once.
+    """
+    if _JOBS_IN_DJANGO:
+        from django.db import transaction
+
+        transaction.on_commit(callback, using=orm_job._state.db)
+        return
+    callback()
 
 
 def job_storage_in_test_transaction():

@@ -64,12 +64,27 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         from .operations import BackgroundStageOperation
         from .operations import CloseSupersededTransfersOperation
         from .operations import DeserializeLeftoversOperation
+        from .operations import PiecewiseDeserializeOperation
 
+        # operations of equal priority run in this order: pieces before leftovers
         return [
             BackgroundStageOperation(),
+            PiecewiseDeserializeOperation(),
             DeserializeLeftoversOperation(),
             CloseSupersededTransfersOperation(),
         ]
+
+
+def _settle_once_job_storage_commits(job, orm_job, job_state):
+    """
+    Settle the job's stage after job storage's transaction commits: Kolibri calls
+    job hooks inside it, and on SQLite job storage is a file of its own, so writing
+    the main database from there would hold one lock while waiting for the other.
+    """
+    from .compat import after_job_storage_commit
+    from .jobs import settle_from_job
+
+    after_job_storage_commit(orm_job, lambda: settle_from_job(job, job_state))
 
 
 @register_hook
@@ -96,7 +111,6 @@ class BackgroundStageJobHook(JobHook):
         from kolibri.core.tasks.job import State
 
         from .jobs import RUN_STAGE_TASK
-        from .jobs import settle_from_job
         from .workers import record_current_worker
 
         if state is None or job.func != RUN_STAGE_TASK:
@@ -105,14 +119,15 @@ class BackgroundStageJobHook(JobHook):
             # called in the process that is about to run the job
             record_current_worker(job.job_id)
             return
-        settle_from_job(job, state)
+        _settle_once_job_storage_commits(job, orm_job, state)
 
     def clear(self, job, orm_job):
         from .jobs import FINISHED_JOB_STATES
         from .jobs import RUN_STAGE_TASK
-        from .jobs import settle_from_job
 
         if job.func != RUN_STAGE_TASK:
             return
         # a job cleared before it finished will never settle its stage
-        settle_from_job(job, job.state if job.state in FINISHED_JOB_STATES else None)
+        _settle_once_job_storage_commits(
+            job, orm_job, job.state if job.state in FINISHED_JOB_STATES else None
+        )

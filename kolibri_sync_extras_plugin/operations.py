@@ -1,6 +1,7 @@
 """
 The morango operations the plugin adds to every sync: one takes a configured stage
-out of the HTTP request; two finish what an interrupted sync left undone.
+out of the HTTP request; one deserializes in short transactions in the background;
+two finish what an interrupted sync left undone.
 """
 
 from morango.constants import transfer_stages
@@ -10,6 +11,8 @@ from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
 from .limits import refuse_stage_over_limits
+from .pieces import deserialize_in_pieces
+from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
 from .sessions import close_superseded_transfer_sessions
 from .sessions import own_earlier_pushes
@@ -53,6 +56,74 @@ class BackgroundStageOperation(LocalOperation):
         return transfer_statuses.STARTED
 
 
+class PiecewiseDeserializeOperation(LocalOperation):
+    """
+    Deserializes a push in a background job one short transaction at a time (see
+    :mod:`.pieces`), so the job never holds the database's write lock for long.
+
+    It does what morango's receiver does, serializing first (so deserializing does
+    not overwrite local changes) and then deserializing, and passes (returns
+    ``False``) so the stage's other operations still run: Kolibri's own (which
+    repair what failed, such as clashing picture passwords) and morango's, which
+    it tells there is nothing left to deserialize by counting the push's records as
+    already applied on the context's transfer session (in memory only; the job
+    reads the session again when the stage ends). It passes at once outside a
+    background job, on a morango version :mod:`.pieces` does not mirror, and when
+    there is nothing waiting to be deserialized.
+    """
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: str|bool
+        """
+        from morango.utils import SETTINGS
+
+        self._assert(_deserializes_in_pieces(context))
+        self._assert(context.is_server and context.is_push)
+        self._assert(context.stage == transfer_stages.DESERIALIZING)
+        self._assert(context.transfer_session is not None)
+        self._assert(context.filter is not None)
+        self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
+        leftovers = undeserialized_records(context.filter)
+        self._assert(leftovers.exists())
+        sources = ()
+        if not context.transfer_session.records_transferred:
+            # nothing new: only an interrupted push's records wait (see below)
+            sources = _leftover_sources(context, leftovers)
+            self._assert(sources is not None)
+        result = _in_pieces(context)
+        if result is False:
+            _post_transfer(sources)
+        return result
+
+
+def _deserializes_in_pieces(context):
+    """
+    Whether :class:`PiecewiseDeserializeOperation` takes the stage's deserializing,
+    leftovers of an interrupted push included.
+    """
+    return getattr(context, "in_background", False) and supports_installed_morango()
+
+
+def _in_pieces(context):
+    from django.db import OperationalError
+    from morango.sync.operations import DBBackend
+    from morango.sync.operations import _serialize_into_store
+
+    profile = context.sync_session.profile
+    try:
+        _serialize_into_store(profile, filter=context.filter)
+        deserialize_in_pieces(profile, context.filter)
+    except OperationalError as e:
+        if DBBackend._is_transaction_isolation_error(e):
+            return transfer_statuses.PENDING
+        raise
+    # morango's receiver deserializes only a push that transferred records
+    context.transfer_session.records_transferred = 0
+    return False
+
+
 class DeserializeLeftoversOperation(LocalOperation):
     """
     Deserializes records an interrupted push left behind, when a later push of the
@@ -70,6 +141,8 @@ class DeserializeLeftoversOperation(LocalOperation):
     filter came from an earlier push of the same client that no stage job is still
     working on (see :func:`~.sessions.own_earlier_pushes`): it never applies
     another client's records, nor records a job is about to deserialize.
+    In a background job it leaves them to :class:`PiecewiseDeserializeOperation`,
+    which applies the same rule.
     """
 
     def handle(self, context):
@@ -79,6 +152,7 @@ class DeserializeLeftoversOperation(LocalOperation):
         """
         from morango.utils import SETTINGS
 
+        self._assert(not _deserializes_in_pieces(context))
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
         self._assert(context.transfer_session is not None)
@@ -87,15 +161,24 @@ class DeserializeLeftoversOperation(LocalOperation):
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
         leftovers = undeserialized_records(context.filter)
         self._assert(leftovers.exists())
-        sources = own_earlier_pushes(
-            context.transfer_session,
-            leftovers.values_list("last_transfer_session_id", flat=True).distinct(),
-        )
+        sources = _leftover_sources(context, leftovers)
         self._assert(sources is not None)
         result = _deserialize_within(context)
         if result == transfer_statuses.COMPLETED:
             _post_transfer(sources)
         return result
+
+
+def _leftover_sources(context, leftovers):
+    """
+    :return: The earlier pushes of the same client that the waiting records came
+        from, or ``None`` if any came from another client or a push still in use
+    :rtype: list|None
+    """
+    return own_earlier_pushes(
+        context.transfer_session,
+        leftovers.values_list("last_transfer_session_id", flat=True).distinct(),
+    )
 
 
 def _post_transfer(transfer_sessions):

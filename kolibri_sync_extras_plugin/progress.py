@@ -2,12 +2,14 @@
 What a background stage reports while it runs: Kolibri job progress, and a line of
 text that Kolibri's task list and tasks API show.
 
-morango runs each stage in one call, so the counts depend on what it lets us see:
+What each stage lets us count:
 
 - ``deserializing``: the dirty Store records under the sync filter are known when
-  the stage starts, and morango saves each Store record back as it deserializes it,
-  so progress counts records one by one (before Kolibri 0.19, morango marks them
-  clean in bulk: 0 of them until all are done; see :mod:`.compat`).
+  the stage starts, and morango saves each Store record back as it deserializes
+  it, so records are counted one by one (before Kolibri 0.19, morango marks them
+  clean in bulk: 0 of them until all are done; see :mod:`.compat`). In a
+  background job on Kolibri 0.19 the plugin commits them in pieces (see
+  :mod:`.pieces`), and progress is saved after each piece.
 - ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
   are known when the stage starts, but morango merges them in one SQL transaction,
   so progress is 0 of them until all are done.
@@ -15,15 +17,21 @@ morango runs each stage in one call, so the counts depend on what it lets us see
   (``records_total``), so progress is one step.
 - ``serializing`` and ``cleanup``: morango exposes no count, so progress is one step.
 
+Progress is never saved while the stage holds a transaction on the main database:
+on SQLite, job storage is a file of its own, and a job that waited for job
+storage's lock while holding the main database's could wait on a request doing the
+opposite. What is counted inside a transaction is saved once it commits (after
+the piece, or when the stage ends).
+
 Progress never goes backwards within a run of a job; a job that runs again starts
-from 0. On PostgreSQL, Kolibri keeps job storage in its main database, so progress
-written while morango's transaction is open shows only once that transaction commits.
+from 0.
 """
 
 import contextlib
 import logging
 import threading
 
+from django.db import connection
 from django.db.models.signals import post_save
 from django.utils import timezone
 from kolibri.core.tasks.job import State
@@ -34,6 +42,7 @@ from morango.models.core import Store
 
 from .compat import COUNTS_DESERIALIZED_RECORDS
 from .compat import update_job_progress
+from .pieces import PIECE_COMMITTED
 from .store import dirty_store_records
 from .wording import describe
 
@@ -88,6 +97,17 @@ _COUNTS = {
     transfer_stages.DEQUEUING: (_buffered_records, None, False),
     transfer_stages.QUEUING: (None, _queued_records, False),
 }
+
+
+def transaction_depth():
+    """
+    :return: How many atomic blocks are open on the main database's connection
+        in this thread (0 outside any transaction)
+    :rtype: int
+    """
+    if not connection.in_atomic_block:
+        return 0
+    return 1 + len(connection.savepoint_ids)
 
 
 class _DeserializedRecordCounter(object):
@@ -155,8 +175,13 @@ class StageProgress(object):
         self.done = 0
         self.total = 1
         self.counted_live = False
+        # records morango saved back (counted inside its transactions)
         self._counted = 0
+        # records of the pieces that committed (see :mod:`.pieces`)
+        self._committed = 0
         self._started = None
+        # transactions open when the stage started are not the stage's own
+        self._depth = transaction_depth()
         self._metadata = self.job.extra_metadata if self.job is not None else {}
 
     def start(self, context):
@@ -168,6 +193,7 @@ class StageProgress(object):
         :rtype: int|None
         """
         self._started = timezone.now()
+        self._depth = transaction_depth()
         count_before, _, live = _COUNTS.get(self.stage, (None, None, False))
         if count_before is not None:
             self.records = count_before(context)
@@ -199,22 +225,41 @@ class StageProgress(object):
         if not self.counted_live:
             yield
             return
-        counter = _DeserializedRecordCounter(self.advance)
+        counter = _DeserializedRecordCounter(self._count_saved)
         counter.connect()
+        thread = threading.get_ident()
+
+        def piece_committed(sender, records=0, **kwargs):
+            # a piece inside a transaction the stage opened has not really committed
+            if threading.get_ident() != thread or self._in_stage_transaction():
+                return
+            self._committed += records
+            self.advance(self._committed)
+
+        PIECE_COMMITTED.connect(piece_committed, weak=False)
         try:
             yield
         finally:
+            PIECE_COMMITTED.disconnect(piece_committed)
             counter.disconnect()
 
-    def advance(self, counted):
+    def _count_saved(self, counted):
         """
-        :param counted: How many records morango has worked on so far in this pass
+        :param counted: How many records morango has saved back so far in this pass,
+            inside its transaction: the record count at the end of a stage that
+            commits once, never saved as progress while the transaction is open
         :type counted: int
         """
         self._counted = min(counted, self.total)
-        # a pass that starts over stays at the furthest point reached until it passes it
-        if self._counted > self.done:
-            self.done = self._counted
+
+    def advance(self, counted):
+        """
+        :param counted: How many records are done and committed
+        :type counted: int
+        """
+        counted = min(counted, self.total)
+        if counted > self.done:
+            self.done = counted
             self._report()
 
     def finish(self, context):
@@ -229,7 +274,7 @@ class StageProgress(object):
         if count_after is not None:
             self.records = count_after(context)
         elif self.counted_live:
-            self.records = self._counted
+            self.records = self._committed or self._counted
         self._metadata["records"] = self.records
         self.done = self.total
         self._report()
@@ -270,8 +315,14 @@ class StageProgress(object):
         state = State.FAILED if self._metadata.get("error") else State.RUNNING
         return describe(self._metadata, state, self.done, self.total)
 
+    def _in_stage_transaction(self):
+        return transaction_depth() > self._depth
+
     def _report(self):
         if self.job is None:
+            return
+        if self._in_stage_transaction():
+            # see the module's docstring; the next report after the commit saves it
             return
         self._metadata["status_text"] = self._status_text()
         # Kolibri saves this only when it moved by 1% or more, or is complete
@@ -288,8 +339,7 @@ class StageProgress(object):
 
     def _write(self, save, *args, **kwargs):
         # progress is for people watching: a job storage that cannot take it (busy,
-        # or gone) must not fail the stage, and may be written to inside morango's
-        # own transaction
+        # or gone) must not fail the stage
         try:
             save(*args, **kwargs)
         except Exception:

@@ -5,6 +5,7 @@ server's transfer session API the way a morango client would. What they use is
 in :mod:`test.helpers`.
 """
 
+import contextlib
 import uuid
 
 import pytest
@@ -87,6 +88,32 @@ def async_client():
 def blocking_client():
     """A client without ``ASYNC_OPERATIONS``: it cannot poll, so it waits on each request."""
     return MorangoHttpClient(capabilities=(FSIC_V2_FORMAT,))
+
+
+@pytest.fixture
+def job_storage_commits(django_capture_on_commit_callbacks):
+    """
+    A block after which what waits for job storage's transaction to commit runs:
+    the test's own transaction would otherwise hold it back until the test ends.
+    """
+    if not job_storage_in_test_transaction():
+        # before Kolibri 0.19 job storage commits on its own, hooks after it
+        return contextlib.nullcontext
+    from django.db import router
+    from kolibri.core.tasks.models import Job as ORMJob
+
+    alias = router.db_for_write(ORMJob)
+    return lambda: django_capture_on_commit_callbacks(using=alias, execute=True)
+
+
+@pytest.fixture
+def pieces_of_three(monkeypatch):
+    """Background deserializing commits three records at a time (see ``pieces``)."""
+    from kolibri_sync_extras_plugin import pieces
+
+    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 3)
+    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 3)
+    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
 
 
 @pytest.fixture

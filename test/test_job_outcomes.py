@@ -15,6 +15,7 @@ from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin import request_boundary
 from kolibri_sync_extras_plugin.compat import delete_job_rows
+from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
 from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 
 from .helpers.constants import ALL_DATABASES
@@ -69,23 +70,63 @@ def test_stage_raises_in_the_job__stage_errored_and_job_failed(
 
 
 def test_job_cleared_from_storage_before_running__stage_errored(
-    pull_at_serializing, async_client
+    pull_at_serializing, async_client, job_storage_commits
 ):
     [job] = queued_stage_jobs()
 
-    job_storage.clear(job_id=job.job_id, force=True)
+    with job_storage_commits():
+        job_storage.clear(job_id=job.job_id, force=True)
 
     polled = async_client.get(pull_at_serializing["id"])
     assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
 
 
-def test_job_cancelled_before_running__stage_errored(pull_at_serializing, async_client):
+def test_job_cancelled_before_running__stage_errored(
+    pull_at_serializing, async_client, job_storage_commits
+):
     [job] = queued_stage_jobs()
 
-    job_storage.cancel(job.job_id)
+    with job_storage_commits():
+        job_storage.cancel(job.job_id)
 
     polled = async_client.get(pull_at_serializing["id"])
     assert polled["transfer_stage_status"] == transfer_statuses.ERRORED
+
+
+@pytest.mark.skipif(
+    not job_storage_in_test_transaction(),
+    reason="before Kolibri 0.19 job storage calls its hooks after it commits",
+)
+def test_job_cancelled__stage_settled_after_job_storage_commits(
+    pull_at_serializing, job_storage_commits, monkeypatch
+):
+    from django.db import connections
+    from django.db import router
+    from kolibri.core.tasks.models import Job as ORMJob
+
+    from kolibri_sync_extras_plugin import jobs
+
+    job_db = connections[router.db_for_write(ORMJob)]
+    depth_in_test = len(job_db.savepoint_ids)
+    depths = []
+    settle = jobs.settle_from_job
+
+    def recording(job, job_state):
+        depths.append(len(job_db.savepoint_ids))
+        return settle(job, job_state)
+
+    monkeypatch.setattr(jobs, "settle_from_job", recording)
+    [job] = queued_stage_jobs()
+
+    with job_storage_commits():
+        job_storage.cancel(job.job_id)
+        # job storage has written the job, and not yet settled its stage
+        assert depths == []
+
+    assert depths == [depth_in_test]
+    assert TransferSession.objects.get(
+        id=pull_at_serializing["id"]
+    ).transfer_stage_status == (transfer_statuses.ERRORED)
 
 
 def test_finished_job_cleared_later__completed_stage_left_alone(

@@ -16,6 +16,8 @@ from morango.models.core import Store
 
 from kolibri_sync_extras_plugin import runner
 from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
+from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+from kolibri_sync_extras_plugin.progress import transaction_depth
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -25,11 +27,10 @@ from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
-#: For tests of counting deserialized records one by one, which only the morango of
-#: Kolibri 0.19 allows.
-counts_each_record = pytest.mark.skipif(
-    not COUNTS_DESERIALIZED_RECORDS,
-    reason="this morango marks deserialized records clean in bulk",
+#: For tests of deserializing in pieces, which only morango 0.8.15 allows.
+in_pieces = pytest.mark.skipif(
+    not supports_installed_morango(),
+    reason="the plugin deserializes in pieces only with morango 0.8.15",
 )
 
 
@@ -37,32 +38,53 @@ def _fractions(updates):
     return [update["progress"] / update["total"] for update in updates]
 
 
-@counts_each_record
-def test_deserializing_progress__pushed_records__counts_each_record_and_never_goes_back(
-    pushed_and_dequeued, progress_updates
+@in_pieces
+def test_deserializing_progress__pushed_records__saved_after_each_piece_and_never_goes_back(
+    pushed_and_dequeued, pieces_of_three, progress_updates
 ):
     [job] = run_stage_jobs()
 
     fractions = _fractions(progress_updates)
     assert job.state == "COMPLETED"
     assert fractions == sorted(fractions)
-    assert fractions[0] == 0 and fractions[-1] == 1
-    # every learner counted as morango deserialized it, not only at the end
-    assert [u["progress"] for u in progress_updates] == list(range(LEARNERS + 1))
+    # the learners counted as each piece of three committed, not only at the end
+    assert [u["progress"] for u in progress_updates] == [0, 3, 6, 9, 12]
     assert {u["total"] for u in progress_updates} == {LEARNERS}
     assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
         LEARNERS
     )
 
 
-@counts_each_record
+@in_pieces
+def test_deserializing_progress__pushed_records__never_saved_inside_a_stage_transaction(
+    pushed_and_dequeued, pieces_of_three, monkeypatch
+):
+    depth_in_test = transaction_depth()
+    depths = []
+    for method in ("update_job_progress", "save_job_meta"):
+        save = getattr(Storage, method)
+
+        def recording(storage, *args, _save=save, **kwargs):
+            depths.append(transaction_depth())
+            return _save(storage, *args, **kwargs)
+
+        monkeypatch.setattr(Storage, method, recording)
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "COMPLETED"
+    assert len(depths) > 5
+    assert set(depths) == {depth_in_test}
+
+
+@in_pieces
 def test_deserializing_progress__while_running__status_text_counts_records(
-    pushed_and_dequeued, progress_updates
+    pushed_and_dequeued, pieces_of_three, progress_updates
 ):
     [job] = run_stage_jobs()
 
     texts = [update["text"] for update in progress_updates]
-    assert "Deserializing 5 / 12 records for Riverside School" in texts
+    assert "Deserializing 6 / 12 records for Riverside School" in texts
     assert job.extra_metadata["status_text"] == (
         "Deserializing done for Riverside School: 12 records"
     )
@@ -235,9 +257,12 @@ def first_pass_rolled_back_after_6_records(monkeypatch):
     post_save.disconnect(middleware.count_saves, sender=Store)
 
 
-@counts_each_record
-def test_deserializing_progress__morango_starts_over__holds_until_the_new_pass_passes_it(
-    pushed_and_dequeued, first_pass_rolled_back_after_6_records, monkeypatch
+@in_pieces
+def test_deserializing_progress__stage_starts_over__shows_nothing_rolled_back(
+    pushed_and_dequeued,
+    pieces_of_three,
+    first_pass_rolled_back_after_6_records,
+    monkeypatch,
 ):
     rolled_back = first_pass_rolled_back_after_6_records
     seen = []
@@ -255,9 +280,10 @@ def test_deserializing_progress__morango_starts_over__holds_until_the_new_pass_p
     assert job.state == "COMPLETED"
     first = [progress for run, _, progress in seen if run < 2]
     second = [(saved, progress) for run, saved, progress in seen if run == 2]
-    assert first == [0, 1, 2, 3, 4, 5, 6]
-    # the second pass's first 6 records were already counted: it shows only past them
-    assert second == [(saved, saved) for saved in range(7, LEARNERS + 1)]
+    # the first pass's pieces were rolled back with it before anything was saved
+    assert first == [0]
+    # the second pass shows each of its pieces as it commits
+    assert second == [(3, 3), (6, 6), (9, 9), (12, 12)]
     assert job.extra_metadata["records"] == LEARNERS
     assert FacilityUser.objects.filter(full_name__startswith="Renamed ").count() == (
         LEARNERS

@@ -94,7 +94,7 @@ def test_status__nothing_in_the_background__says_so_and_exits_zero():
     reason="this morango marks deserialized records clean in bulk",
 )
 def test_status__stage_running__shows_its_counted_progress_and_exits_zero(
-    pushed_and_dequeued, monkeypatch
+    pushed_and_dequeued, pieces_of_three, monkeypatch
 ):
     # ask for the status from inside the real deserialization, halfway through it
     seen = {}

@@ -1,0 +1,316 @@
+"""
+A push deserialized in short transactions ends exactly as morango's own
+one-transaction stage leaves it, and a run stopped between two pieces finishes
+the rest when it runs again.
+"""
+
+import json
+import uuid
+
+import pytest
+from django.db import connection
+from django.db import transaction
+from kolibri.core.auth.models import Collection
+from kolibri.core.auth.models import FacilityUser
+from kolibri.core.auth.models import Membership
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+from morango.models.core import DatabaseMaxCounter
+from morango.models.core import DeletedModels
+from morango.models.core import InstanceIDModel
+from morango.models.core import RecordMaxCounter
+from morango.models.core import Store
+from morango.models.core import TransferSession
+from morango.sync.context import LocalSessionContext
+from morango.sync.operations import _deserialize_from_store
+from morango.sync.operations import _serialize_into_store
+
+from kolibri_sync_extras_plugin import pieces
+from kolibri_sync_extras_plugin.context import BackgroundSessionContext
+from kolibri_sync_extras_plugin.context import RecordedRequest
+from kolibri_sync_extras_plugin.runner import run_stage_operations
+from kolibri_sync_extras_plugin.runner import stage_middleware
+from kolibri_sync_extras_plugin.store import dirty_store_records
+
+from .helpers.constants import ALL_DATABASES
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+_STORE_FIELDS = (
+    "id",
+    "serialized",
+    "conflicting_serialized_data",
+    "dirty_bit",
+    "deleted",
+    "hard_deleted",
+    "deserialization_error",
+    "deserialization_exception",
+    "last_saved_instance",
+    "last_saved_counter",
+    "partition",
+)
+
+
+def _snapshot():
+    """Everything a deserialization writes: app rows, store rows, counters."""
+    return {
+        "users": list(FacilityUser.objects.order_by("id").values()),
+        "memberships": list(Membership.objects.order_by("id").values()),
+        "collections": list(Collection.objects.order_by("id").values()),
+        "store": list(Store.objects.order_by("id").values(*_STORE_FIELDS)),
+        "record_max_counters": list(
+            RecordMaxCounter.objects.order_by("store_model_id", "instance_id").values(
+                "store_model_id", "instance_id", "counter"
+            )
+        ),
+        "database_max_counters": list(
+            DatabaseMaxCounter.objects.order_by("instance_id", "partition").values(
+                "instance_id", "partition", "counter"
+            )
+        ),
+        "instance_counter": InstanceIDModel.get_or_create_current_instance()[0].counter,
+        "deleted_models": list(DeletedModels.objects.order_by("id").values()),
+    }
+
+
+def _broken_foreign_keys():
+    """Rows whose foreign key points at no row, as SQLite checks them at commit."""
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA foreign_key_check")
+        return cursor.fetchall()
+
+
+def _clone(record, **changes):
+    """A new dirty Store record made from ``record``, as a push would merge it."""
+    serialized = json.loads(record.serialized)
+    serialized.update(changes.pop("fields", {}))
+    new_id = changes.pop("id", None) or uuid.uuid4().hex
+    serialized["id"] = new_id
+    values = dict(
+        id=new_id,
+        serialized=json.dumps(serialized),
+        model_name=record.model_name,
+        profile=record.profile,
+        partition=record.partition,
+        source_id=uuid.uuid4().hex,
+        last_saved_instance=record.last_saved_instance,
+        last_saved_counter=record.last_saved_counter,
+        _self_ref_fk=record._self_ref_fk,
+        dirty_bit=True,
+    )
+    values.update(changes)
+    return Store.objects.create(**values)
+
+
+@pytest.fixture
+def varied_push(pushed_and_dequeued, facility):
+    """
+    The learners' renames of a dequeued push, and beside them what exercises every
+    path of morango's deserialization: new users and memberships, a user whose
+    facility does not exist and a membership that refers to it (a failure carried
+    from one model to a later one), a membership to a user missing from the store,
+    a new classroom with a group inside it (parents before children), a group whose
+    parent is missing, and a learner deleted on the client.
+    """
+    dataset = facility.dataset_id
+    learner = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
+    membership = Store.objects.filter(model_name="membership").first()
+    classroom = Store.objects.filter(model_name="classroom").first()
+
+    def new_user(username, **fields):
+        user_id = uuid.uuid4().hex
+        _clone(
+            learner,
+            id=user_id,
+            partition="{}:user-ro:{}".format(dataset, user_id),
+            fields=dict(username=username, full_name=username, **fields),
+        )
+        return user_id
+
+    def new_membership(user_id, collection_id):
+        _clone(
+            membership,
+            partition="{}:user-ro:{}".format(dataset, user_id),
+            fields=dict(user_id=user_id, collection_id=collection_id),
+        )
+
+    missing_parent = uuid.uuid4().hex
+    new_classroom = _clone(classroom, fields=dict(name="Class B"))
+    group = _clone(
+        classroom,
+        model_name="learnergroup",
+        _self_ref_fk=new_classroom.id,
+        fields=dict(name="Group 1", kind="learnergroup", parent_id=new_classroom.id),
+    )
+    _clone(
+        classroom,
+        model_name="learnergroup",
+        _self_ref_fk=missing_parent,
+        fields=dict(name="Orphan group", kind="learnergroup", parent_id=missing_parent),
+    )
+    for number in range(7):
+        user_id = new_user("newcomer{}".format(number))
+        new_membership(user_id, new_classroom.id)
+        new_membership(user_id, group.id)
+    stray = new_user("stray", facility_id=uuid.uuid4().hex)
+    new_membership(stray, classroom.id)
+    new_membership(uuid.uuid4().hex, classroom.id)
+
+    deleted = Store.objects.filter(model_name="facilityuser", dirty_bit=True).last()
+    Store.objects.filter(id=deleted.id).update(deleted=True)
+    return pushed_and_dequeued
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Pieces of at most three records, so even a small push takes many."""
+    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 2)
+    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 1)
+    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
+
+
+@pytest.fixture
+def piece_count(monkeypatch):
+    """How many pieces were committed (a list, so the test reads the count later)."""
+    counted = []
+    run_piece = pieces._Run._piece
+
+    def counting(run, work, records, model):
+        run_piece(run, work, records, model)
+        counted.append(records)
+
+    monkeypatch.setattr(pieces._Run, "_piece", counting)
+    return counted
+
+
+def _transfer(push):
+    return TransferSession.objects.get(id=push["id"])
+
+
+def _morango_stage_result(push):
+    """
+    What the deserializing stage leaves when morango runs it in one transaction (a
+    client that cannot poll gets it inline), undone again afterwards.
+    """
+    with transaction.atomic():
+        context = LocalSessionContext(
+            request=RecordedRequest(), transfer_session=_transfer(push)
+        )
+        result = stage_middleware(transfer_stages.DESERIALIZING)(context)
+        assert result == transfer_statuses.COMPLETED
+        snapshot = _snapshot()
+        transaction.set_rollback(True)
+    return snapshot
+
+
+def _background_stage(push):
+    run_stage_operations(
+        BackgroundSessionContext(_transfer(push)), transfer_stages.DESERIALIZING
+    )
+
+
+def test_pieces__end_as_morangos_one_transaction_stage(
+    varied_push, small_pieces, piece_count
+):
+    expected = _morango_stage_result(varied_push)
+    # the store is back as the push left it
+    assert dirty_store_records([varied_push["filter"]]).count() > 30
+
+    _background_stage(varied_push)
+
+    assert len(piece_count) > 10
+    assert _snapshot() == expected
+    assert _broken_foreign_keys() == []
+
+
+def _serialize_then(deserialize, push):
+    transfer = _transfer(push)
+    profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
+    _serialize_into_store(profile, filter=sync_filter)
+    deserialize(profile, sync_filter)
+
+
+def test_pieces__apply_what_morangos_deserialization_applies(varied_push, small_pieces):
+    # morango's own functions alone, without the stage's second look at failures
+    with transaction.atomic():
+        _serialize_then(
+            lambda profile, sync_filter: _deserialize_from_store(
+                profile, filter=sync_filter
+            ),
+            varied_push,
+        )
+        expected = _snapshot()
+        transaction.set_rollback(True)
+
+    _serialize_then(pieces.deserialize_in_pieces, varied_push)
+
+    assert _snapshot() == expected
+    assert _broken_foreign_keys() == []
+
+
+def test_pieces__record_the_failures_morango_records(
+    varied_push, small_pieces, piece_count
+):
+    expected = _morango_stage_result(varied_push)
+    expected_errors = {
+        r["id"]: r["deserialization_error"] for r in expected["store"] if r["dirty_bit"]
+    }
+    # the push fails in each of the ways the fixture sets up
+    for kind in (
+        "references non-existent facility instance",
+        "references non-existent facility user instance",
+        "failed to deserialize",
+        "Parent does not exist in Store",
+    ):
+        assert any(kind in (error or "") for error in expected_errors.values()), kind
+
+    _background_stage(varied_push)
+
+    errors = dict(
+        Store.objects.filter(dirty_bit=True).values_list("id", "deserialization_error")
+    )
+    assert errors == expected_errors
+
+
+class _Stopped(Exception):
+    """The job's process ending between two pieces."""
+
+
+def test_pieces__stopped_between_two_pieces__finish_the_rest_when_run_again(
+    varied_push, small_pieces
+):
+    expected = _morango_stage_result(varied_push)
+    dirty_before = dirty_store_records([varied_push["filter"]]).count()
+    committed = []
+
+    def stop_after_five(records, seconds):
+        committed.append(records)
+        if len(committed) == 5:
+            raise _Stopped()
+
+    transfer = _transfer(varied_push)
+    with pytest.raises(_Stopped):
+        pieces.deserialize_in_pieces(
+            transfer.sync_session.profile,
+            transfer.get_filter(),
+            on_piece=stop_after_five,
+        )
+    # five pieces stayed applied, the rest still waits
+    left = dirty_store_records([varied_push["filter"]]).count()
+    assert 0 < left < dirty_before
+
+    _background_stage(varied_push)
+
+    assert _snapshot() == expected
+
+
+def test_pieces__outside_a_background_job__leave_the_stage_to_morango(
+    varied_push, piece_count
+):
+    context = LocalSessionContext(
+        request=RecordedRequest(), transfer_session=_transfer(varied_push)
+    )
+
+    stage_middleware(transfer_stages.DESERIALIZING)(context)
+
+    assert piece_count == []
