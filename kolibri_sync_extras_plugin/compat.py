@@ -41,6 +41,7 @@ __all__ = [
     "delete_job_rows",
     "update_job_row",
     "insert_job",
+    "jobs_in_states",
     "after_job_storage_commit",
     "job_storage_in_test_transaction",
     "aware_utc",
@@ -252,6 +253,25 @@ def after_job_storage_commit(orm_job, callback):
         transaction.on_commit(callback, using=orm_job._state.db)
         return
     callback()
+
+
+def jobs_in_states(states, queue=None, func=None):
+    """
+    The jobs of job storage in any of ``states``: Kolibri's ``filter_jobs`` takes a
+    list of states from 0.19 on, a single state before.
+
+    :type states: list
+    :rtype: list[kolibri.core.tasks.job.Job]
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    if _JOBS_IN_DJANGO:
+        return job_storage.filter_jobs(queue=queue, func=func, state=list(states))
+    return [
+        job
+        for state in states
+        for job in job_storage.filter_jobs(queue=queue, func=func, state=state)
+    ]
 
 
 def job_storage_in_test_transaction():

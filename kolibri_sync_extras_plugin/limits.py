@@ -15,6 +15,7 @@ import logging
 
 from kolibri.core.tasks.job import State
 
+from .compat import jobs_in_states
 from .config import FINALIZATION_STAGES
 from .config import INITIALIZATION_STAGES
 from .config import get_stage_job_limits
@@ -54,10 +55,8 @@ def unfinished_stage_jobs():
     :return: The stage jobs in job storage that are waiting or running
     :rtype: list[kolibri.core.tasks.job.Job]
     """
-    from kolibri.core.tasks.main import job_storage
-
-    return job_storage.filter_jobs(
-        queue=SYNC_EXTRAS_QUEUE, state=UNFINISHED_JOB_STATES, func=RUN_STAGE_TASK
+    return jobs_in_states(
+        UNFINISHED_JOB_STATES, queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
     )
 
 

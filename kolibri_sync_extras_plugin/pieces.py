@@ -40,14 +40,22 @@ from django.core import exceptions
 from django.db import connection
 from django.db.models import Q
 from django.dispatch import Signal
-from morango.errors import MorangoDirtyParent
-from morango.errors import MorangoMissingParent
 from morango.models.core import Store
 from morango.registry import syncable_models
-from morango.sync.operations import _begin_transaction
-from morango.sync.operations import _save_deserialized_record
-from morango.sync.operations import _self_referential_fk
-from morango.sync.operations import _validate_store_foreign_keys
+
+try:
+    # the internals this module follows; older morango (Kolibri before 0.19) lacks
+    # some, and is left to its own one-transaction stage
+    from morango.errors import MorangoDirtyParent
+    from morango.errors import MorangoMissingParent
+    from morango.sync.operations import _begin_transaction
+    from morango.sync.operations import _save_deserialized_record
+    from morango.sync.operations import _self_referential_fk
+    from morango.sync.operations import _validate_store_foreign_keys
+except ImportError:
+    _INTERNALS_FOUND = False
+else:
+    _INTERNALS_FOUND = True
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +104,7 @@ def supports_installed_morango():
     :return: Whether the installed morango is one this module mirrors
     :rtype: bool
     """
-    return morango.__version__ in SUPPORTED_MORANGO_VERSIONS
+    return _INTERNALS_FOUND and morango.__version__ in SUPPORTED_MORANGO_VERSIONS
 
 
 def deserialize_in_pieces(profile, sync_filter, on_piece=None):

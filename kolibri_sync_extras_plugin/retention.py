@@ -26,6 +26,7 @@ from kolibri.core.tasks.job import State
 from morango.models.core import TransferSession
 
 from .compat import job_rows
+from .compat import jobs_in_states
 from .config import get_retention_settings
 from .jobs import FINISHED_JOB_STATES
 from .jobs import RUN_STAGE_TASK
@@ -65,12 +66,10 @@ def expired_stage_jobs(now=None):
     :param now: The time to judge by; now by default
     :rtype: list[kolibri.core.tasks.job.Job]
     """
-    from kolibri.core.tasks.main import job_storage
-
     now = now or timezone.now()
     settings = get_retention_settings()
-    finished = job_storage.filter_jobs(
-        queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK, state=list(FINISHED_JOB_STATES)
+    finished = jobs_in_states(
+        FINISHED_JOB_STATES, queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
     )
     if not finished:
         return []

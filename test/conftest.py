@@ -91,7 +91,7 @@ def blocking_client():
 
 
 @pytest.fixture
-def job_storage_commits(django_capture_on_commit_callbacks):
+def job_storage_commits(request):
     """
     A block after which what waits for job storage's transaction to commit runs:
     the test's own transaction would otherwise hold it back until the test ends.
@@ -103,7 +103,8 @@ def job_storage_commits(django_capture_on_commit_callbacks):
     from kolibri.core.tasks.models import Job as ORMJob
 
     alias = router.db_for_write(ORMJob)
-    return lambda: django_capture_on_commit_callbacks(using=alias, execute=True)
+    capture = request.getfixturevalue("django_capture_on_commit_callbacks")
+    return lambda: capture(using=alias, execute=True)
 
 
 @pytest.fixture

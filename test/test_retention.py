@@ -13,6 +13,7 @@ from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_stages
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.retention import RETENTION_JOB_ID
 from kolibri_sync_extras_plugin.retention import clear_finished_stage_jobs
 from kolibri_sync_extras_plugin.retention import expired_stage_jobs
@@ -104,7 +105,7 @@ def test_retention_job__stage_job_enqueued__scheduled_to_repeat_at_the_interval(
 
     assert orm_job.repeat is None
     assert orm_job.interval == 600
-    assert orm_job.scheduled_time > timezone.now()
+    assert aware_utc(orm_job.scheduled_time) > timezone.now()
 
 
 def test_retention_job__another_stage_job_enqueued__not_rescheduled(
@@ -130,4 +131,4 @@ def test_retention_job__run__clears_and_is_queued_again(completed_job):
     assert not _exists(job.job_id)
     orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
     assert orm_job.state == "QUEUED"
-    assert orm_job.scheduled_time > timezone.now()
+    assert aware_utc(orm_job.scheduled_time) > timezone.now()
