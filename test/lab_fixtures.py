@@ -23,10 +23,12 @@ REQUIRE_POSTGRES_ENV = "SYNC_LAB_REQUIRE_POSTGRES"
 #: Records of learner activity on every template server.
 SERVER_RECORDS = 300
 
-#: Both of the plugin's switches on: every server stage it can move runs in a job.
+#: Both of the plugin's switches on: every server stage it can move runs in a job,
+#: however small (the lab's syncs are small enough to run inline otherwise).
 BACKGROUND_EVERYTHING = {
     "BACKGROUND_INITIALIZATION": True,
     "BACKGROUND_FINALIZATION": True,
+    "INLINE_STAGE_RECORDS": 0,
 }
 
 

@@ -30,7 +30,11 @@ PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "clean
 #: The server's ``[Sync]`` options per mode, and the stage jobs each must run.
 MODES = {
     "plugin_on": (
-        {"BACKGROUND_INITIALIZATION": True, "BACKGROUND_FINALIZATION": True},
+        {
+            "BACKGROUND_INITIALIZATION": True,
+            "BACKGROUND_FINALIZATION": True,
+            "INLINE_STAGE_RECORDS": 0,
+        },
         PULL_STAGES | PUSH_STAGES,
     ),
     "plugin_off": (

@@ -1,0 +1,101 @@
+"""
+Which configured background stages are small enough to run inside the request.
+
+A background stage costs a polling client at least one sleep of morango's
+backoff (0.3 s, then 0.9 s, then 1 s each) after the request that started it,
+however quickly its job ends; on the small, everyday sync of one device that is
+most of the server's share of the sync. A stage whose work is estimated at no
+more than ``INLINE_STAGE_RECORDS`` records therefore runs in the request, with
+morango's and Kolibri's own operations, exactly as stock Kolibri runs it: the
+client gets its result in the answer to the request that asked for it, an error
+reaches the client through morango's controller as it does without the plugin,
+and no job is ever enqueued for it, so it cannot run twice.
+
+The estimates count rows with one query each, and are upper bounds of the
+records the stage will touch, so a stage is never taken for smaller than it is.
+"""
+
+import logging
+
+from morango.constants import transfer_stages
+
+from .config import get_inline_stage_records
+from .store import under_filter
+from .store import undeserialized_records
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["estimated_stage_records", "runs_inline"]
+
+
+def _dirty_app_records(profile):
+    """
+    :return: Kolibri records of ``profile`` changed since they were last serialized:
+        what serializing will write into the store
+    :rtype: int
+    """
+    from morango.registry import syncable_models
+
+    return sum(
+        model.objects.filter(_morango_dirty_bit=True).count()
+        for model in syncable_models.get_models(profile)
+    )
+
+
+def _store_records_within(sync_filter):
+    """
+    :return: Store records within the filter: at most what queuing will buffer
+    :rtype: int
+    """
+    from morango.models.core import Store
+
+    return Store.objects.filter(under_filter(sync_filter)).count()
+
+
+def estimated_stage_records(context):
+    """
+    An upper bound of the records the context's current stage will touch.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :return: The estimate, or ``None`` when the stage has no estimate here
+    :rtype: int|None
+    """
+    stage = context.stage
+    transfer_session = context.transfer_session
+    if stage == transfer_stages.SERIALIZING:
+        return _dirty_app_records(context.sync_session.profile)
+    if stage == transfer_stages.QUEUING:
+        return _store_records_within(context.filter)
+    transferred = transfer_session.records_transferred or 0
+    if stage in (transfer_stages.DEQUEUING, transfer_stages.CLEANUP):
+        return transferred
+    if stage == transfer_stages.DESERIALIZING:
+        # what was dequeued, plus what an interrupted push left waiting (see
+        # operations.DeserializeLeftoversOperation), both within the filter
+        return max(transferred, undeserialized_records(context.filter).count())
+    return None
+
+
+def runs_inline(context):
+    """
+    Whether a stage configured for the background is small enough to run in the
+    request instead.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: bool
+    """
+    threshold = get_inline_stage_records()
+    if not threshold:
+        return False
+    estimate = estimated_stage_records(context)
+    if estimate is None or estimate > threshold:
+        return False
+    logger.info(
+        "Stage %s of transfer session %s runs in the request: about %d records, "
+        "at most %d run inline",
+        context.stage,
+        context.transfer_session.id,
+        estimate,
+        threshold,
+    )
+    return True
