@@ -11,9 +11,11 @@ class SyncExtrasConfig(AppConfig):
     verbose_name = "Kolibri Sync Extras"
 
     def ready(self):
-        from .config import get_background_settings
+        from .config import validate_sync_options
+        from .pull_pages import connect_pull_pages
         from .request_boundary import connect_request_signals
 
         # fail at start-up, naming the option, rather than at a client's first sync
-        get_background_settings()
+        validate_sync_options()
         connect_request_signals()
+        connect_pull_pages()
