@@ -116,6 +116,25 @@ def test_estimated_stage_records__push__counts_what_was_transferred(
     assert transfer_session.records_transferred == 12
 
 
+def test_pull_queuing__cheap_records__inline_where_serializing_as_many_is_not(
+    background_everything, async_client, server_sync_session
+):
+    # the facility's ~30 records weigh 4 deserialized records when serialized, and
+    # less than one when queued
+    with sync_options(INLINE_STAGE_RECORDS=1):
+        transfer, serializing = _pull_to_serializing(async_client, server_sync_session)
+        run_stage_jobs()
+        queuing = async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    assert serializing["transfer_stage_status"] == transfer_statuses.STARTED
+    assert queuing["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert queuing["records_total"] >= 27
+    time.sleep(1)  # a job would be enqueued once the request had finished
+    assert [job.kwargs["stage"] for job in stage_jobs()] == [
+        transfer_stages.SERIALIZING
+    ]
+
+
 def test_inline_stage_records__zero__every_configured_stage_goes_to_a_job(
     background_everything, async_client, server_sync_session
 ):
