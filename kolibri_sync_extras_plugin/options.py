@@ -56,7 +56,7 @@ option_spec = {
         },
         "PULL_PAGE_SIZE": {
             "type": "integer",
-            "default": 1000,
+            "default": 2000,
             "envvars": ("KOLIBRI_SYNC_PULL_PAGE_SIZE",),
             "description": """
                 Records the server sends per page of a pull when the client asked for

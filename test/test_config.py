@@ -161,9 +161,9 @@ SHOW_SETTINGS = [
 ]
 
 
-def test_defaults__small_stages_inline_and_pull_pages_of_1000():
+def test_defaults__small_stages_inline_and_pull_pages_of_2000():
     assert get_inline_stage_records(_options()) == 100
-    assert get_pull_page_size(_options()) == 1000
+    assert get_pull_page_size(_options()) == 2000
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,7 @@ def test_stock_client_pull__larger_pages__ends_with_exactly_the_servers_records(
 
     from .lab_fixtures import new_server
 
-    asked, page_size = 40, 150
+    asked, page_size = 30, 100
     server, facility = new_server(
         request,
         "sqlite",
