@@ -103,6 +103,21 @@ def test_push_deserializing__tiny_push__deserialized_in_the_request(
     assert [job.kwargs["stage"] for job in stage_jobs()] == [transfer_stages.DEQUEUING]
 
 
+def test_push_cleanup__tiny_push__still_runs_in_a_job(
+    pushed_learner_edits, async_client
+):
+    # the client never waits for cleanup, so a job costs it nothing
+    run_stage_jobs()  # the fixture's dequeuing, in a job
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        async_client.proceed_to(
+            pushed_learner_edits["id"], transfer_stages.DESERIALIZING
+        )
+        async_client.close(pushed_learner_edits["id"])
+
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.CLEANUP
+
+
 def test_estimated_stage_records__push__counts_what_was_transferred(
     pushed_learner_edits,
 ):
