@@ -347,7 +347,12 @@ def run_bench(args, workdir, output, progress):
         runs = OrderedDict((mode.name, []) for mode in modes.values())
         try:
             for repeat in range(repeats):
-                for mode in modes.values():
+                # alternate which mode goes first, so neither always meets what
+                # the machine is still doing after the previous run
+                order = list(modes.values())
+                if repeat % 2:
+                    order.reverse()
+                for mode in order:
                     runs[mode.name].append(
                         run_mode(
                             mode,
