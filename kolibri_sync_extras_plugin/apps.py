@@ -11,17 +11,15 @@ class SyncExtrasConfig(AppConfig):
     verbose_name = "Kolibri Sync Extras"
 
     def ready(self):
-        from .config import get_background_settings
-        from .config import get_retention_settings
-        from .config import get_stage_job_limits
+        from .config import validate_sync_options
         from .limits import add_refusal_middleware
         from .limits import connect_refusal_signals
+        from .pull_pages import connect_pull_pages
         from .request_boundary import connect_request_signals
 
         # fail at start-up, naming the option, rather than at a client's first sync
-        get_background_settings()
-        get_stage_job_limits()
-        get_retention_settings()
+        validate_sync_options()
         connect_request_signals()
         connect_refusal_signals()
         add_refusal_middleware()
+        connect_pull_pages()

@@ -10,6 +10,7 @@ from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
+from .fast_path import runs_inline
 from .limits import refuse_stage_over_limits
 from .pieces import deserialize_in_pieces
 from .pieces import supports_installed_morango
@@ -31,7 +32,8 @@ class BackgroundStageOperation(LocalOperation):
     - the client advertised ``ASYNC_OPERATIONS``, so it will poll instead of waiting
       on the request (a client that cannot poll gets the stage inline, as stock),
     - the stage is configured to run in the background for this direction,
-    - the context is not already the background job's own.
+    - the context is not already the background job's own,
+    - the stage is not small enough to run in the request (see :mod:`.fast_path`).
 
     Past the caps on unfinished stage jobs (see :mod:`.limits`) the stage is refused.
 
@@ -51,6 +53,7 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(context.transfer_session is not None)
         self._assert(ASYNC_OPERATIONS in context.capabilities)
         self._assert(runs_in_background(context.stage, context.is_push))
+        self._assert(not runs_inline(context))
         refuse_stage_over_limits(context)
         schedule_background_stage(context)
         return transfer_statuses.STARTED

@@ -90,5 +90,25 @@ option_spec = {
                 their retention.
             """,
         },
+        "INLINE_STAGE_RECORDS": {
+            "type": "integer",
+            "default": 100,
+            "envvars": ("KOLIBRI_SYNC_INLINE_STAGE_RECORDS",),
+            "description": """
+                A background stage estimated to touch at most this many records runs
+                in the request instead, so a small sync does not wait for the client
+                to poll. 0 sends every configured stage to the background.
+            """,
+        },
+        "PULL_PAGE_SIZE": {
+            "type": "integer",
+            "default": 2000,
+            "envvars": ("KOLIBRI_SYNC_PULL_PAGE_SIZE",),
+            "description": """
+                Records the server sends per page of a pull when the client asked for
+                fewer and its morango version is known to accept a larger page. 0
+                sends what the client asked for.
+            """,
+        },
     }
 }

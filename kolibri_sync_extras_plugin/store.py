@@ -8,10 +8,10 @@ import operator
 from django.db.models import Q
 from morango.models.core import Store
 
-__all__ = ["dirty_store_records", "undeserialized_records"]
+__all__ = ["under_filter", "dirty_store_records", "undeserialized_records"]
 
 
-def _under_filter(sync_filter):
+def under_filter(sync_filter):
     """
     :type sync_filter: morango.models.certificates.Filter
     :return: A condition matching store records in any of the filter's partitions
@@ -28,7 +28,7 @@ def dirty_store_records(sync_filter):
         failed to be (morango keeps the dirty bit of a record it could not apply)
     :rtype: django.db.models.QuerySet
     """
-    return Store.objects.filter(_under_filter(sync_filter), dirty_bit=True)
+    return Store.objects.filter(under_filter(sync_filter), dirty_bit=True)
 
 
 def undeserialized_records(sync_filter):

@@ -24,6 +24,7 @@ __all__ = [
     "facility_info",
     "generate_activity",
     "count_records",
+    "store_records",
 ]
 
 #: Summary logs per learner, and session logs per summary log.
@@ -236,3 +237,30 @@ def count_records(facility_id=None):
         "session_logs": ContentSessionLog.objects.filter(dataset_id=dataset_id).count(),
         "store": Store.objects.filter(partition__startswith=dataset_id).count(),
     }
+
+
+def store_records(facility_id=None):
+    """
+    The morango store rows of the facility's dataset, as comparable values: after a
+    complete pull the client holds exactly the server's.
+
+    :return: ``[id, model_name, serialized, deleted, last_saved_instance,
+        last_saved_counter]`` lists, sorted by id
+    :rtype: list
+    """
+    from morango.models.core import Store
+
+    dataset_id = _facility(facility_id).dataset_id
+    return [
+        list(row)
+        for row in Store.objects.filter(partition__startswith=dataset_id)
+        .order_by("id")
+        .values_list(
+            "id",
+            "model_name",
+            "serialized",
+            "deleted",
+            "last_saved_instance",
+            "last_saved_counter",
+        )
+    ]

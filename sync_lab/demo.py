@@ -56,7 +56,8 @@ MODES = OrderedDict(
             "on",
             Mode(
                 "on",
-                "plugin enabled, initialization and finalization in background jobs",
+                "plugin enabled with its defaults, initialization and finalization "
+                "in background jobs unless small",
                 True,
                 {"BACKGROUND_INITIALIZATION": True, "BACKGROUND_FINALIZATION": True},
             ),
@@ -66,14 +67,39 @@ MODES = OrderedDict(
 )
 
 DEFAULT_RECORDS = 2000
-DEFAULT_BENCH_SIZES = (2000, 6000, 12000)
+#: A tiny sync (one learner each way, about 14 records), then large ones.
+DEFAULT_BENCH_SIZES = (10, 2000, 6000, 12000)
+#: Sizes up to this many records per direction are tiny: over in a few seconds,
+#: so one run says little and the bench runs them several times.
+TINY_RECORDS = 100
+DEFAULT_TINY_REPEATS = 3
 DEFAULT_OUTPUT = "demo-output"
+
+
+def modes_for(args):
+    """
+    :return: :data:`MODES`, the plugin's ``[Sync]`` options of mode ``on`` updated
+        with the ``--set`` options
+    :rtype: OrderedDict
+    """
+    modes = OrderedDict(MODES)
+    on = modes["on"]
+    modes["on"] = on._replace(sync_options=dict(on.sync_options, **args.sync_options))
+    return modes
+
+
+def _sync_section(mode):
+    from kolibri_sync_extras_plugin.options import option_spec
+
+    section = {key: spec["default"] for key, spec in option_spec["Sync"].items()}
+    section.update(mode.sync_options)
+    return {"Sync": section}
 
 
 def background_stages(mode):
     """
-    The ``(direction, stage)`` pairs the mode's server runs in background jobs, by
-    the plugin's own reading of its options.
+    The ``(direction, stage)`` pairs the mode's server may run in background jobs,
+    by the plugin's own reading of its options.
 
     :type mode: Mode
     :rtype: set
@@ -81,14 +107,29 @@ def background_stages(mode):
     if not mode.plugin:
         return set()
     from kolibri_sync_extras_plugin.config import get_background_settings
-    from kolibri_sync_extras_plugin.options import option_spec
 
-    section = {key: spec["default"] for key, spec in option_spec["Sync"].items()}
-    section.update(mode.sync_options)
-    settings = get_background_settings({"Sync": section})
+    settings = get_background_settings(_sync_section(mode))
     return {("pull", stage) for stage in settings.pull_stages} | {
         ("push", stage) for stage in settings.push_stages
     }
+
+
+def certain_jobs(mode):
+    """
+    The ``(direction, stage)`` pairs the mode's server surely runs in jobs: all of
+    :func:`background_stages` when no stage may run in the request for being
+    small, else none (the round trip then waits until no job waits or runs).
+
+    :type mode: Mode
+    :rtype: set
+    """
+    if not mode.plugin:
+        return set()
+    from kolibri_sync_extras_plugin.config import get_inline_stage_records
+
+    if get_inline_stage_records(_sync_section(mode)):
+        return set()
+    return background_stages(mode)
 
 
 class Progress(object):
@@ -182,17 +223,18 @@ class Templates(object):
         self.client.cleanup()
 
 
-def run_mode(mode, templates, client_records, args, progress):
+def run_mode(mode, templates, client_records, args, progress, suffix=""):
     """
     One round trip with the server in ``mode``, through a timing proxy.
 
     :type mode: Mode
+    :param suffix: Added to the homes' names, to tell repeats apart
     :rtype: ModeRun
     """
     progress.say("== plugin {}: {}".format(mode.name, mode.description))
     server = KolibriInstance.copy_of(
         templates.server,
-        "server-" + mode.name,
+        "server-" + mode.name + suffix,
         root=templates.workdir,
         plugin=mode.plugin,
         sync_options=mode.sync_options,
@@ -200,7 +242,7 @@ def run_mode(mode, templates, client_records, args, progress):
     )
     client = KolibriInstance.copy_of(
         templates.client,
-        "client-" + mode.name,
+        "client-" + mode.name + suffix,
         root=templates.workdir,
         keep_home=args.keep,
     )
@@ -224,11 +266,12 @@ def run_mode(mode, templates, client_records, args, progress):
                 templates.facility,
                 client_records,
                 base_url=proxy.url,
-                expected_jobs=background_stages(mode),
+                expected_jobs=certain_jobs(mode),
                 job_timeout=args.job_timeout,
                 sync_timeout=args.sync_timeout,
                 seed=args.seed + 1,
                 progress=progress.say,
+                chunk_size=args.chunk_size,
             )
             exchanges = proxy.exchanges
         progress.say("{}: stopping the server".format(server.name))
@@ -257,7 +300,9 @@ def _write(path, text, progress):
 def run_single(args, workdir, output, progress):
     templates = Templates(workdir, args.records, args.seed, progress, keep=args.keep)
     try:
-        run = run_mode(MODES[args.mode], templates, args.client_records, args, progress)
+        run = run_mode(
+            modes_for(args)[args.mode], templates, args.client_records, args, progress
+        )
     finally:
         templates.cleanup()
     text = render_run(run)
@@ -271,7 +316,7 @@ def run_compare(args, workdir, output, progress):
     try:
         runs = [
             run_mode(mode, templates, args.client_records, args, progress)
-            for mode in MODES.values()
+            for mode in modes_for(args).values()
         ]
     finally:
         templates.cleanup()
@@ -288,24 +333,59 @@ def run_compare(args, workdir, output, progress):
     return runs
 
 
+def bench_repeats(size, args):
+    """
+    :return: How many round trips each mode runs at ``size``
+    :rtype: int
+    """
+    return args.tiny_repeats if size <= TINY_RECORDS else 1
+
+
 def run_bench(args, workdir, output, progress):
     results = []
     for size in args.sizes:
-        progress.say("==== {} records per direction".format(size))
+        repeats = bench_repeats(size, args)
+        progress.say(
+            "==== {} records per direction, {} run(s) per mode".format(size, repeats)
+        )
         templates = Templates(workdir, size, args.seed, progress, keep=args.keep)
+        modes = modes_for(args)
+        runs = OrderedDict((mode.name, []) for mode in modes.values())
         try:
-            runs = OrderedDict(
-                (mode.name, run_mode(mode, templates, size, args, progress))
-                for mode in MODES.values()
-            )
+            for repeat in range(repeats):
+                # alternate which mode goes first, so neither always meets what
+                # the machine is still doing after the previous run
+                order = list(modes.values())
+                if repeat % 2:
+                    order.reverse()
+                for mode in order:
+                    runs[mode.name].append(
+                        run_mode(
+                            mode,
+                            templates,
+                            size,
+                            args,
+                            progress,
+                            suffix="-{}".format(repeat + 1) if repeats > 1 else "",
+                        )
+                    )
         finally:
             templates.cleanup()
         results.append((size, runs))
         progress.say("bench so far:\n" + render_bench(results))
+    chunk = args.chunk_size or "Kolibri's default, 200"
     text = "\n\n".join(
-        [render_run(run) for _, runs in results for run in runs.values()]
+        [
+            render_run(run)
+            for _, runs in results
+            for mode_runs in runs.values()
+            for run in mode_runs
+        ]
         + [
             "== bench: plugin on vs off, ratios on/off, measured in this run\n"
+            "client chunk size: {}; times are from the client's first to its last "
+            "transfer session request, medians when a size ran several times; "
+            "longest is the longest request of all runs\n".format(chunk)
             + render_bench(results)
         ]
     )
@@ -315,7 +395,18 @@ def run_bench(args, workdir, output, progress):
     progress.say(
         "wrote {}".format(chart) if chart else "no chart: matplotlib is not installed"
     )
-    return [run for _, runs in results for run in runs.values()]
+    return [
+        run for _, runs in results for mode_runs in runs.values() for run in mode_runs
+    ]
+
+
+def _sync_option(value):
+    name, sep, setting = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(
+            "give a [Sync] option as NAME=VALUE, e.g. PULL_PAGE_SIZE=0"
+        )
+    return name.strip().upper(), setting.strip()
 
 
 class _ManyClientsResult(object):
@@ -455,6 +546,28 @@ def parse_args(argv=None):
         ),
     )
     parser.add_argument(
+        "--tiny-repeats",
+        type=int,
+        default=DEFAULT_TINY_REPEATS,
+        help="round trips per mode for --bench sizes up to {} records; the report "
+        "gives medians (default {})".format(TINY_RECORDS, DEFAULT_TINY_REPEATS),
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        help="records per request the client asks for (default: Kolibri's, 200)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sync_options",
+        type=_sync_option,
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a [Sync] option of the plugin-on server, e.g. INLINE_STAGE_RECORDS=0; "
+        "repeat for several",
+    )
+    parser.add_argument(
         "--proxy-timeout",
         type=float,
         help="the proxy answers 504 when the server is silent this many seconds",
@@ -501,6 +614,11 @@ def parse_args(argv=None):
         args.records = DEFAULT_RECORDS
     if args.records < 1:
         parser.error("--records and --users must be above 0")
+    args.sync_options = dict(args.sync_options)
+    if args.tiny_repeats < 1:
+        parser.error("--tiny-repeats must be 1 or more")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        parser.error("--chunk-size must be above 0")
     if args.client_records is None:
         args.client_records = args.records
     return args

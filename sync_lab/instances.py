@@ -637,7 +637,7 @@ class KolibriInstance(object):
         if not pull:
             args.append("--no-pull")
         if chunk_size:
-            args += ["--chunk-size", chunk_size]
+            args += ["--chunk-size", str(chunk_size)]
         label = "sync " + ("pull" if not push else "push" if not pull else "both")
         return self.manage(*args, timeout=timeout, check=check, label=label)
 

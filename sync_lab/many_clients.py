@@ -230,13 +230,13 @@ class ManyClientsRun(object):
             )
         )
         jobs = self.server_state.get("jobs", [])
-        unfinished = [job for job in jobs if job["state"] != "COMPLETED"]
+        unfinished = [job for job in jobs if job["job_state"] != "COMPLETED"]
         results.append(
             (
                 "every stage job completed",
                 not unfinished,
                 ", ".join(
-                    "{} {}".format(job["stage"], job["state"]) for job in unfinished
+                    "{} {}".format(job["stage"], job["job_state"]) for job in unfinished
                 ),
             )
         )

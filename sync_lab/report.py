@@ -11,6 +11,7 @@ waited from asking for the stage to seeing it done.
 
 import datetime
 import logging
+import statistics
 from collections import OrderedDict
 
 import kolibri  # noqa: F401  # puts Kolibri's vendored morango on sys.path
@@ -24,8 +25,10 @@ __all__ = [
     "ModeRun",
     "stage_timings",
     "transfer_time",
+    "pull_pages",
     "render_run",
     "render_comparison",
+    "bench_figures",
     "render_bench",
     "write_comparison_chart",
     "write_bench_chart",
@@ -188,6 +191,18 @@ def transfer_time(exchanges, direction):
     return max(e.ended for e in chosen) - min(e.started for e in chosen)
 
 
+def pull_pages(exchanges):
+    """
+    :return: The client's requests for a page of pulled records
+    :rtype: list
+    """
+    return [
+        e
+        for e in exchanges
+        if e.method == "GET" and e.path.split("?")[0].endswith("/buffers/")
+    ]
+
+
 class ModeRun(object):
     """One mode's round trip, through the proxy, and what it measured."""
 
@@ -290,6 +305,16 @@ def render_run(run):
                 longest.path.split("?")[0],
                 longest.status,
                 _seconds(longest.duration, 3),
+            )
+        )
+    pages = pull_pages(run.exchanges)
+    if pages:
+        lines.append(
+            "pull pages: {}, the longest answered in {}, the largest {:.0f} KB "
+            "on the wire".format(
+                len(pages),
+                _seconds(max(e.duration or 0 for e in pages), 3),
+                max(e.response_bytes for e in pages) / 1024.0,
             )
         )
     lines.append(
@@ -420,38 +445,82 @@ def render_comparison(runs):
     return "\n".join(_table(rows, header))
 
 
+def _median(values):
+    values = [value for value in values if value is not None]
+    return statistics.median(values) if values else None
+
+
+def bench_figures(runs):
+    """
+    One mode's figures at one size of a bench: the median of its runs for each
+    time, and the longest request of all its runs.
+
+    :param runs: The mode's :class:`ModeRun` at that size, one per repeat
+    :return: ``pull``, ``push``, ``round_trip`` and ``longest`` in seconds (or
+        ``None``), ``runs`` and ``ok`` (every run synced and counted equal)
+    :rtype: dict
+    """
+    return {
+        "pull": _median(run.transfer_time("pull") for run in runs),
+        "push": _median(run.transfer_time("push") for run in runs),
+        "round_trip": _median(run.total_transfer_time for run in runs),
+        "longest": max(
+            (run.longest_seconds for run in runs if run.longest_seconds is not None),
+            default=None,
+        ),
+        "runs": len(runs),
+        "ok": bool(runs)
+        and all(run.outcome.ok and run.outcome.counts_match for run in runs),
+    }
+
+
+def _mode_runs(runs):
+    return runs if isinstance(runs, (list, tuple)) else [runs]
+
+
 def render_bench(results):
     """
-    :param results: ``(records, {mode: ModeRun})`` pairs, modes ``on`` and ``off``
+    Pull, push and round trip time, plugin on vs off, with ratios on/off, and the
+    longest single request of each mode. Times are medians when a size ran several
+    times; the longest request is the longest of all runs.
+
+    :param results: ``(records, {mode: [ModeRun, ...]})`` pairs, modes ``on`` and
+        ``off`` (a single ``ModeRun`` counts as one run)
     :rtype: str
     """
     header = [
         "records/dir",
+        "runs",
+        "pull on",
+        "pull off",
+        "ratio",
+        "push on",
+        "push off",
+        "ratio",
+        "round trip on",
+        "round trip off",
+        "ratio",
         "longest on",
         "longest off",
-        "ratio",
-        "transfer on",
-        "transfer off",
-        "ratio",
-        "ok on",
-        "ok off",
+        "ok on/off",
     ]
     rows = []
     for records, runs in results:
-        on, off = runs["on"], runs["off"]
-        rows.append(
-            [
-                records,
-                _seconds(on.longest_seconds, 3),
-                _seconds(off.longest_seconds, 3),
-                _ratio(on.longest_seconds, off.longest_seconds),
-                _seconds(on.total_transfer_time),
-                _seconds(off.total_transfer_time),
-                _ratio(on.total_transfer_time, off.total_transfer_time),
-                "yes" if on.outcome.ok and on.outcome.counts_match else "NO",
-                "yes" if off.outcome.ok and off.outcome.counts_match else "NO",
+        on = bench_figures(_mode_runs(runs["on"]))
+        off = bench_figures(_mode_runs(runs["off"]))
+        row = [records, on["runs"]]
+        for measure in ("pull", "push", "round_trip"):
+            row += [
+                _seconds(on[measure]),
+                _seconds(off[measure]),
+                _ratio(on[measure], off[measure]),
             ]
-        )
+        row += [
+            _seconds(on["longest"], 3),
+            _seconds(off["longest"], 3),
+            "{}/{}".format(*("yes" if f["ok"] else "NO" for f in (on, off))),
+        ]
+        rows.append(row)
     return "\n".join(_table(rows, header))
 
 
@@ -507,8 +576,8 @@ def write_comparison_chart(runs, path):
 
 def write_bench_chart(results, path):
     """
-    Longest request and total transfer time against the records per direction,
-    one line per mode.
+    Pull time, round trip time and the longest request per mode, at each size of
+    the bench (sizes as categories, since they span three orders of magnitude).
 
     :param results: As for :func:`render_bench`
     :return: The path written, or ``None`` without matplotlib
@@ -516,16 +585,29 @@ def write_bench_chart(results, path):
     pyplot = _pyplot()
     if pyplot is None:
         return None
-    sizes = [records for records, _ in results]
-    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
-    for mode, colour in (("on", "tab:green"), ("off", "tab:gray")):
-        longest = [runs[mode].longest_seconds or 0 for _, runs in results]
-        total = [runs[mode].total_transfer_time or 0 for _, runs in results]
-        axes[0].plot(sizes, longest, marker="o", color=colour, label="plugin " + mode)
-        axes[1].plot(sizes, total, marker="o", color=colour, label="plugin " + mode)
-    axes[0].set_title("Longest single request (s)")
-    axes[1].set_title("Total transfer time (s)")
-    for axis in axes:
+    labels = [str(records) for records, _ in results]
+    positions = list(range(len(labels)))
+    width = 0.38
+    figure, axes = pyplot.subplots(1, 3, figsize=(13, 4))
+    panels = (
+        ("pull", "Pull (s)"),
+        ("round_trip", "Round trip (s)"),
+        ("longest", "Longest single request (s)"),
+    )
+    for offset, (mode, colour) in ((-1, ("on", "tab:green")), (1, ("off", "tab:gray"))):
+        figures = [bench_figures(_mode_runs(runs[mode])) for _, runs in results]
+        for axis, (measure, _) in zip(axes, panels):
+            axis.bar(
+                [p + offset * width / 2 for p in positions],
+                [f[measure] or 0 for f in figures],
+                width,
+                color=colour,
+                label="plugin " + mode,
+            )
+    for axis, (_, title) in zip(axes, panels):
+        axis.set_title(title)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(labels)
         axis.set_xlabel("records per direction")
         axis.set_ylim(bottom=0)
         axis.legend()

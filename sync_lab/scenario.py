@@ -100,6 +100,7 @@ def round_trip(
     sync_timeout=900,
     seed=1,
     progress=_silent,
+    chunk_size=None,
 ):
     """
     Pull the facility from the running ``server`` to ``client``, create about
@@ -116,6 +117,7 @@ def round_trip(
         server's own address by default
     :param expected_jobs: ``(direction, stage)`` pairs the server should run in
         background jobs; they are waited for, for up to ``job_timeout`` seconds
+    :param chunk_size: The client's ``--chunk-size``; Kolibri's default (200) if not given
     :rtype: RoundTrip
     """
     base_url = base_url or server.base_url
@@ -124,7 +126,11 @@ def round_trip(
 
     progress("{}: pulling facility from {}".format(client.name, base_url))
     outcome.pull = client.sync(
-        *sync_args, push=False, timeout=sync_timeout, check=False
+        *sync_args,
+        push=False,
+        timeout=sync_timeout,
+        check=False,
+        chunk_size=chunk_size,
     )
     progress(
         "{}: pull exited {} after {:.1f}s".format(
@@ -146,7 +152,11 @@ def round_trip(
 
     progress("{}: pushing to {}".format(client.name, base_url))
     outcome.push = client.sync(
-        *sync_args, pull=False, timeout=sync_timeout, check=False
+        *sync_args,
+        pull=False,
+        timeout=sync_timeout,
+        check=False,
+        chunk_size=chunk_size,
     )
     progress(
         "{}: push exited {} after {:.1f}s".format(

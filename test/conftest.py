@@ -31,6 +31,17 @@ from .helpers.records import push_edited
 from .helpers.sync_sessions import new_server_sync_session
 
 
+@pytest.fixture(autouse=True)
+def stages_never_inline():
+    """
+    Every configured stage goes to the background, however small: the suite's
+    facility is small enough to run inline otherwise. Tests of the fast path set
+    ``INLINE_STAGE_RECORDS`` themselves.
+    """
+    with sync_options(INLINE_STAGE_RECORDS=0):
+        yield
+
+
 @pytest.fixture
 def background_everything():
     with sync_options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True):

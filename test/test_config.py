@@ -8,7 +8,11 @@ import tempfile
 import pytest
 from morango.constants import transfer_stages
 
+from kolibri_sync_extras_plugin.config import MAX_INLINE_STAGE_RECORDS
+from kolibri_sync_extras_plugin.config import MAX_PULL_PAGE_SIZE
 from kolibri_sync_extras_plugin.config import get_background_settings
+from kolibri_sync_extras_plugin.config import get_inline_stage_records
+from kolibri_sync_extras_plugin.config import get_pull_page_size
 from kolibri_sync_extras_plugin.config import get_retention_settings
 from kolibri_sync_extras_plugin.config import get_stage_job_limits
 from kolibri_sync_extras_plugin.config import runs_in_background
@@ -153,7 +157,7 @@ def test_stage_job_limits__below_one__error_names_option_and_value(option, value
         get_stage_job_limits(_options(**{option: value}))
 
     assert "[Sync] {} = {!r}".format(option, value) in str(error.value)
-    assert "whole number of 1 or more" in str(error.value)
+    assert "whole numbers of 1 or more" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -210,6 +214,47 @@ SHOW_SETTINGS = [
 ]
 
 
+def test_defaults__small_stages_inline_and_pull_pages_of_2000():
+    assert get_inline_stage_records(_options()) == 100
+    assert get_pull_page_size(_options()) == 2000
+
+
+@pytest.mark.parametrize(
+    "getter, option",
+    [
+        (get_inline_stage_records, "INLINE_STAGE_RECORDS"),
+        (get_pull_page_size, "PULL_PAGE_SIZE"),
+    ],
+)
+@pytest.mark.parametrize("raw_value, value", [(0, 0), ("250", 250), ('"250"', 250)])
+def test_counts__zero_numbers_and_quoted_numbers__are_accepted(
+    getter, option, raw_value, value
+):
+    assert getter(_options(**{option: raw_value})) == value
+
+
+@pytest.mark.parametrize(
+    "getter, option, maximum",
+    [
+        (get_inline_stage_records, "INLINE_STAGE_RECORDS", MAX_INLINE_STAGE_RECORDS),
+        (get_pull_page_size, "PULL_PAGE_SIZE", MAX_PULL_PAGE_SIZE),
+    ],
+)
+@pytest.mark.parametrize("bad", [-1, "lots", "above"])
+def test_counts__out_of_range_or_not_a_number__error_names_option_and_range(
+    getter, option, maximum, bad
+):
+    if bad == "above":
+        bad = maximum + 1
+    with pytest.raises(InvalidSyncOption) as error:
+        getter(_options(**{option: bad}))
+
+    message = str(error.value)
+    assert option in message
+    assert repr(bad) in message
+    assert "from 0 (off) to {}".format(maximum) in message
+
+
 @pytest.mark.e2e
 def test_cli__misplaced_stage_in_options_ini__kolibri_exits_nonzero_naming_it():
     result = _kolibri(
@@ -247,3 +292,12 @@ def test_cli__invalid_boolean__kolibri_exits_nonzero_naming_the_variable():
 
     assert result.returncode != 0
     assert "KOLIBRI_SYNC_BACKGROUND_INITIALIZATION" in result.stdout
+
+
+@pytest.mark.e2e
+def test_cli__pull_page_size_out_of_range__kolibri_exits_nonzero_naming_it():
+    result = _kolibri(["manage", "check"], KOLIBRI_SYNC_PULL_PAGE_SIZE="999999")
+
+    assert result.returncode != 0
+    assert "PULL_PAGE_SIZE" in result.stdout
+    assert "from 0 (off) to {}".format(MAX_PULL_PAGE_SIZE) in result.stdout

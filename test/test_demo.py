@@ -28,6 +28,9 @@ def compared(tmp_path_factory):
             "30",
             "--proxy-timeout",
             "120",
+            # every configured stage in a job, however small
+            "--set",
+            "INLINE_STAGE_RECORDS=0",
             "--workdir",
             str(root / "homes"),
             "--output",

@@ -32,6 +32,42 @@ def test_parse_args__sizes_must_be_numbers():
         demo.parse_args(["--bench", "--sizes", "2k"])
 
 
+def test_parse_args__bench_defaults__tiny_size_first_and_kolibris_chunk_size():
+    args = demo.parse_args(["--bench"])
+    assert args.sizes[0] <= demo.TINY_RECORDS < args.sizes[1]
+    # no --chunk-size is given to the client: Kolibri's own default (200) applies
+    assert args.chunk_size is None
+
+
+def test_bench_repeats__tiny_size_runs_several_times_large_once():
+    args = demo.parse_args(["--bench"])
+    assert demo.bench_repeats(10, args) == demo.DEFAULT_TINY_REPEATS == 3
+    assert demo.bench_repeats(2000, args) == 1
+
+
+def test_parse_args__chunk_size_must_be_positive():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--bench", "--chunk-size", "0"])
+
+
+def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_none():
+    assert demo.certain_jobs(demo.MODES["on"]) == set()
+    assert demo.background_stages(demo.MODES["on"])
+
+
+def test_modes_for__set_options_reach_the_plugin_on_server_only():
+    args = demo.parse_args(["--compare", "--set", "pull_page_size=0"])
+    modes = demo.modes_for(args)
+    assert modes["on"].sync_options["PULL_PAGE_SIZE"] == "0"
+    assert "PULL_PAGE_SIZE" not in modes["off"].sync_options
+    assert "PULL_PAGE_SIZE" not in demo.MODES["on"].sync_options
+
+
+def test_parse_args__set_needs_name_and_value():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--set", "PULL_PAGE_SIZE"])
+
+
 def test_parse_args__compare_and_mode_exclude_each_other():
     with pytest.raises(SystemExit):
         demo.parse_args(["--compare", "--mode", "off"])

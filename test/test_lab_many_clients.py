@@ -61,7 +61,9 @@ def _clean_run(clients=2):
         ("store", "total"),
     ):
         server[kind] += CREATED[key] * (clients - 1)
-    run.server_state = _state(server, jobs=[{"stage": "cleanup", "state": "COMPLETED"}])
+    run.server_state = _state(
+        server, jobs=[{"stage": "cleanup", "job_state": "COMPLETED"}]
+    )
     exchange = Exchange("PATCH", "/api/morango/v1/transfersessions/abc/", 0.0)
     exchange.duration = 0.4
     exchange.status = 200
@@ -95,7 +97,7 @@ def test_many_clients_run__one_push_failed__fails_naming_the_client():
 
 def test_many_clients_run__unfinished_stage_job__fails():
     run = _clean_run()
-    run.server_state["jobs"].append({"stage": "deserializing", "state": "QUEUED"})
+    run.server_state["jobs"].append({"stage": "deserializing", "job_state": "QUEUED"})
 
     assert not run.ok
 

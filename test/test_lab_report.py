@@ -7,6 +7,8 @@ import datetime
 from sync_lab.proxy import Exchange
 from sync_lab.report import BACKGROUND
 from sync_lab.report import REQUEST
+from sync_lab.report import ModeRun
+from sync_lab.report import bench_figures
 from sync_lab.report import stage_timings
 from sync_lab.report import transfer_time
 
@@ -100,3 +102,34 @@ def test_transfer_time__spans_first_to_last_exchange_of_direction():
     ]
     assert transfer_time(exchanges, "pull") == 5.0
     assert transfer_time(exchanges, "push") is None
+
+
+class _Outcome(object):
+    ok = True
+    counts_match = True
+    jobs = []
+
+
+def _run(pull_seconds, push_seconds, longest):
+    """A round trip whose transfers took these times, its longest request ``longest``."""
+    exchanges = [
+        _exchange(0.0, longest, "GET"),
+        _exchange(pull_seconds - 0.05, 0.05, "GET"),
+    ]
+    for started, duration in ((100.0, 0.05), (100.0 + push_seconds - 0.05, 0.05)):
+        push = _exchange(started, duration, "GET", push=True)
+        push.transfer_session_id = "def"
+        exchanges.append(push)
+    return ModeRun("on", "", _Outcome(), exchanges)
+
+
+def test_bench_figures__times_are_medians_and_longest_is_the_worst_run():
+    runs = [_run(1.0, 2.0, 0.1), _run(3.0, 1.0, 0.4), _run(2.0, 5.0, 0.2)]
+
+    figures = bench_figures(runs)
+
+    assert (round(figures["pull"], 6), round(figures["push"], 6)) == (2.0, 2.0)
+    # the median of 3.0, 4.0 and 7.0
+    assert round(figures["round_trip"], 6) == 4.0
+    assert figures["longest"] == 0.4
+    assert (figures["runs"], figures["ok"]) == (3, True)

@@ -1,0 +1,144 @@
+"""
+Larger pages for a pulling client, so a large pull sleeps less.
+
+morango's client fetches a pull in pages of its chunk size (Kolibri's ``sync``
+command: 200 records) and sleeps up to a second between pages, since each page
+leaves its transferring stage PENDING: at 12,000 records that is about a minute
+of sleeping. The server may answer a page with more records than were asked for,
+because of how morango 0.8's client (Kolibri 0.19) reads a page:
+
+- ``NetworkOperation.get_buffers`` takes every record of the answer's
+  ``results``, whatever the ``limit`` it sent;
+- ``validate_and_create_buffer_data`` stores them all and adds the number it
+  stored to ``records_transferred``;
+- ``SyncSessionClient._pull_record_chunk`` asks for the next page at
+  ``offset=records_transferred``, and ``NetworkPullTransferOperation`` stops
+  once ``records_transferred`` reaches ``records_total``.
+
+So the client counts exactly what it received and asks next for what follows it.
+Older clients are not known to behave so, and get the page size they ask for.
+The client's Kolibri version is the ``kolibri`` entry of the instance info the
+client sent when it opened the sync session (``SyncSession.client_instance_json``).
+
+Where: the ``limit`` of the client's ``GET .../buffers/`` is raised in the WSGI
+environ when Django signals the request has started, before the request object is
+built. morango's view, its pagination and its serializer then run unchanged, just
+as if the client had asked for the larger page; nothing of morango's is replaced
+for other requests, and the answer's ``next`` link agrees with the page sent.
+"""
+
+import json
+import logging
+import re
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+
+from django.core.signals import request_started
+
+from .config import get_pull_page_size
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES",
+    "accepts_larger_pages",
+    "page_size_for",
+    "connect_pull_pages",
+]
+
+#: The oldest Kolibri (major, minor) whose morango pull client was read to accept
+#: pages larger than its chunk size, and tested doing so (see the module docstring).
+OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES = (0, 19)
+
+_VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+
+
+def accepts_larger_pages(client_instance_json):
+    """
+    Whether the client whose instance info is ``client_instance_json`` is known to
+    accept pull pages larger than it asked for.
+
+    :param client_instance_json: ``SyncSession.client_instance_json``
+    :rtype: bool
+    """
+    try:
+        instance = json.loads(client_instance_json or "{}")
+    except ValueError:
+        return False
+    match = _VERSION.match(str(instance.get("kolibri") or ""))
+    if match is None:
+        return False
+    version = (int(match.group(1)), int(match.group(2)))
+    return version >= OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES
+
+
+def page_size_for(transfer_session_id, requested):
+    """
+    The records to send for one page of a pull: the configured page size for a pull
+    of a client known to accept it, else what the client asked for. Never fewer.
+
+    :param transfer_session_id: The transfer session the page belongs to
+    :param requested: The ``limit`` the client asked for
+    :rtype: int
+    """
+    page_size = get_pull_page_size()
+    if page_size <= requested:
+        return requested
+    from morango.models.core import TransferSession
+
+    client_instance_json = (
+        TransferSession.objects.filter(
+            id=transfer_session_id,
+            active=True,
+            push=False,
+            sync_session__is_server=True,
+        )
+        .values_list("sync_session__client_instance_json", flat=True)
+        .first()
+    )
+    if client_instance_json is None or not accepts_larger_pages(client_instance_json):
+        return requested
+    return page_size
+
+
+def _is_buffer_list(environ):
+    path = environ.get("PATH_INFO", "")
+    if environ.get("REQUEST_METHOD") != "GET" or "/buffers/" not in path:
+        return False
+    from django.urls import Resolver404
+    from django.urls import resolve
+
+    try:
+        return resolve(path).url_name == "buffers-list"
+    except Resolver404:
+        return False
+
+
+def _on_request_started(environ=None, **kwargs):
+    if not environ or not _is_buffer_list(environ):
+        return
+    params = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    values = dict(params)
+    try:
+        requested = int(values["limit"])
+        transfer_session_id = values["transfer_session_id"]
+    except (KeyError, ValueError):
+        return
+    try:
+        page_size = page_size_for(transfer_session_id, requested)
+    except Exception:
+        # a failed look-up must not fail the page: the client gets what it asked for
+        logger.exception("Could not size a pull page of %s", transfer_session_id)
+        return
+    if page_size == requested:
+        return
+    environ["QUERY_STRING"] = urlencode(
+        [(key, page_size if key == "limit" else value) for key, value in params]
+    )
+
+
+def connect_pull_pages():
+    """Size the pages of pulls as their requests start (see the module docstring)."""
+    request_started.connect(
+        _on_request_started, dispatch_uid="kolibri_sync_extras_pull_pages"
+    )

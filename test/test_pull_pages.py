@@ -1,0 +1,201 @@
+"""
+A pulling client known to accept larger pages gets them, and ends with exactly the
+server's records; any other client gets the page size it asked for.
+"""
+
+import json
+import math
+from urllib.parse import parse_qs
+from urllib.parse import urlparse
+
+import pytest
+from morango.constants import transfer_stages
+
+from kolibri_sync_extras_plugin.pull_pages import accepts_larger_pages
+
+from .helpers.constants import ALL_DATABASES
+from .helpers.constants import EMPTY_FSIC
+from .helpers.morango_client import BUFFERS_PATH
+from .helpers.options import sync_options
+
+#: What the client asks for per page in these tests, and what the server sends.
+ASKED = 5
+PAGE = 20
+
+
+@pytest.mark.parametrize(
+    "kolibri_version, accepted",
+    [
+        ("0.19.5", True),
+        ("0.19.0b3", True),
+        ("0.20.1", True),
+        ("1.0.0", True),
+        ("0.18.3", False),
+        ("0.15.12", False),
+        (None, False),
+        ("unknown", False),
+    ],
+)
+def test_accepts_larger_pages__by_the_clients_kolibri_version(
+    kolibri_version, accepted
+):
+    instance = {"id": "c0ffee"}
+    if kolibri_version is not None:
+        instance["kolibri"] = kolibri_version
+    assert accepts_larger_pages(json.dumps(instance)) is accepted
+
+
+def test_accepts_larger_pages__instance_info_not_json__refused():
+    assert accepts_larger_pages("not json") is False
+
+
+@pytest.fixture
+def queued_pull(async_client, server_sync_session):
+    """
+    A pull of the facility, queued on the server (stages in the requests), whose
+    client said at the start of its sync session that it runs ``kolibri_version``.
+    """
+
+    def queue(kolibri_version):
+        server_sync_session.client_instance_json = json.dumps(
+            {
+                "id": server_sync_session.client_instance_id.hex,
+                "kolibri": kolibri_version,
+            }
+        )
+        server_sync_session.save(update_fields=["client_instance_json"])
+        pull = async_client.create(server_sync_session, push=False)
+        async_client.proceed_to(
+            pull["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+        )
+        queued = async_client.proceed_to(pull["id"], transfer_stages.QUEUING)
+        assert queued["records_total"] > PAGE
+        return pull["id"]
+
+    return queue
+
+
+def _page(client, transfer_session_id, limit, offset=0):
+    response = client.client.get(
+        BUFFERS_PATH,
+        {"limit": limit, "offset": offset, "transfer_session_id": transfer_session_id},
+        **client.extra,
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_known_to_accept__gets_the_configured_page(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE
+    # the link to the next page agrees with the page sent
+    assert parse_qs(urlparse(page["next"]).query)["offset"] == [str(PAGE)]
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_not_known_to_accept__gets_what_it_asked_for(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.18.3")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__page_size_zero__client_gets_what_it_asked_for(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=0):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_asks_for_more__never_gets_fewer(queued_pull, async_client):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=ASKED):
+        page = _page(async_client, transfer_session_id, PAGE)
+
+    assert len(page["results"]) == PAGE
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_pages__offsets_of_the_records_received__cover_every_record_once(
+    queued_pull, async_client
+):
+    # the client's way: ask at the offset of what it has received so far
+    transfer_session_id = queued_pull("0.19.5")
+    received = []
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        while True:
+            page = _page(async_client, transfer_session_id, ASKED, len(received))
+            if not page["results"]:
+                break
+            received.extend(record["model_uuid"] for record in page["results"])
+
+    assert len(received) == page["count"]
+    assert len(set(received)) == len(received)
+
+
+@pytest.mark.e2e
+def test_stock_client_pull__larger_pages__ends_with_exactly_the_servers_records(
+    request, tmp_path, client_template
+):
+    from sync_lab.dataset import store_records
+    from sync_lab.instances import KolibriInstance
+    from sync_lab.proxy import TimingProxy
+    from sync_lab.scenario import DEFAULT_CREDENTIALS
+
+    from .helpers.lab import new_server
+
+    asked, page_size = 30, 100
+    server, facility = new_server(
+        request,
+        "sqlite",
+        "server-pages",
+        tmp_path,
+        plugin=True,
+        sync_options={"PULL_PAGE_SIZE": page_size},
+    )
+    client = KolibriInstance.copy_of(client_template, "client-pages", root=tmp_path)
+    with server, client:
+        server.start()
+        with TimingProxy(server.base_url) as proxy:
+            pull = client.sync(
+                proxy.url,
+                facility["id"],
+                DEFAULT_CREDENTIALS.username,
+                DEFAULT_CREDENTIALS.password,
+                push=False,
+                check=False,
+                chunk_size=asked,
+            )
+            exchanges = proxy.exchanges
+        assert pull.ok, "{}\n\nserver log:\n{}".format(pull.tail(), server.log_tail())
+        server_records = server.call(store_records, facility_id=facility["id"])
+        client_records = client.call(store_records, facility_id=facility["id"])
+
+    pages = [
+        e for e in exchanges if e.method == "GET" and e.path.startswith(BUFFERS_PATH)
+    ]
+    records_total = max(e.records_total or 0 for e in exchanges)
+    assert records_total > 2 * page_size
+    # the client asked for small pages, and needed only as many large ones
+    assert {parse_qs(urlparse(e.path).query)["limit"][0] for e in pages} == {str(asked)}
+    assert len(pages) == math.ceil(records_total / page_size)
+    assert client_records == server_records
+    assert len(server_records) >= records_total
