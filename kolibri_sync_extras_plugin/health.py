@@ -87,7 +87,8 @@ def check_background_stage(transfer_session_id):
     - the job COMPLETED but the stage still shows STARTED: a repeated request
       from the client saved the row it had read before the job settled the stage.
       The stage gets the job's outcome: COMPLETED if the job ran it, ERRORED if
-      the job found it no longer waiting (nothing else will run it).
+      the job found it no longer waiting (nothing else will run it); a job that
+      only gave its worker back to wait for its writer's turn is left alone.
 
     :param transfer_session_id: The polled transfer session's id
     :return: The status the stage was settled with, or ``None``
@@ -132,6 +133,10 @@ def _settle_from_completed_job(transfer_session_id, stage, job_id):
     from kolibri.core.tasks.main import job_storage
 
     result = job_storage.get_job(job_id).result or {}
+    if isinstance(result, dict) and result.get("waiting"):
+        # a job waiting for its writer's turn is completed only until Kolibri
+        # queues it again, a moment later (see :mod:`.writer_lock`)
+        return None
     ran = isinstance(result, dict) and result.get("ran") is True
     stage_status = transfer_statuses.COMPLETED if ran else transfer_statuses.ERRORED
     if not settle_stage(transfer_session_id, stage, stage_status):

@@ -137,9 +137,11 @@ def one_writer_at_a_time(task):
         _remember_first_enqueued(job)
         job.retry_in(TURN_RETRY_DELAY)
         logger.debug("Stage job %s waits: another stage job is writing", job.job_id)
+        # Kolibri marks the job completed with this result, then queues it again
         return {
             "stage": kwargs.get("stage"),
             "ran": False,
+            "waiting": True,
             "reason": "waiting for another stage job to finish writing",
         }
 

@@ -8,11 +8,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from kolibri.core.tasks.main import job_storage
+from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import update_job_row
+from kolibri_sync_extras_plugin.health import check_background_stage
 from kolibri_sync_extras_plugin.status import STUCK
 from kolibri_sync_extras_plugin.status import report_background_stages
 from kolibri_sync_extras_plugin.writer_lock import writer_turn
@@ -57,6 +59,28 @@ def test_stage_job__turn_taken__job_queued_again_for_later(
     orm_job = job_storage.get_orm_job(job.job_id)
     assert orm_job.state == "QUEUED"
     assert aware_utc(orm_job.scheduled_time) > timezone.now()
+
+
+def test_stage_job__polled_between_giving_its_turn_back_and_requeue__stage_still_started(
+    pull_at_serializing, another_stage_writing, monkeypatch
+):
+    # Kolibri marks a job that asked to be retried completed, then queues it
+    # again: a client's poll may come in between
+    [job] = queued_stage_jobs()
+    storage = Storage
+    requeue = storage.reschedule_finished_job_if_needed
+    polled = []
+
+    def poll_then_requeue(self, job_id, *args, **kwargs):
+        polled.append(check_background_stage(pull_at_serializing["id"]))
+        return requeue(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "reschedule_finished_job_if_needed", poll_then_requeue)
+
+    job.execute()
+
+    assert polled == [None]
+    assert _stage_status(pull_at_serializing) == transfer_statuses.STARTED
 
 
 def test_stage_job__turn_taken__stage_still_started(
