@@ -22,6 +22,9 @@ from .helpers.constants import BACKGROUND_EVERYTHING
 from .helpers.constants import PULL_STAGES
 from .helpers.constants import PUSH_STAGES
 from .helpers.lab import new_server
+from .helpers.round_trips import assert_counted_alike
+from .helpers.round_trips import assert_server_has_both_sides_learners
+from .helpers.round_trips import completed_stage_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -104,23 +107,15 @@ def test_push__client_records_were_created(synced):
 
 @pytest.mark.parametrize("kind", COUNTED)
 def test_counts__equal_on_both_sides(synced, kind):
-    assert synced.counts, "the round trip ended before counting"
-    server, client = synced.counts["server"][kind], synced.counts["client"][kind]
-    assert server == client, synced.counts
+    assert_counted_alike(synced, kind)
 
 
 def test_counts__include_both_sides_records(synced):
-    created = synced.facility["created"]["users"] + synced.client_created["users"]
-    # every generated learner, plus the super user
-    assert synced.counts["server"]["users"] == created + 1, synced.counts
+    assert_server_has_both_sides_learners(synced)
 
 
 def test_stage_jobs__each_configured_stage_completed(synced):
-    completed = {
-        (job["direction"], job["stage"])
-        for job in synced.jobs
-        if job["job_state"] == "COMPLETED"
-    }
+    completed = completed_stage_jobs(synced)
     assert completed == synced.expected_jobs, _job_summary(synced)
 
 

@@ -21,6 +21,9 @@ from sync_lab.scenario import round_trip
 from .helpers.constants import BACKGROUND_EVERYTHING
 from .helpers.constants import PULL_STAGES
 from .helpers.constants import PUSH_STAGES
+from .helpers.round_trips import assert_counted_alike
+from .helpers.round_trips import assert_server_has_both_sides_learners
+from .helpers.round_trips import completed_stage_jobs
 from .lab_fixtures import python_of_line
 from .test_end_to_end import CLIENT_RECORDS
 
@@ -116,23 +119,15 @@ def test_push__exits_0(synced):
 
 @pytest.mark.parametrize("kind", COUNTED)
 def test_counts__equal_on_both_sides(synced, kind):
-    assert synced.counts, "the round trip ended before counting"
-    server, client = synced.counts["server"][kind], synced.counts["client"][kind]
-    assert server == client, synced.counts
+    assert_counted_alike(synced, kind)
 
 
 def test_counts__include_both_sides_records(synced):
-    created = synced.facility["created"]["users"] + synced.client_created["users"]
-    # every generated learner, plus the super user
-    assert synced.counts["server"]["users"] == created + 1, synced.counts
+    assert_server_has_both_sides_learners(synced)
 
 
 def test_stage_jobs__every_server_stage_completed_in_a_job(synced):
-    completed = {
-        (job["direction"], job["stage"])
-        for job in synced.jobs
-        if job["job_state"] == "COMPLETED"
-    }
+    completed = completed_stage_jobs(synced)
     assert completed == PULL_STAGES | PUSH_STAGES, _job_summary(synced)
 
 
