@@ -119,7 +119,9 @@ def check_background_stage(transfer_session_id):
                 ),
                 "",
             )
-        job_state = job_storage.get_orm_job(job_id).state
+            job_state = State.FAILED
+        else:
+            job_state = orm_job.state
         if job_state == State.COMPLETED:
             return _settle_from_completed_job(transfer_session_id, stage, job_id)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
