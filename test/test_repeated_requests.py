@@ -67,18 +67,21 @@ def test_repeated_patch__job_finished_before_it__completed_and_no_second_job(
     assert job_storage.get_job(job.job_id).state == "COMPLETED"
 
 
-def test_enqueue_stage_job__job_of_that_stage_completed__not_enqueued_again(
-    pull_at_serializing,
-):
-    [job] = run_stage_jobs()
-    job_request = dict(
+def _request_of(job):
+    """The enqueue arguments that would make ``job`` again."""
+    return dict(
         job_id=job.job_id,
         facility_id=job.facility_id,
         extra_metadata=job.extra_metadata,
         kwargs=job.kwargs,
     )
 
-    enqueued = enqueue_stage_job(job_request)
+
+def test_enqueue_stage_job__job_of_that_stage_completed__not_enqueued_again(
+    pull_at_serializing,
+):
+    [job] = run_stage_jobs()
+    enqueued = enqueue_stage_job(_request_of(job))
 
     assert not enqueued
     assert [j.state for j in stage_jobs()] == ["COMPLETED"]
@@ -88,14 +91,7 @@ def test_enqueue_stage_job__job_of_that_stage_queued__not_enqueued_again(
     pull_at_serializing,
 ):
     [job] = queued_stage_jobs()
-    job_request = dict(
-        job_id=job.job_id,
-        facility_id=job.facility_id,
-        extra_metadata=job.extra_metadata,
-        kwargs=job.kwargs,
-    )
-
-    enqueued = enqueue_stage_job(job_request)
+    enqueued = enqueue_stage_job(_request_of(job))
 
     assert not enqueued
     assert [j.state for j in stage_jobs()] == ["QUEUED"]
