@@ -12,6 +12,7 @@ import logging
 
 from django.utils import timezone
 from kolibri.core.tasks.exceptions import JobNotFound
+from kolibri.core.tasks.job import Job
 from kolibri.core.tasks.job import State
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
@@ -123,18 +124,18 @@ def check_background_stage(transfer_session_id):
         else:
             job_state = orm_job.state
         if job_state == State.COMPLETED:
-            return _settle_from_completed_job(transfer_session_id, stage, job_id)
+            return _settle_from_completed_job(transfer_session_id, stage, orm_job)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
 
 
-def _settle_from_completed_job(transfer_session_id, stage, job_id):
+def _settle_from_completed_job(transfer_session_id, stage, orm_job):
     """
+    :param orm_job: The completed job's row, as the poll read it
     :return: The status the stage was settled with, or ``None``
     :rtype: str|None
     """
-    from kolibri.core.tasks.main import job_storage
-
-    result = job_storage.get_job(job_id).result or {}
+    job_id = orm_job.id
+    result = Job.from_json(orm_job.saved_job).result or {}
     if isinstance(result, dict) and result.get("waiting"):
         # a job waiting for its writer's turn is completed only until Kolibri
         # queues it again, a moment later (see :mod:`.writer_lock`)
