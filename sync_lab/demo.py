@@ -118,7 +118,8 @@ def certain_jobs(mode):
     """
     The ``(direction, stage)`` pairs the mode's server surely runs in jobs: all of
     :func:`background_stages` when no stage may run in the request for being
-    small, else none (the round trip then waits until no job waits or runs).
+    small, else those that never do (cleanup). A round trip also waits until no
+    job waits or runs.
 
     :type mode: Mode
     :rtype: set
@@ -127,9 +128,10 @@ def certain_jobs(mode):
         return set()
     from kolibri_sync_extras_plugin.config import get_inline_stage_records
 
-    if get_inline_stage_records(_sync_section(mode)):
-        return set()
-    return background_stages(mode)
+    stages = background_stages(mode)
+    if not get_inline_stage_records(_sync_section(mode)):
+        return stages
+    return {(direction, stage) for direction, stage in stages if stage == "cleanup"}
 
 
 class Progress(object):
@@ -443,7 +445,7 @@ def run_many(args, workdir, output, progress):
                             clients,
                             args.client_records,
                             args,
-                            background_stages(mode),
+                            certain_jobs(mode),
                             progress.say,
                         )
                     )

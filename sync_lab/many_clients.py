@@ -22,6 +22,9 @@ from .jobs import wait_for_stage_jobs
 from .proxy import TimingProxy
 from .scenario import DEFAULT_CREDENTIALS
 from .scenario import provision_server
+from .write_lock import WriteLockProbe
+from .write_lock import background_stage_spans
+from .write_lock import describe_wait
 
 __all__ = [
     "DATABASES",
@@ -148,6 +151,10 @@ class ManyClientsRun(object):
         self.push_exchanges = []
         self.server_state = None
         self.client_states = []
+        #: On SQLite, every :class:`~sync_lab.write_lock.LockWait` of the run, and
+        #: the stage jobs the server logged (``None`` on PostgreSQL)
+        self.lock_waits = None
+        self.stage_spans = []
 
     @property
     def syncs(self):
@@ -158,6 +165,12 @@ class ManyClientsRun(object):
         """The longest request of both phases, or ``None``."""
         exchanges = self.pull_exchanges + self.push_exchanges
         return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def longest_lock_wait(self):
+        """The longest wait for SQLite's write lock, or ``None``."""
+        return (
+            max(self.lock_waits, key=lambda w: w.seconds) if self.lock_waits else None
+        )
 
     def longest_of(self, phase):
         exchanges = getattr(self, phase + "_exchanges")
@@ -261,7 +274,8 @@ def run_many_clients(
     :type templates: ServerTemplates
     :param clients: How many clients sync at once
     :param client_records: Records each client creates before pushing
-    :param expected_jobs: ``(direction, stage)`` pairs the server runs in jobs
+    :param expected_jobs: ``(direction, stage)`` pairs the server surely runs in
+        jobs (see :func:`sync_lab.demo.certain_jobs`)
     :rtype: ManyClientsRun
     """
     run = ManyClientsRun(mode.name, database, clients)
@@ -291,6 +305,9 @@ def run_many_clients(
         progress("{}: starting the server and its job workers".format(server.name))
         server.start()
         proxy = stack.enter_context(TimingProxy(server.base_url))
+        probe = None
+        if database == "sqlite":
+            probe = stack.enter_context(WriteLockProbe(server.home / "db.sqlite3"))
         sync_args = (
             proxy.url,
             facility["id"],
@@ -333,11 +350,13 @@ def run_many_clients(
             run.push_exchanges = proxy.exchanges
             progress(_phase_line("push", run.pushes))
             _say_failures(run.pushes, progress)
-            if expected_jobs:
-                progress("{}: waiting for background stage jobs".format(server.name))
-                wait_for_stage_jobs(
-                    server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
-                )
+            progress("{}: waiting for background stage jobs".format(server.name))
+            wait_for_stage_jobs(
+                server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
+            )
+            if probe is not None:
+                run.lock_waits = list(probe.waits)
+                run.stage_spans = background_stage_spans(server.log_path)
             progress("checking the data on every side")
             run.server_state, run.client_states = sync_states(
                 server, devices, facility["id"]
@@ -403,6 +422,21 @@ def render_many_clients(runs):
         )
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
         lines.append("longest push request: " + _exchange_line(run.longest_of("push")))
+        if run.lock_waits:
+            exchanges = run.pull_exchanges + run.push_exchanges
+            lines.append(
+                "write lock: {} looks, {} waited over 0.2 s; the longest:".format(
+                    len(run.lock_waits),
+                    sum(1 for w in run.lock_waits if w.seconds > 0.2),
+                )
+            )
+            for wait in sorted(run.lock_waits, key=lambda w: -w.seconds)[:3]:
+                lines.append(
+                    "  {:.3f} s, while: {}".format(
+                        wait.seconds,
+                        describe_wait(wait, run.stage_spans, exchanges) or "-",
+                    )
+                )
         lines.append(
             "requests: {}; over 1 s: {}; refused (503): {}".format(
                 len(run.pull_exchanges) + len(run.push_exchanges),
@@ -431,18 +465,19 @@ def render_many_clients(runs):
         lines.append("")
     lines.append("== summary")
     lines.append(
-        "clients  database    plugin  longest request  over 1 s  slowest pull  "
-        "slowest push  data checks"
+        "clients  database    plugin  longest request  over 1 s  longest lock wait  "
+        "slowest pull  slowest push  data checks"
     )
     for run in runs:
         longest = run.longest
         lines.append(
-            "{:<8} {:<11} {:<7} {:<16} {:<9} {:<13} {:<13} {}".format(
+            "{:<8} {:<11} {:<7} {:<16} {:<9} {:<18} {:<13} {:<13} {}".format(
                 run.clients,
                 run.database,
                 run.mode,
                 "{:.3f} s".format(longest.duration) if longest else "-",
                 _over(run, 1.0),
+                _lock_cell(run),
                 _slowest(run.pulls),
                 _slowest(run.pushes),
                 "pass" if run.ok else "FAIL",
@@ -461,3 +496,8 @@ def _slowest(syncs):
     if not syncs:
         return "-"
     return "{:.1f} s".format(max(sync.duration for sync in syncs))
+
+
+def _lock_cell(run):
+    wait = run.longest_lock_wait()
+    return "{:.3f} s".format(wait.seconds) if wait else "-"

@@ -50,9 +50,27 @@ def test_parse_args__chunk_size_must_be_positive():
         demo.parse_args(["--bench", "--chunk-size", "0"])
 
 
-def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_none():
-    assert demo.certain_jobs(demo.MODES["on"]) == set()
-    assert demo.background_stages(demo.MODES["on"])
+def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_cleanup_only():
+    # every other stage may run in the request when small; cleanup never does
+    assert demo.certain_jobs(demo.MODES["on"]) == {("push", "cleanup")}
+    assert len(demo.background_stages(demo.MODES["on"])) == 5
+
+
+def test_certain_jobs__cleanup_is_the_one_stage_the_fast_path_never_weighs():
+    from kolibri_sync_extras_plugin.fast_path import RECORDS_PER_DESERIALIZED_RECORD
+
+    assert set(RECORDS_PER_DESERIALIZED_RECORD) == {
+        "serializing",
+        "queuing",
+        "dequeuing",
+        "deserializing",
+    }
+
+
+def test_certain_jobs__nothing_inline__waits_for_every_background_stage():
+    args = demo.parse_args(["--compare", "--set", "INLINE_STAGE_RECORDS=0"])
+    mode = demo.modes_for(args)["on"]
+    assert demo.certain_jobs(mode) == demo.background_stages(mode)
 
 
 def test_modes_for__set_options_reach_the_plugin_on_server_only():
