@@ -20,6 +20,12 @@ Older clients are not known to behave so, and get the page size they ask for.
 The client's Kolibri version is the ``kolibri`` entry of the instance info the
 client sent when it opened the sync session (``SyncSession.client_instance_json``).
 
+Pages share the configured size while several pulls are being answered at once:
+with ``n`` pages in flight in this server process, a new one gets ``1/n`` of it
+(never less than the client asked for). The pages are built under one
+interpreter lock, so ``n`` full pages at once would each take about ``n`` times
+as long as one alone; shared, each takes about as long as one full page alone.
+
 Where: the ``limit`` of the client's ``GET .../buffers/`` is raised in the WSGI
 environ when Django signals the request has started, before the request object is
 built. morango's view, its pagination and its serializer then run unchanged, just
@@ -30,9 +36,11 @@ for other requests, and the answer's ``next`` link agrees with the page sent.
 import json
 import logging
 import re
+import threading
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
 
+from django.core.signals import request_finished
 from django.core.signals import request_started
 
 from .config import get_pull_page_size
@@ -42,6 +50,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES",
     "accepts_larger_pages",
+    "pages_in_flight",
     "page_size_for",
     "connect_pull_pages",
 ]
@@ -51,6 +60,32 @@ __all__ = [
 OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES = (0, 19)
 
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+
+# pull pages being answered by this process, and whether this thread's is one
+_in_flight = {"pages": 0}
+_in_flight_lock = threading.Lock()
+_this_thread = threading.local()
+
+
+def pages_in_flight():
+    """:return: How many pull pages this process is answering now. :rtype: int"""
+    return _in_flight["pages"]
+
+
+def _page_started():
+    """Count this thread's page as in flight; :return: the pages in flight now."""
+    with _in_flight_lock:
+        if not getattr(_this_thread, "counted", False):
+            _in_flight["pages"] += 1
+            _this_thread.counted = True
+        return _in_flight["pages"]
+
+
+def _page_finished(**kwargs):
+    with _in_flight_lock:
+        if getattr(_this_thread, "counted", False):
+            _in_flight["pages"] = max(0, _in_flight["pages"] - 1)
+            _this_thread.counted = False
 
 
 def accepts_larger_pages(client_instance_json):
@@ -72,16 +107,18 @@ def accepts_larger_pages(client_instance_json):
     return version >= OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES
 
 
-def page_size_for(transfer_session_id, requested):
+def page_size_for(transfer_session_id, requested, pages_at_once=1):
     """
-    The records to send for one page of a pull: the configured page size for a pull
-    of a client known to accept it, else what the client asked for. Never fewer.
+    The records to send for one page of a pull: the configured page size, shared
+    among the pages being answered at once, for a pull of a client known to accept
+    it; else what the client asked for. Never fewer.
 
     :param transfer_session_id: The transfer session the page belongs to
     :param requested: The ``limit`` the client asked for
+    :param pages_at_once: Pull pages this process is answering, this one included
     :rtype: int
     """
-    page_size = get_pull_page_size()
+    page_size = get_pull_page_size() // max(1, pages_at_once)
     if page_size <= requested:
         return requested
     from morango.models.core import TransferSession
@@ -124,8 +161,9 @@ def _on_request_started(environ=None, **kwargs):
         transfer_session_id = values["transfer_session_id"]
     except (KeyError, ValueError):
         return
+    pages_at_once = _page_started()
     try:
-        page_size = page_size_for(transfer_session_id, requested)
+        page_size = page_size_for(transfer_session_id, requested, pages_at_once)
     except Exception:
         # a failed look-up must not fail the page: the client gets what it asked for
         logger.exception("Could not size a pull page of %s", transfer_session_id)
@@ -141,4 +179,7 @@ def connect_pull_pages():
     """Size the pages of pulls as their requests start (see the module docstring)."""
     request_started.connect(
         _on_request_started, dispatch_uid="kolibri_sync_extras_pull_pages"
+    )
+    request_finished.connect(
+        _page_finished, dispatch_uid="kolibri_sync_extras_pull_pages_finished"
     )

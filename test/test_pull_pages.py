@@ -5,13 +5,19 @@ server's records; any other client gets the page size it asked for.
 
 import json
 import math
+import threading
+from contextlib import contextmanager
 from urllib.parse import parse_qs
 from urllib.parse import urlparse
 
 import pytest
 from morango.constants import transfer_stages
 
+from django.core.signals import request_finished
+from django.core.signals import request_started
+
 from kolibri_sync_extras_plugin.pull_pages import accepts_larger_pages
+from kolibri_sync_extras_plugin.pull_pages import pages_in_flight
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -97,6 +103,80 @@ def test_pull_page__client_known_to_accept__gets_the_configured_page(
     assert len(page["results"]) == PAGE
     # the link to the next page agrees with the page sent
     assert parse_qs(urlparse(page["next"]).query)["offset"] == [str(PAGE)]
+
+
+@contextmanager
+def other_pages_in_flight(count):
+    """
+    ``count`` other request threads answering pull pages meanwhile: each has
+    started its page (as Django's handler signals it) and not finished it. They
+    ask for pages as large as the configured size, so they never look anything up.
+    """
+    started = threading.Semaphore(0)
+    release = threading.Event()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": BUFFERS_PATH,
+        "QUERY_STRING": "limit=5000&offset=0&transfer_session_id=" + "a" * 32,
+    }
+
+    def answer_a_page():
+        request_started.send(sender=None, environ=dict(environ))
+        started.release()
+        release.wait(30)
+        request_finished.send(sender=None)
+
+    threads = [threading.Thread(target=answer_a_page) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert started.acquire(timeout=30)
+    try:
+        yield
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__other_pages_in_flight__shares_the_configured_page(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(1):
+        assert pages_in_flight() == 1
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE // 2
+    assert pages_in_flight() == 0
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__many_pages_in_flight__never_fewer_than_asked(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(7):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__after_the_other_pages_finish__gets_the_whole_page_again(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(3):
+        pass
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE
 
 
 @pytest.mark.django_db(databases=ALL_DATABASES)
