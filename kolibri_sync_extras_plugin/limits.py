@@ -9,9 +9,16 @@ counted; past ``[Sync] MAX_STAGE_JOBS_PER_CLIENT`` or ``[Sync] MAX_STAGE_JOBS``
 the stage is refused instead of queued: it ends ERRORED, the server logs why, and
 the client's request fails with HTTP 503 whose detail, and status line, name the
 cap.
+
+A stage that passes is enqueued only when its request ends (see
+:mod:`.request_boundary`), so until then it holds a place of its own: a
+reservation in this process, counted with the jobs in job storage. Requests of
+one client that arrive together are counted one after another, and cannot all
+pass the same count.
 """
 
 import logging
+import threading
 
 from kolibri.core.tasks.job import State
 
@@ -30,6 +37,8 @@ __all__ = [
     "UNFINISHED_JOB_STATES",
     "unfinished_stage_jobs",
     "refuse_stage_over_limits",
+    "release_reservation",
+    "reserved_stage_jobs",
     "connect_refusal_signals",
     "REFUSAL_MIDDLEWARE",
     "RefusalReasonMiddleware",
@@ -48,6 +57,11 @@ UNFINISHED_JOB_STATES = [
 
 _PER_CLIENT_OPTION = "MAX_STAGE_JOBS_PER_CLIENT"
 _TOTAL_OPTION = "MAX_STAGE_JOBS"
+
+# job id -> client instance id of each stage that passed the caps and whose job is
+# not in job storage yet; counting and reserving happen under the lock
+_reserved = {}
+_reservations_lock = threading.Lock()
 
 
 def unfinished_stage_jobs():
@@ -86,35 +100,57 @@ def _refusal(context, option, count, cap, whose):
     return StageJobLimitReached(message)
 
 
+def reserved_stage_jobs():
+    """
+    :return: The stage jobs that passed the caps in this process and are not
+        enqueued yet, as job id -> client instance id
+    :rtype: dict
+    """
+    with _reservations_lock:
+        return dict(_reserved)
+
+
+def release_reservation(job_id):
+    """Stop counting a reserved stage job: it is enqueued now, or never will be."""
+    with _reservations_lock:
+        _reserved.pop(job_id, None)
+
+
 def refuse_stage_over_limits(context):
     """
     Refuse the context's stage if its client, or all clients together, already have
-    as many unfinished stage jobs as the caps allow. Two requests counted at the same
-    moment may both pass, so a client that asks concurrently can exceed its cap by
-    its number of concurrent requests; it cannot grow its jobs by asking in a loop.
+    as many unfinished stage jobs as the caps allow; otherwise reserve its place
+    until its job is enqueued (see :func:`release_reservation`). Jobs in job storage
+    and reservations are counted together, each job once. Several server
+    processes sharing one database each count their own reservations only.
 
     :type context: morango.sync.context.LocalSessionContext
     :raises StageJobLimitReached: naming the cap that was reached
     """
     limits = get_stage_job_limits()
     own_job_id = job_id_for(context.transfer_session.id, context.stage)
-    jobs = [job for job in unfinished_stage_jobs() if job.job_id != own_job_id]
-    if len(jobs) >= limits.total:
-        raise _refusal(context, _TOTAL_OPTION, len(jobs), limits.total, "in all")
     client = _client_instance_id(context)
-    of_client = [
-        job
-        for job in jobs
-        if (job.extra_metadata or {}).get("client_instance_id") == client
-    ]
-    if len(of_client) >= limits.per_client:
-        raise _refusal(
-            context,
-            _PER_CLIENT_OPTION,
-            len(of_client),
-            limits.per_client,
-            "for this device",
-        )
+    with _reservations_lock:
+        clients_by_job = {
+            job.job_id: (job.extra_metadata or {}).get("client_instance_id")
+            for job in unfinished_stage_jobs()
+        }
+        clients_by_job.update(_reserved)
+        clients_by_job.pop(own_job_id, None)
+        if len(clients_by_job) >= limits.total:
+            raise _refusal(
+                context, _TOTAL_OPTION, len(clients_by_job), limits.total, "in all"
+            )
+        of_client = sum(1 for owner in clients_by_job.values() if owner == client)
+        if of_client >= limits.per_client:
+            raise _refusal(
+                context,
+                _PER_CLIENT_OPTION,
+                of_client,
+                limits.per_client,
+                "for this device",
+            )
+        _reserved[own_job_id] = client
 
 
 def _raise_refusal(context=None, **kwargs):

@@ -11,7 +11,9 @@ from morango.sync.operations import LocalOperation
 
 from .config import runs_in_background
 from .fast_path import runs_inline
+from .jobs import job_id_for
 from .limits import refuse_stage_over_limits
+from .limits import release_reservation
 from .pieces import deserialize_in_pieces
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
@@ -55,7 +57,11 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(runs_in_background(context.stage, context.is_push))
         self._assert(not runs_inline(context))
         refuse_stage_over_limits(context)
-        schedule_background_stage(context)
+        try:
+            schedule_background_stage(context)
+        except Exception:
+            release_reservation(job_id_for(context.transfer_session.id, context.stage))
+            raise
         return transfer_statuses.STARTED
 
 

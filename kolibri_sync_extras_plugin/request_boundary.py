@@ -18,6 +18,7 @@ from morango.constants import transfer_statuses
 
 from .health import check_background_stage
 from .jobs import settle_stage
+from .limits import release_reservation
 from .tasks import enqueue_stage_job
 from .tasks import stage_job_request
 
@@ -98,6 +99,9 @@ def _enqueue_or_fail_stage(job_request):
             stage_kwargs["stage"],
             transfer_statuses.ERRORED,
         )
+    finally:
+        # the job is in job storage now (or will never be): it counts from there
+        release_reservation(job_request["job_id"])
 
 
 def connect_request_signals():

@@ -10,6 +10,13 @@ from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
+from morango.sync.context import LocalSessionContext
+
+from kolibri_sync_extras_plugin.errors import StageJobLimitReached
+from kolibri_sync_extras_plugin.jobs import job_id_for
+from kolibri_sync_extras_plugin.limits import refuse_stage_over_limits
+from kolibri_sync_extras_plugin.limits import release_reservation
+from kolibri_sync_extras_plugin.limits import reserved_stage_jobs
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -140,3 +147,61 @@ def test_per_client_cap__finished_jobs_of_the_client__do_not_count(
         run_stage_jobs()
 
     assert len(job_storage.filter_jobs(state="COMPLETED")) == 3
+
+
+def _serializing_context(client, facility, client_instance_id):
+    """A pull of the client about to serialize, its job neither refused nor queued."""
+    sync_session = new_server_sync_session(facility, client_instance_id)
+    transfer = client.create(sync_session, push=False)
+    context = LocalSessionContext(
+        sync_session=sync_session,
+        transfer_session=TransferSession.objects.get(id=transfer["id"]),
+    )
+    context.update(stage=transfer_stages.SERIALIZING)
+    return context
+
+
+@pytest.fixture
+def one_per_client(background_everything):
+    with sync_options(MAX_STAGE_JOBS_PER_CLIENT=1, MAX_STAGE_JOBS=10):
+        yield
+
+
+def test_per_client_cap__stages_asked_together__the_second_is_refused(
+    one_per_client, async_client, facility
+):
+    # two requests of one client at once: both counted before either job exists
+    first = _serializing_context(async_client, facility, CLIENT)
+    second = _serializing_context(async_client, facility, CLIENT)
+    refuse_stage_over_limits(first)
+    try:
+        with pytest.raises(StageJobLimitReached, match="MAX_STAGE_JOBS_PER_CLIENT"):
+            refuse_stage_over_limits(second)
+    finally:
+        release_reservation(job_id_for(first.transfer_session.id, first.stage))
+
+
+def test_per_client_cap__reservation_released__next_stage_accepted(
+    one_per_client, async_client, facility
+):
+    first = _serializing_context(async_client, facility, CLIENT)
+    second = _serializing_context(async_client, facility, CLIENT)
+    refuse_stage_over_limits(first)
+    release_reservation(job_id_for(first.transfer_session.id, first.stage))
+
+    refuse_stage_over_limits(second)
+
+    release_reservation(job_id_for(second.transfer_session.id, second.stage))
+    assert reserved_stage_jobs() == {}
+
+
+def test_per_client_cap__accepted_stage__reservation_ends_when_its_job_is_queued(
+    one_per_client, async_client, facility
+):
+    transfer_id, response = _ask_for_serializing(async_client, facility, CLIENT)
+
+    assert response.status_code == 200, response.content
+    assert reserved_stage_jobs() == {}
+    assert queued_stage_jobs(expected=1)[0].job_id == job_id_for(
+        transfer_id, transfer_stages.SERIALIZING
+    )
