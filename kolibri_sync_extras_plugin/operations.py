@@ -64,8 +64,9 @@ class BackgroundStageOperation(LocalOperation):
 
 class PiecewiseDeserializeOperation(LocalOperation):
     """
-    Deserializes a push in a background job one short transaction at a time (see
-    :mod:`.pieces`), so the job never holds the database's write lock for long.
+    Serializes and then deserializes a push in a background job one short
+    transaction at a time (see :mod:`.serialize_pieces` and :mod:`.pieces`), so the
+    job never holds the database's write lock for long.
 
     It does what morango's receiver does, serializing first (so deserializing does
     not overwrite local changes) and then deserializing, and passes (returns
