@@ -5,6 +5,7 @@ background deserializing; a run stopped between two pieces ends, run again, as
 morango would end if it ran once after the stop.
 """
 
+import json
 import uuid
 from types import SimpleNamespace
 
@@ -371,3 +372,35 @@ def test_serializing_stage__kolibris_own_operations__run_before_the_pieces(
     names = [type(o).__name__ for o in operations]
     assert "SingleFacilityUserChangeClearingOperation" in names
     assert names[-1] == PiecewiseSerializeOperation.__name__
+
+
+def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model_is_still_to_come(
+    changed_facility, pieces_of_three
+):
+    classroom = Classroom.objects.get(name="Class A")
+    learner = FacilityUser.objects.filter(_morango_dirty_bit=False).first()
+    pieces_done = []
+
+    def change_after_the_first_piece(rows, seconds):
+        pieces_done.append(rows)
+        if len(pieces_done) == 1:
+            # collections come before users in morango's order
+            classroom.name = "Class A, renamed"
+            classroom.save()
+            learner.full_name = "Renamed meanwhile"
+            learner.save()
+
+    serialize_pieces.serialize_in_pieces(
+        PROFILE, changed_facility.filter, on_piece=change_after_the_first_piece
+    )
+
+    counter = _current_instance().counter
+    # the classroom's model was done: it waits for the next serialization
+    assert Classroom.objects.get(id=classroom.id)._morango_dirty_bit
+    assert "renamed" not in Store.objects.get(id=classroom.id).serialized
+    # the learner's model was still to come
+    record = Store.objects.get(id=learner.id)
+    assert not FacilityUser.objects.get(id=learner.id)._morango_dirty_bit
+    assert json.loads(record.serialized)["full_name"] == "Renamed meanwhile"
+    assert record.last_saved_counter == counter
+    assert _own_database_max_counter(changed_facility.filter) == counter
