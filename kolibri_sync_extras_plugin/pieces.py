@@ -40,6 +40,7 @@ from django.core import exceptions
 from django.db import connection
 from django.db.models import Q
 from django.dispatch import Signal
+from morango.constants import transfer_stages
 from morango.models.core import Store
 from morango.registry import syncable_models
 
@@ -71,9 +72,11 @@ __all__ = [
     "under_filter",
 ]
 
-#: Sent after each piece commits, on the thread that ran it, with ``records`` (how
-#: many records the piece worked on) and ``seconds`` (how long its transaction
-#: took): the moment to report progress, with no database transaction open.
+#: Sent after each piece commits, on the thread that ran it, with the stage whose
+#: work it did as sender (``deserializing`` here, ``serializing`` from
+#: :mod:`.serialize_pieces`), ``records`` (how many records the piece worked on)
+#: and ``seconds`` (how long its transaction took): the moment to report
+#: progress, with no database transaction open.
 PIECE_COMMITTED = Signal()
 
 #: The morango versions whose ``_deserialize_from_store`` this module mirrors.
@@ -250,7 +253,9 @@ class _Run(object):
             elapsed,
         )
         self._size = next_piece_size(records, elapsed)
-        PIECE_COMMITTED.send(sender=_Run, records=records, seconds=elapsed)
+        PIECE_COMMITTED.send(
+            sender=transfer_stages.DESERIALIZING, records=records, seconds=elapsed
+        )
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
         pause_after_piece(elapsed)

@@ -53,6 +53,7 @@ import time
 
 import morango
 from django.core.serializers.json import DjangoJSONEncoder
+from morango.constants import transfer_stages
 from morango.models.core import DatabaseMaxCounter
 from morango.models.core import DeletedModels
 from morango.models.core import HardDeletedModels
@@ -72,7 +73,30 @@ except ImportError:  # older morango: supports_installed_morango() says no
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["serialize_in_pieces"]
+__all__ = ["changed_rows", "serialize_in_pieces"]
+
+
+def _changed(model, sync_filter):
+    """The model's rows changed since they were serialized, as morango selects them."""
+
+    queryset = model.syncing_objects.filter(_morango_dirty_bit=True)
+    if sync_filter:
+        queryset = queryset.filter(
+            pieces.under_filter(sync_filter, "_morango_partition")
+        )
+    return queryset
+
+
+def changed_rows(profile, sync_filter):
+    """
+    :return: How many app rows under ``sync_filter`` serializing would write into
+        the store now
+    :rtype: int
+    """
+    return sum(
+        _changed(model, sync_filter).count()
+        for model in syncable_models.get_models(profile)
+    )
 
 
 def serialize_in_pieces(profile, sync_filter, on_piece=None):
@@ -80,8 +104,9 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None):
     Serialize the app's dirty rows under ``sync_filter`` into morango's store as
     morango would, one short transaction at a time.
 
-    It sends no :data:`~.pieces.PIECE_COMMITTED`: that counts deserialized records,
-    and a deserializing stage serializes first.
+    After each piece of rows it sends :data:`~.pieces.PIECE_COMMITTED` with the
+    ``serializing`` stage as sender (the pieces of deletions and counters send 0
+    rows).
 
     :type profile: str
     :param sync_filter: The filter whose partitions to serialize; ``None`` for all,
@@ -110,7 +135,7 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None):
         run.model(model)
     run.deletions(DeletedModels, run.mark_deleted)
     run.deletions(HardDeletedModels, run.mark_hard_deleted)
-    run.piece(run.database_max_counters, 0, "DatabaseMaxCounter")
+    run.piece(run.database_max_counters, 0, "DatabaseMaxCounter", rows=False)
     logger.debug(
         "Serialized %d rows in %d pieces; the longest held the database %.3fs",
         run.records,
@@ -133,8 +158,11 @@ class _Run(object):
         self.longest = 0.0
         self._size = pieces.FIRST_PIECE_RECORDS
 
-    def piece(self, work, records, what):
-        """Run ``work`` in its own transaction, as morango begins its own, and time it."""
+    def piece(self, work, records, what, rows=True):
+        """
+        Run ``work`` in its own transaction, as morango begins its own, and time it.
+        ``rows`` tells whether its ``records`` are changed rows, which progress counts.
+        """
 
         started = time.monotonic()
         with _begin_transaction(self.sync_filter, isolated=True):
@@ -147,6 +175,11 @@ class _Run(object):
             "Piece of %d %s rows held the database %.3fs", records, what, elapsed
         )
         self._size = pieces.next_piece_size(records, elapsed)
+        pieces.PIECE_COMMITTED.send(
+            sender=transfer_stages.SERIALIZING,
+            records=records if rows else 0,
+            seconds=elapsed,
+        )
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
         pieces.pause_after_piece(elapsed)
@@ -155,14 +188,7 @@ class _Run(object):
         return self._size
 
     def _dirty_rows(self, model):
-        """The model's dirty rows morango serializes, as it selects them."""
-
-        queryset = model.syncing_objects.filter(_morango_dirty_bit=True)
-        if self.sync_filter:
-            queryset = queryset.filter(
-                pieces.under_filter(self.sync_filter, "_morango_partition")
-            )
-        return queryset
+        return _changed(model, self.sync_filter)
 
     def model(self, model):
         dirty = list(self._dirty_rows(model).values_list("id", flat=True))
@@ -257,7 +283,7 @@ class _Run(object):
             log_model.objects.filter(profile=self.profile, id__in=ids).delete()
 
         for batch in pieces.batches(logged, self._piece_size):
-            self.piece(lambda: apply(batch), len(batch), log_model.__name__)
+            self.piece(lambda: apply(batch), len(batch), log_model.__name__, rows=False)
 
     def mark_deleted(self, ids):
         """morango's handling of soft-deleted rows, for ``ids``."""

@@ -342,8 +342,8 @@ def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_do
     serialized = []
     run_piece = serialize_pieces._Run.piece
 
-    def counting(run, work, records, what):
-        run_piece(run, work, records, what)
+    def counting(run, work, records, what, **kwargs):
+        run_piece(run, work, records, what, **kwargs)
         serialized.append(records)
 
     monkeypatch.setattr(serialize_pieces._Run, "piece", counting)

@@ -147,8 +147,8 @@ def piece_count(monkeypatch):
     counted = []
     run_piece = serialize_pieces._Run.piece
 
-    def counting(run, work, records, what):
-        run_piece(run, work, records, what)
+    def counting(run, work, records, what, **kwargs):
+        run_piece(run, work, records, what, **kwargs)
         counted.append(records)
 
     monkeypatch.setattr(serialize_pieces._Run, "piece", counting)
