@@ -37,3 +37,10 @@ class StageJobLimitReached(SyncExtrasError, APIException):
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "stage_job_limit_reached"
+
+
+class UnsupportedMorango(SyncExtrasError):
+    """
+    The installed morango is not a version whose internals the plugin's piecewise
+    stages mirror; morango's own one-transaction stages must run instead.
+    """

@@ -65,10 +65,12 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         from .operations import CloseSupersededTransfersOperation
         from .operations import DeserializeLeftoversOperation
         from .operations import PiecewiseDeserializeOperation
+        from .operations import PiecewiseSerializeOperation
 
         # operations of equal priority run in this order: pieces before leftovers
         return [
             BackgroundStageOperation(),
+            PiecewiseSerializeOperation(),
             PiecewiseDeserializeOperation(),
             DeserializeLeftoversOperation(),
             CloseSupersededTransfersOperation(),

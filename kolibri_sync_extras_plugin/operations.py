@@ -1,8 +1,10 @@
 """
 The morango operations the plugin adds to every sync: one takes a configured stage
-out of the HTTP request; one deserializes in short transactions in the background;
-two finish what an interrupted sync left undone.
+out of the HTTP request; two serialize and deserialize in short transactions in
+the background; two finish what an interrupted sync left undone.
 """
+
+import json
 
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
@@ -17,6 +19,7 @@ from .limits import release_reservation
 from .pieces import deserialize_in_pieces
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
+from .serialize_pieces import serialize_in_pieces
 from .sessions import close_superseded_transfer_sessions
 from .sessions import own_earlier_pushes
 from .store import undeserialized_records
@@ -67,8 +70,9 @@ class BackgroundStageOperation(LocalOperation):
 
 class PiecewiseDeserializeOperation(LocalOperation):
     """
-    Deserializes a push in a background job one short transaction at a time (see
-    :mod:`.pieces`), so the job never holds the database's write lock for long.
+    Serializes and then deserializes a push in a background job one short
+    transaction at a time (see :mod:`.serialize_pieces` and :mod:`.pieces`), so the
+    job never holds the database's write lock for long.
 
     It does what morango's receiver does, serializing first (so deserializing does
     not overwrite local changes) and then deserializing, and passes (returns
@@ -107,22 +111,87 @@ class PiecewiseDeserializeOperation(LocalOperation):
         return result
 
 
+class PiecewiseSerializeOperation(LocalOperation):
+    """
+    Serializes for a pull in a background job one short transaction at a time (see
+    :mod:`.serialize_pieces`), so the job never holds the database's write lock for
+    long.
+
+    It runs after Kolibri's own serializing operations (see ``priority``), which
+    pass, and then does all that morango's ``SerializeOperation`` does, serializing
+    and recording the filter's instance counters on the transfer session, and
+    completes the stage, so morango's operation does not serialize (and spend a
+    counter) a second time. It passes at once outside a background job, on a
+    morango version the pieces do not mirror, and where morango would not
+    serialize (this instance does not send the data, or serializing before queuing
+    is turned off): morango's operation then runs as usual.
+    """
+
+    #: Below Kolibri's serializing operations (priority 0), which must still run.
+    priority = -100
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: str|bool
+        """
+        from django.db import OperationalError
+        from morango.constants.capabilities import FSIC_V2_FORMAT
+        from morango.models.core import DatabaseMaxCounter
+        from morango.sync.operations import DBBackend
+        from morango.utils import SETTINGS
+
+        self._assert(_in_background_on_supported_morango(context))
+        self._assert(context.stage == transfer_stages.SERIALIZING)
+        self._assert(context.is_server and context.is_producer)
+        self._assert(context.sync_session is not None)
+        self._assert(context.transfer_session is not None)
+        self._assert(context.filter is not None)
+        self._assert(SETTINGS.MORANGO_SERIALIZE_BEFORE_QUEUING)
+        try:
+            serialize_in_pieces(context.sync_session.profile, context.filter)
+        except OperationalError as e:
+            if DBBackend._is_transaction_isolation_error(e):
+                return transfer_statuses.PENDING
+            raise
+        # the rest of morango's operation, for the server
+        context.transfer_session.server_fsic = json.dumps(
+            DatabaseMaxCounter.calculate_filter_specific_instance_counters(
+                context.filter,
+                is_producer=True,
+                v2_format=FSIC_V2_FORMAT in context.capabilities,
+            )
+        )
+        context.transfer_session.client_fsic = context.request.data.get(
+            "client_fsic", "{}"
+        )
+        context.transfer_session.save(update_fields=["server_fsic", "client_fsic"])
+        return transfer_statuses.COMPLETED
+
+
+def _in_background_on_supported_morango(context):
+    """
+    Whether the stage runs in a background job, on a morango version whose
+    internals the piecewise stages mirror (see :mod:`.pieces`).
+    """
+    return getattr(context, "in_background", False) and supports_installed_morango()
+
+
 def _deserializes_in_pieces(context):
     """
     Whether :class:`PiecewiseDeserializeOperation` takes the stage's deserializing,
     leftovers of an interrupted push included.
     """
-    return getattr(context, "in_background", False) and supports_installed_morango()
+    return _in_background_on_supported_morango(context)
 
 
 def _in_pieces(context):
     from django.db import OperationalError
     from morango.sync.operations import DBBackend
-    from morango.sync.operations import _serialize_into_store
 
     profile = context.sync_session.profile
     try:
-        _serialize_into_store(profile, filter=context.filter)
+        serialize_in_pieces(profile, context.filter)
         deserialize_in_pieces(profile, context.filter)
     except OperationalError as e:
         if DBBackend._is_transaction_isolation_error(e):

@@ -40,6 +40,7 @@ from django.core import exceptions
 from django.db import connection
 from django.db.models import Q
 from django.dispatch import Signal
+from morango.constants import transfer_stages
 from morango.models.core import Store
 from morango.registry import syncable_models
 
@@ -63,13 +64,19 @@ __all__ = [
     "PIECE_COMMITTED",
     "SUPPORTED_MORANGO_VERSIONS",
     "TARGET_PIECE_SECONDS",
+    "batches",
     "deserialize_in_pieces",
+    "next_piece_size",
+    "pause_after_piece",
     "supports_installed_morango",
+    "under_filter",
 ]
 
-#: Sent after each piece commits, on the thread that ran it, with ``records`` (how
-#: many records the piece worked on) and ``seconds`` (how long its transaction
-#: took): the moment to report progress, with no database transaction open.
+#: Sent after each piece commits, on the thread that ran it, with the stage whose
+#: work it did as sender (``deserializing`` here, ``serializing`` from
+#: :mod:`.serialize_pieces`), ``records`` (how many records the piece worked on)
+#: and ``seconds`` (how long its transaction took): the moment to report
+#: progress, with no database transaction open.
 PIECE_COMMITTED = Signal()
 
 #: The morango versions whose ``_deserialize_from_store`` this module mirrors.
@@ -136,7 +143,34 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None):
     return run.longest
 
 
-def _under_filter(sync_filter, field):
+def next_piece_size(records, seconds):
+    """
+    :return: How many records the next piece should take for its transaction to
+        last about :data:`TARGET_PIECE_SECONDS`, after a piece of ``records`` took
+        ``seconds``: at most twice as many, as one quick piece may be luck
+    :rtype: int
+    """
+    scaled = int(records * TARGET_PIECE_SECONDS / max(seconds, 0.001))
+    scaled = min(scaled, 2 * max(records, MIN_PIECE_RECORDS))
+    return max(MIN_PIECE_RECORDS, min(MAX_PIECE_RECORDS, scaled))
+
+
+def pause_after_piece(seconds):
+    """
+    On SQLite, leave the write lock free for a while after a piece that held it for
+    ``seconds`` (see :data:`PAUSE_SHARE`); elsewhere, go on at once.
+    """
+    if connection.vendor == "sqlite":
+        time.sleep(
+            min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE))
+        )
+
+
+def under_filter(sync_filter, field):
+    """
+    :return: The condition that ``field`` starts with one of the filter's prefixes
+    :rtype: django.db.models.Q
+    """
     condition = Q()
     for prefix in sync_filter:
         condition |= Q(**{field + "__startswith": prefix})
@@ -154,7 +188,7 @@ def _still_dirty(batch):
     return [records[id_] for id_ in batch if id_ in records]
 
 
-def _batches(ids, size):
+def batches(ids, size):
     """Yield slices of ``ids``; ``size`` is read again before each slice."""
     start = 0
     while start < len(ids):
@@ -198,7 +232,7 @@ class _Run(object):
             model_condition |= Q(model_name=klass.morango_model_name)
         return Store.objects.filter(
             model_condition,
-            _under_filter(self.sync_filter, "partition"),
+            under_filter(self.sync_filter, "partition"),
             profile=self.profile,
         )
 
@@ -218,18 +252,13 @@ class _Run(object):
             model.__name__,
             elapsed,
         )
-        # size the next piece so its transaction lasts about the target, growing
-        # at most twofold, as one quick piece may be luck
-        scaled = int(records * TARGET_PIECE_SECONDS / max(elapsed, 0.001))
-        scaled = min(scaled, 2 * max(records, MIN_PIECE_RECORDS))
-        self._size = max(MIN_PIECE_RECORDS, min(MAX_PIECE_RECORDS, scaled))
-        PIECE_COMMITTED.send(sender=_Run, records=records, seconds=elapsed)
+        self._size = next_piece_size(records, elapsed)
+        PIECE_COMMITTED.send(
+            sender=transfer_stages.DESERIALIZING, records=records, seconds=elapsed
+        )
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
-        if connection.vendor == "sqlite":
-            time.sleep(
-                min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, elapsed * PAUSE_SHARE))
-            )
+        pause_after_piece(elapsed)
 
     def _piece_size(self):
         return self._size
@@ -240,7 +269,7 @@ class _Run(object):
         # depend on one before it (a group membership on the classroom's)
         dirty = [r.id for r in store_records.filter(dirty_bit=True).iterator()]
         self._size = FIRST_PIECE_RECORDS
-        for batch in _batches(dirty, self._piece_size):
+        for batch in batches(dirty, self._piece_size):
             self._piece(
                 lambda: self._deserialize_batch(model, batch), len(batch), model
             )
@@ -295,7 +324,7 @@ class _Run(object):
         level = [r.id for r in children.iterator()]
         self._size = FIRST_PIECE_RECORDS
         while level:
-            for batch in _batches(level, self._piece_size):
+            for batch in batches(level, self._piece_size):
                 self._piece(
                     lambda: self._deserialize_children(model, batch),
                     len(batch),

@@ -15,7 +15,11 @@ What each stage lets us count:
   so progress is 0 of them until all are done.
 - ``queuing``: how many records were queued is known only once the stage is done
   (``records_total``), so progress is one step.
-- ``serializing`` and ``cleanup``: morango exposes no count, so progress is one step.
+- ``serializing`` for a pull: the rows changed under the sync filter are known when
+  the stage starts; on Kolibri 0.19 the plugin serializes them in pieces (see
+  :mod:`.serialize_pieces`) and progress is saved after each piece. Elsewhere, and
+  for a push (the server serializes nothing), progress is one step.
+- ``cleanup``: morango exposes no count, so progress is one step.
 
 Progress is never saved while the stage holds a transaction on the main database:
 on SQLite, job storage is a file of its own, and a job that waited for job
@@ -43,6 +47,8 @@ from morango.models.core import Store
 from .compat import COUNTS_DESERIALIZED_RECORDS
 from .compat import update_job_progress
 from .pieces import PIECE_COMMITTED
+from .pieces import supports_installed_morango
+from .serialize_pieces import changed_rows
 from .store import dirty_store_records
 from .wording import describe
 
@@ -69,6 +75,22 @@ def _dirty_store_records(context):
     )
 
 
+def _changed_rows(context):
+    """
+    :return: How many rows a pull's serializing writes into the store, or ``None``
+        for a push, whose server serializes nothing
+    :rtype: int|None
+    """
+    if not context.is_producer:
+        return None
+    return changed_rows(context.sync_session.profile, context.filter)
+
+
+def _serializes_in_pieces(context):
+    """Whether the stage's serializing commits in pieces (see :mod:`.operations`)."""
+    return context.is_producer and supports_installed_morango()
+
+
 def _buffered_records(context):
     """
     :return: How many records the client pushed, which morango's dequeuing merges
@@ -87,8 +109,10 @@ def _queued_records(context):
 
 
 #: Per stage: the count known when the stage starts, the count known when it ends,
-#: and whether records are counted one by one while it runs.
+#: and whether records are counted while it runs (or a function of the context
+#: that tells).
 _COUNTS = {
+    transfer_stages.SERIALIZING: (_changed_rows, None, _serializes_in_pieces),
     transfer_stages.DESERIALIZING: (
         _dirty_store_records,
         None,
@@ -195,6 +219,8 @@ class StageProgress(object):
         self._started = timezone.now()
         self._depth = transaction_depth()
         count_before, _, live = _COUNTS.get(self.stage, (None, None, False))
+        if callable(live):
+            live = live(context)
         if count_before is not None:
             self.records = count_before(context)
         # with no records to count, the stage is one step
@@ -230,8 +256,14 @@ class StageProgress(object):
         thread = threading.get_ident()
 
         def piece_committed(sender, records=0, **kwargs):
-            # a piece inside a transaction the stage opened has not really committed
-            if threading.get_ident() != thread or self._in_stage_transaction():
+            # a piece inside a transaction the stage opened has not really committed,
+            # and the pieces of another stage's work (deserializing serializes
+            # first) are not this stage's records
+            if (
+                sender != self.stage
+                or threading.get_ident() != thread
+                or self._in_stage_transaction()
+            ):
                 return
             self._committed += records
             self.advance(self._committed)

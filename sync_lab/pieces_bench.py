@@ -1,14 +1,22 @@
 """
-How long deserializing holds the database's write lock: morango's one transaction
-against the plugin's pieces, on the same store of a real Kolibri instance.
+How long serializing and deserializing hold the database's write lock: morango's
+one transaction against the plugin's pieces, on the same store of a real Kolibri
+instance.
 
 ``python -m sync_lab.pieces_bench --sizes 1500,6000`` provisions one instance per
-size with about that many records of learner activity, marks every record of the
-facility in morango's store as received and not yet deserialized (as a push of
-that many records leaves it), and deserializes it twice: with morango's own
-functions, then, after marking the same records again, with :mod:`.pieces`.
-It prints the longest transaction of each, and the one the stage opens before
-(serializing, as morango does before it deserializes).
+size with about that many records of learner activity, then:
+
+- marks every row of the facility changed (as local changes waiting for a pull
+  leave them) and serializes them twice: with morango's own function, then, after
+  marking the same rows again, with :mod:`.serialize_pieces`;
+- marks every record of the facility in morango's store as received and not yet
+  deserialized (as a push of that many records leaves it), and deserializes it
+  twice: with morango's own functions, then, after marking the same records again,
+  with :mod:`.pieces`, each after serializing as morango does before it
+  deserializes (by morango, then in pieces).
+
+It prints, for each, morango's one transaction and the pieces' longest, median,
+count and total.
 """
 
 import argparse
@@ -32,6 +40,54 @@ def _mark_received(dataset_id):
     )
 
 
+def _mark_changed(dataset_id):
+    from morango.registry import syncable_models
+
+    changed = 0
+    for model in syncable_models.get_models("facilitydata"):
+        rows = model.syncing_objects.filter(_morango_partition__startswith=dataset_id)
+        changed += rows.count()
+        rows.update(update_dirty_bit_to=True)
+    return changed
+
+
+def _piece_figures(prefix, piece_seconds, total):
+    return {
+        prefix + "pieces": len(piece_seconds),
+        prefix + "pieces_longest_s": max(piece_seconds),
+        prefix + "pieces_median_s": sorted(piece_seconds)[len(piece_seconds) // 2],
+        prefix + "pieces_total_s": total,
+    }
+
+
+def measure_serializing(dataset_id, profile, sync_filter):
+    """
+    Run inside the instance, with the facility's rows already in the store.
+
+    :return: Seconds and counts, by name
+    :rtype: dict
+    """
+    from morango.sync.operations import _serialize_into_store
+
+    from kolibri_sync_extras_plugin.serialize_pieces import serialize_in_pieces
+
+    figures = {"serialize_rows": _mark_changed(dataset_id)}
+    started = time.monotonic()
+    _serialize_into_store(profile, filter=sync_filter)
+    figures["serialize_morango_s"] = time.monotonic() - started
+
+    _mark_changed(dataset_id)
+    piece_seconds = []
+    started = time.monotonic()
+    serialize_in_pieces(
+        profile, sync_filter, on_piece=lambda rows, s: piece_seconds.append(s)
+    )
+    figures.update(
+        _piece_figures("serialize_", piece_seconds, time.monotonic() - started)
+    )
+    return figures
+
+
 def measure_deserializing(facility_id):
     """
     Run inside the instance (see :meth:`KolibriInstance.call`).
@@ -48,6 +104,7 @@ def measure_deserializing(facility_id):
     from morango.sync.operations import _serialize_into_store
 
     from kolibri_sync_extras_plugin import pieces
+    from kolibri_sync_extras_plugin.serialize_pieces import serialize_in_pieces
 
     logging.getLogger("morango").setLevel(logging.ERROR)
     pieces_log = []
@@ -64,7 +121,7 @@ def measure_deserializing(facility_id):
     dataset_id = Facility.objects.get(id=facility_id).dataset_id
     sync_filter = Filter(dataset_id)
     MorangoProfileController(profile).serialize_into_store()
-    figures = {}
+    figures = measure_serializing(dataset_id, profile, sync_filter)
 
     figures["records"] = _mark_received(dataset_id)
     started = time.monotonic()
@@ -77,7 +134,7 @@ def measure_deserializing(facility_id):
     _mark_received(dataset_id)
     piece_seconds = []
     started = time.monotonic()
-    _serialize_into_store(profile, filter=sync_filter)
+    figures["pieces_serialize_longest_s"] = serialize_in_pieces(profile, sync_filter)
     figures["pieces_serialize_s"] = time.monotonic() - started
     started = time.monotonic()
     pieces.deserialize_in_pieces(

@@ -26,6 +26,7 @@ from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
 
 from kolibri_sync_extras_plugin import pieces
+from kolibri_sync_extras_plugin import serialize_pieces
 from kolibri_sync_extras_plugin.context import BackgroundSessionContext
 from kolibri_sync_extras_plugin.context import RecordedRequest
 from kolibri_sync_extras_plugin.runner import run_stage_operations
@@ -321,3 +322,37 @@ def test_pieces__outside_a_background_job__leave_the_stage_to_morango(
     stage_middleware(transfer_stages.DESERIALIZING)(context)
 
     assert piece_count == []
+
+
+def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_does(
+    varied_push, small_pieces, monkeypatch
+):
+    # learners renamed on the server too, one of them one the push renames, and a
+    # new learner: serializing first keeps the server's changes as morango does
+    pushed = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
+    FacilityUser.objects.filter(id=pushed.id).update(full_name="Renamed here")
+    for user in FacilityUser.objects.order_by("username")[:3]:
+        user.full_name = "Renamed here too"
+        user.save()
+    FacilityUser.objects.create(
+        username="local", facility=FacilityUser.objects.first().facility
+    )
+    FacilityUser.objects.filter(id=pushed.id).update(_morango_dirty_bit=True)
+    expected = _morango_stage_result(varied_push)
+    serialized = []
+    run_piece = serialize_pieces._Run.piece
+
+    def counting(run, work, records, what, **kwargs):
+        run_piece(run, work, records, what, **kwargs)
+        serialized.append(records)
+
+    monkeypatch.setattr(serialize_pieces._Run, "piece", counting)
+
+    _background_stage(varied_push)
+
+    assert sum(serialized) >= 5
+    assert _snapshot() == expected
+    # the record both renamed keeps the server's rename, and the push's as conflicting
+    record = Store.objects.get(id=pushed.id)
+    assert json.loads(record.serialized)["full_name"] == "Renamed here"
+    assert "Renamed learner" in record.conflicting_serialized_data

@@ -13,10 +13,13 @@ from kolibri.core.auth.models import FacilityUser
 from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 from morango.models.core import Store
+from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin import runner
 from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
+from kolibri_sync_extras_plugin.context import BackgroundSessionContext
 from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+from kolibri_sync_extras_plugin.progress import StageProgress
 from kolibri_sync_extras_plugin.progress import transaction_depth
 
 from .helpers.constants import ALL_DATABASES
@@ -27,10 +30,11 @@ from .helpers.jobs import run_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
-#: For tests of deserializing in pieces, which only morango 0.8.15 allows.
+#: For tests of serializing and deserializing in pieces, which only morango 0.8.15
+#: allows.
 in_pieces = pytest.mark.skipif(
     not supports_installed_morango(),
-    reason="the plugin deserializes in pieces only with morango 0.8.15",
+    reason="the plugin serializes and deserializes in pieces only with morango 0.8.15",
 )
 
 
@@ -157,18 +161,69 @@ def test_queuing_progress__pull__one_step_with_the_count_known_at_the_end(
     )
 
 
-def test_serializing_progress__pull__one_step_without_a_count(
-    background_everything, async_client, server_sync_session, progress_updates
+@in_pieces
+def test_serializing_progress__pull__saved_after_each_piece_and_never_goes_back(
+    background_everything,
+    async_client,
+    server_sync_session,
+    pieces_of_three,
+    progress_updates,
 ):
+    # the suite's facility was created unserialized: every row of it is changed
     _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
 
     [job] = run_stage_jobs()
 
-    assert [(u["progress"], u["total"]) for u in progress_updates] == [(0, 1), (1, 1)]
-    assert job.extra_metadata["records"] is None
+    steps = [(u["progress"], u["total"]) for u in progress_updates]
+    total = job.extra_metadata["records"]
+    assert total >= 27
+    assert steps[0] == (0, total) and steps[-1] == (total, total)
+    assert len(steps) > total // 3
+    assert [p for p, _ in steps] == sorted(p for p, _ in steps)
+    assert "Serializing 6 / {} records for Riverside School".format(total) in [
+        u["text"] for u in progress_updates
+    ]
     assert job.extra_metadata["status_text"] == (
-        "Serializing done for Riverside School"
+        "Serializing done for Riverside School: {} records".format(total)
     )
+
+
+def test_serializing_progress__unsupported_morango__zero_then_all_at_once(
+    background_everything,
+    async_client,
+    server_sync_session,
+    progress_updates,
+    monkeypatch,
+):
+    import morango
+
+    monkeypatch.setattr(morango, "__version__", "0.0.0")
+    _pull_at(async_client, server_sync_session, transfer_stages.SERIALIZING)
+
+    [job] = run_stage_jobs()
+
+    total = job.extra_metadata["records"]
+    assert [(u["progress"], u["total"]) for u in progress_updates] == [
+        (0, total),
+        (total, total),
+    ]
+    assert job.extra_metadata["status_text"] == (
+        "Serializing done for Riverside School: {} records".format(total)
+    )
+
+
+def test_serializing_progress__push__one_step_without_a_count(
+    pushed_learner_edits, async_client, progress_updates
+):
+    # the server of a push serializes nothing: the stage is one step
+
+    context = BackgroundSessionContext(
+        TransferSession.objects.get(id=pushed_learner_edits["id"])
+    )
+    progress = StageProgress(transfer_stages.SERIALIZING)
+
+    assert progress.start(context) is None
+    assert progress.total == 1
 
 
 def test_stage_progress__queued_job__status_text_waits_for_a_worker(

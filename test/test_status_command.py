@@ -151,7 +151,7 @@ def test_status__stage_completed__listed_as_done_and_exits_zero(pull_at_serializ
     assert stage["stage_status"] == "completed"
     assert stage["job_state"] == "COMPLETED"
     assert stage["percentage"] == 1
-    assert stage["status_text"] == "Serializing done for Riverside School"
+    assert stage["status_text"].startswith("Serializing done for Riverside School: ")
     assert stage["problem"] is None
     assert "COMPLETED  100%" in out
     assert out.splitlines()[-1] == "1 background stage: 0 stuck, 0 errored"

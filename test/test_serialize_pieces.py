@@ -1,0 +1,406 @@
+"""
+Serializing in short transactions ends exactly as morango's one-transaction
+serialization leaves the store, in the background serializing stage and before
+background deserializing; a run stopped between two pieces ends, run again, as
+morango would end if it ran once after the stop.
+"""
+
+import json
+import uuid
+from types import SimpleNamespace
+
+import pytest
+from django.db import transaction
+from kolibri.core.auth.models import Classroom
+from kolibri.core.auth.models import FacilityUser
+from kolibri.core.auth.models import LearnerGroup
+from kolibri.core.auth.models import Membership
+from kolibri.core.auth.sync_operations import KolibriSyncOperations
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+from morango.models.certificates import Filter
+from morango.models.core import DatabaseMaxCounter
+from morango.models.core import DeletedModels
+from morango.models.core import HardDeletedModels
+from morango.models.core import InstanceIDModel
+from morango.models.core import RecordMaxCounter
+from morango.models.core import Store
+from morango.models.core import TransferSession
+from morango.registry import syncable_models
+from morango.sync.context import LocalSessionContext
+from morango.sync.operations import _serialize_into_store
+
+from kolibri_sync_extras_plugin import pieces
+from kolibri_sync_extras_plugin import serialize_pieces
+from kolibri_sync_extras_plugin.context import RecordedRequest
+from kolibri_sync_extras_plugin.errors import UnsupportedMorango
+from kolibri_sync_extras_plugin.operations import PiecewiseSerializeOperation
+from kolibri_sync_extras_plugin.runner import stage_middleware
+
+from .helpers.constants import ALL_DATABASES
+from .helpers.jobs import run_stage_jobs
+from .helpers.jobs import stage_jobs
+
+pytestmark = [
+    pytest.mark.django_db(databases=ALL_DATABASES),
+    pytest.mark.skipif(
+        not pieces.supports_installed_morango(),
+        reason="the pieces follow morango 0.8.15 (Kolibri 0.19); older morango "
+        "serializes in its own one transaction",
+    ),
+]
+
+PROFILE = "facilitydata"
+
+
+def _current_instance():
+    return InstanceIDModel.get_or_create_current_instance()[0]
+
+
+def _dirty_app_rows():
+    return sorted(
+        (model.__name__, id_)
+        for model in syncable_models.get_models(PROFILE)
+        for id_ in model.syncing_objects.filter(_morango_dirty_bit=True).values_list(
+            "id", flat=True
+        )
+    )
+
+
+def _snapshot():
+    """Everything a serialization writes: store, counters, dirty bits, deletion logs."""
+    return {
+        "store": list(Store.objects.order_by("id").values()),
+        "record_max_counters": list(
+            RecordMaxCounter.objects.order_by("store_model_id", "instance_id").values(
+                "store_model_id", "instance_id", "counter"
+            )
+        ),
+        "database_max_counters": list(
+            DatabaseMaxCounter.objects.order_by("instance_id", "partition").values(
+                "instance_id", "partition", "counter"
+            )
+        ),
+        "instance_counter": _current_instance().counter,
+        "dirty_app_rows": _dirty_app_rows(),
+        "deleted_models": list(DeletedModels.objects.order_by("id").values()),
+        "hard_deleted_models": list(HardDeletedModels.objects.order_by("id").values()),
+    }
+
+
+def _morango_result(sync_filter):
+    """What morango's own serialization leaves, undone again afterwards."""
+    with transaction.atomic():
+        _serialize_into_store(PROFILE, filter=sync_filter)
+        snapshot = _snapshot()
+        transaction.set_rollback(True)
+    return snapshot
+
+
+@pytest.fixture
+def changed_facility(facility):
+    """
+    The facility serialized once, then changed in every way serializing handles:
+    learners renamed (one of them also received from a client and not yet
+    deserialized, so its store record is dirty too; one whose store record was
+    deleted before), new learners with memberships, a new classroom with a group
+    inside it (a model with a foreign key to itself), a membership deleted and a
+    learner deleted for good.
+
+    :return: The facility's filter and the ids of the learners received, revived
+        and deleted for good
+    """
+    sync_filter = Filter(facility.dataset_id)
+    _serialize_into_store(PROFILE, filter=sync_filter)
+    learners = list(FacilityUser.objects.filter(facility=facility).order_by("username"))
+    for learner in learners[:5]:
+        learner.full_name = "Changed {}".format(learner.username)
+        learner.save()
+    Store.objects.filter(id=learners[0].id).update(
+        dirty_bit=True, last_transfer_session_id=uuid.uuid4().hex
+    )
+    Store.objects.filter(id=learners[1].id).update(deleted=True)
+
+    classroom = Classroom.objects.create(name="Class B", parent=facility)
+    group = LearnerGroup.objects.create(name="Group 1", parent=classroom)
+    for number in range(6):
+        user = FacilityUser.objects.create(
+            username="newcomer{}".format(number), facility=facility
+        )
+        Membership.objects.create(user=user, collection=classroom)
+        Membership.objects.create(user=user, collection=group)
+
+    Membership.objects.filter(user=learners[6]).first().delete()
+    hard_deleted = learners[7].id
+    learners[7].delete(hard_delete=True)
+    return SimpleNamespace(
+        filter=sync_filter,
+        received=learners[0].id,
+        revived=learners[1].id,
+        hard_deleted=hard_deleted,
+    )
+
+
+@pytest.fixture
+def piece_count(monkeypatch):
+    """How many serializing pieces were committed (a list, read later)."""
+    counted = []
+    run_piece = serialize_pieces._Run.piece
+
+    def counting(run, work, records, what, **kwargs):
+        run_piece(run, work, records, what, **kwargs)
+        counted.append(records)
+
+    monkeypatch.setattr(serialize_pieces._Run, "piece", counting)
+    return counted
+
+
+def test_serialize_pieces__end_as_morangos_serialization(
+    changed_facility, pieces_of_three, piece_count
+):
+    expected = _morango_result(changed_facility.filter)
+    # the changes wait for serializing again
+    assert len(_dirty_app_rows()) > 20
+
+    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+
+    assert len(piece_count) > 10
+    assert _snapshot() == expected
+
+
+def test_serialize_pieces__the_data_exercises_every_path_of_morangos(
+    changed_facility,
+):
+    expected = _morango_result(changed_facility.filter)
+    counter = expected["instance_counter"]
+    store = {record["id"]: record for record in expected["store"]}
+    group = LearnerGroup.objects.get(name="Group 1")
+
+    # a dirty store record keeps what it received as conflicting data
+    assert store[changed_facility.received]["conflicting_serialized_data"]
+    assert not store[changed_facility.received]["dirty_bit"]
+    assert store[changed_facility.received]["last_transfer_session_id"] is None
+    # a new record of the model with a foreign key to itself names its parent
+    assert store[group.id]["_self_ref_fk"] == group.parent_id
+    # a soft deletion and a hard deletion
+    assert any(
+        r["deleted"] and r["last_saved_counter"] == counter for r in store.values()
+    )
+    hard_deleted = store[changed_facility.hard_deleted]
+    assert hard_deleted["hard_deleted"] and hard_deleted["serialized"] == "{}"
+    # an updated record that was deleted in the store is not any more
+    assert not store[changed_facility.revived]["deleted"]
+    assert expected["dirty_app_rows"] == []
+    assert expected["deleted_models"] == expected["hard_deleted_models"] == []
+
+
+def test_serialize_pieces__a_broken_copy__differs_from_morangos(
+    changed_facility, pieces_of_three, monkeypatch
+):
+    expected = _morango_result(changed_facility.filter)
+    # the comparison notices a run that leaves soft deletions unmarked
+    monkeypatch.setattr(serialize_pieces._Run, "mark_deleted", lambda run, ids: None)
+
+    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+
+    snapshot = _snapshot()
+    assert snapshot != expected
+    assert [k for k in expected if snapshot[k] != expected[k]] == [
+        "store",
+        "record_max_counters",
+    ]
+
+
+class _Stopped(Exception):
+    """The job's process ending between two pieces."""
+
+
+def _without_counters(snapshot):
+    """A snapshot with every counter of this instance left out."""
+    instance = _current_instance().id
+    store = [
+        dict(r, last_saved_counter=None) if r["last_saved_instance"] == instance else r
+        for r in snapshot["store"]
+    ]
+    return dict(
+        snapshot,
+        store=store,
+        record_max_counters=[
+            dict(r, counter=None) if r["instance_id"] == instance else r
+            for r in snapshot["record_max_counters"]
+        ],
+        database_max_counters=[
+            dict(r, counter=None) if r["instance_id"] == instance else r
+            for r in snapshot["database_max_counters"]
+        ],
+        instance_counter=None,
+    )
+
+
+def _own_database_max_counter(sync_filter):
+    [partition] = list(sync_filter)
+    return DatabaseMaxCounter.objects.get(
+        instance_id=_current_instance().id, partition=partition
+    ).counter
+
+
+def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango_after_the_stop(
+    changed_facility, pieces_of_three
+):
+    once = _morango_result(changed_facility.filter)
+    dirty_before = len(_dirty_app_rows())
+    counter_before = _current_instance().counter
+    committed = []
+
+    def stop_after_five(records, seconds):
+        committed.append(records)
+        if len(committed) == 5:
+            raise _Stopped()
+
+    with pytest.raises(_Stopped):
+        serialize_pieces.serialize_in_pieces(
+            PROFILE, changed_facility.filter, on_piece=stop_after_five
+        )
+    # five pieces stayed serialized, the rest is still dirty, and the database max
+    # counters still name the run before
+    assert 0 < len(_dirty_app_rows()) < dirty_before
+    assert _own_database_max_counter(changed_facility.filter) == counter_before
+    after_the_stop = _morango_result(changed_facility.filter)
+
+    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+
+    snapshot = _snapshot()
+    assert snapshot == after_the_stop
+    # against morango running once instead, only this instance's counters differ:
+    # one higher, and the records the stopped run serialized carry the one before
+    assert snapshot != once
+    assert _without_counters(snapshot) == _without_counters(once)
+    assert snapshot["instance_counter"] == once["instance_counter"] + 1
+    assert (
+        _own_database_max_counter(changed_facility.filter)
+        == snapshot["instance_counter"]
+    )
+    instance = _current_instance().id
+    assert {
+        r["last_saved_counter"]
+        for r in snapshot["store"]
+        if r["last_saved_instance"] == instance
+        and r["last_saved_counter"] > counter_before
+    } == {once["instance_counter"], snapshot["instance_counter"]}
+
+
+def test_serialize_pieces__on_an_unsupported_morango__refuse(
+    changed_facility, monkeypatch
+):
+    import morango
+
+    monkeypatch.setattr(morango, "__version__", "0.8.16")
+    dirty_before = _dirty_app_rows()
+
+    with pytest.raises(UnsupportedMorango, match="morango's own"):
+        serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+
+    assert _dirty_app_rows() == dirty_before
+
+
+def _transfer(pull):
+    return TransferSession.objects.get(id=pull["id"])
+
+
+def _morango_stage_result(pull):
+    """
+    What morango's serializing stage leaves, run with the context the job runs it
+    with but outside a job, undone again afterwards.
+    """
+    [job] = stage_jobs()
+    with transaction.atomic():
+        context = LocalSessionContext(
+            request=RecordedRequest(job.kwargs["request_data"]),
+            transfer_session=_transfer(pull),
+            capabilities=set(job.kwargs["capabilities"]) - {"ASYNC_OPERATIONS"},
+        )
+        result = stage_middleware(transfer_stages.SERIALIZING)(context)
+        assert result == transfer_statuses.COMPLETED
+        snapshot = _stage_snapshot(pull)
+        transaction.set_rollback(True)
+    return snapshot
+
+
+def _stage_snapshot(pull):
+    transfer = _transfer(pull)
+    return dict(
+        _snapshot(), server_fsic=transfer.server_fsic, client_fsic=transfer.client_fsic
+    )
+
+
+def test_serializing_stage__in_a_background_job__ends_as_morangos_stage(
+    changed_facility, pull_at_serializing, pieces_of_three, piece_count
+):
+    expected = _morango_stage_result(pull_at_serializing)
+    assert piece_count == []
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "COMPLETED"
+    assert len(piece_count) > 10
+    assert _stage_snapshot(pull_at_serializing) == expected
+
+
+def test_serializing_stage__on_an_unsupported_morango__left_to_morango(
+    changed_facility, pull_at_serializing, piece_count, monkeypatch
+):
+    import morango
+
+    expected = _morango_stage_result(pull_at_serializing)
+    monkeypatch.setattr(morango, "__version__", "0.8.16")
+
+    [job] = run_stage_jobs()
+
+    assert job.state == "COMPLETED"
+    assert piece_count == []
+    assert _stage_snapshot(pull_at_serializing) == expected
+
+
+def test_serializing_stage__kolibris_own_operations__run_before_the_pieces(
+    pull_at_serializing,
+):
+    context = LocalSessionContext(
+        request=RecordedRequest({}), transfer_session=_transfer(pull_at_serializing)
+    )
+    operations = KolibriSyncOperations().get_operations(context)
+
+    names = [type(o).__name__ for o in operations]
+    assert "SingleFacilityUserChangeClearingOperation" in names
+    assert names[-1] == PiecewiseSerializeOperation.__name__
+
+
+def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model_is_still_to_come(
+    changed_facility, pieces_of_three
+):
+    classroom = Classroom.objects.get(name="Class A")
+    learner = FacilityUser.objects.filter(_morango_dirty_bit=False).first()
+    pieces_done = []
+
+    def change_after_the_first_piece(rows, seconds):
+        pieces_done.append(rows)
+        if len(pieces_done) == 1:
+            # collections come before users in morango's order
+            classroom.name = "Class A, renamed"
+            classroom.save()
+            learner.full_name = "Renamed meanwhile"
+            learner.save()
+
+    serialize_pieces.serialize_in_pieces(
+        PROFILE, changed_facility.filter, on_piece=change_after_the_first_piece
+    )
+
+    counter = _current_instance().counter
+    # the classroom's model was done: it waits for the next serialization
+    assert Classroom.objects.get(id=classroom.id)._morango_dirty_bit
+    assert "renamed" not in Store.objects.get(id=classroom.id).serialized
+    # the learner's model was still to come
+    record = Store.objects.get(id=learner.id)
+    assert not FacilityUser.objects.get(id=learner.id)._morango_dirty_bit
+    assert json.loads(record.serialized)["full_name"] == "Renamed meanwhile"
+    assert record.last_saved_counter == counter
+    assert _own_database_max_counter(changed_facility.filter) == counter
