@@ -11,10 +11,9 @@ from urllib.parse import parse_qs
 from urllib.parse import urlparse
 
 import pytest
-from morango.constants import transfer_stages
-
 from django.core.signals import request_finished
 from django.core.signals import request_started
+from morango.constants import transfer_stages
 
 from kolibri_sync_extras_plugin.pull_pages import accepts_larger_pages
 from kolibri_sync_extras_plugin.pull_pages import pages_in_flight
