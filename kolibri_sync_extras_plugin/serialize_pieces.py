@@ -78,8 +78,9 @@ __all__ = ["changed_rows", "serialize_in_pieces"]
 
 def _changed(model, sync_filter):
     """The model's rows changed since they were serialized, as morango selects them."""
-
-    queryset = model.syncing_objects.filter(_morango_dirty_bit=True)
+    # morango before 0.8 (Kolibri 0.16 to 0.18) serializes through ``objects``
+    manager = getattr(model, "syncing_objects", model.objects)
+    queryset = manager.filter(_morango_dirty_bit=True)
     if sync_filter:
         queryset = queryset.filter(
             pieces.under_filter(sync_filter, "_morango_partition")
