@@ -197,24 +197,71 @@ def batches(ids, size):
         start = end
 
 
-class _Run(object):
+class PieceRun(object):
+    """
+    What a run in pieces keeps from piece to piece: the counts and the longest
+    piece, and the size of the next one. :meth:`commit_piece` runs one piece in a
+    transaction of its own, as morango begins its own, reports it and then leaves
+    the lock free (see :func:`pause_after_piece`).
+    """
+
+    #: The stage that :data:`PIECE_COMMITTED` names as its sender
+    stage = None
+
+    def __init__(self, profile, sync_filter, on_piece):
+        self.profile = profile
+        self.sync_filter = sync_filter
+        self.on_piece = on_piece
+        self.records = 0
+        self.pieces = 0
+        self.longest = 0.0
+        self._size = FIRST_PIECE_RECORDS
+
+    def commit_piece(self, work, records, what, counted=None):
+        """
+        :param work: Does the piece's writes
+        :param records: How many records or rows the piece works on
+        :param what: Names them in the log
+        :param counted: How many of them progress counts; all of them by default
+        """
+        started = time.monotonic()
+        with _begin_transaction(self.sync_filter, isolated=True):
+            work()
+        elapsed = time.monotonic() - started
+        self.pieces += 1
+        self.records += records
+        self.longest = max(self.longest, elapsed)
+        logger.debug(
+            "Piece of %d %s records held the database %.3fs", records, what, elapsed
+        )
+        self._size = next_piece_size(records, elapsed)
+        PIECE_COMMITTED.send(
+            sender=self.stage,
+            records=records if counted is None else counted,
+            seconds=elapsed,
+        )
+        if self.on_piece is not None:
+            self.on_piece(records, elapsed)
+        pause_after_piece(elapsed)
+
+    def _piece_size(self):
+        return self._size
+
+
+class _Run(PieceRun):
     """
     One deserialization of a filter, piece by piece: what morango keeps for the
     length of its transaction (the foreign key cache, the records that failed, the
     records that reference deleted ones) is kept here for the length of the run.
     """
 
+    stage = transfer_stages.DESERIALIZING
+
     def __init__(self, profile, sync_filter, on_piece):
-        self.profile = profile
-        self.sync_filter = sync_filter
-        self.on_piece = on_piece
+        super(_Run, self).__init__(profile, sync_filter, on_piece)
         self.fk_cache = {}
         self.excluded = set()
         self.deleted = set()
-        self.records = 0
-        self.pieces = 0
-        self.longest = 0.0
-        self._size = FIRST_PIECE_RECORDS
 
     def one_pass(self):
 
@@ -236,33 +283,6 @@ class _Run(object):
             profile=self.profile,
         )
 
-    def _piece(self, work, records, model):
-        """Run ``work`` in its own transaction, as morango begins its own, and time it."""
-
-        started = time.monotonic()
-        with _begin_transaction(self.sync_filter, isolated=True):
-            work()
-        elapsed = time.monotonic() - started
-        self.pieces += 1
-        self.records += records
-        self.longest = max(self.longest, elapsed)
-        logger.debug(
-            "Piece of %d %s records held the database %.3fs",
-            records,
-            model.__name__,
-            elapsed,
-        )
-        self._size = next_piece_size(records, elapsed)
-        PIECE_COMMITTED.send(
-            sender=transfer_stages.DESERIALIZING, records=records, seconds=elapsed
-        )
-        if self.on_piece is not None:
-            self.on_piece(records, elapsed)
-        pause_after_piece(elapsed)
-
-    def _piece_size(self):
-        return self._size
-
     def _model(self, model):
         store_records = self._store_records(model)
         # read as morango reads them, so they come in the same order: a record may
@@ -270,8 +290,10 @@ class _Run(object):
         dirty = [r.id for r in store_records.filter(dirty_bit=True).iterator()]
         self._size = FIRST_PIECE_RECORDS
         for batch in batches(dirty, self._piece_size):
-            self._piece(
-                lambda: self._deserialize_batch(model, batch), len(batch), model
+            self.commit_piece(
+                lambda: self._deserialize_batch(model, batch),
+                len(batch),
+                model.__name__,
             )
 
     def _deserialize_batch(self, model, batch):
@@ -325,10 +347,10 @@ class _Run(object):
         self._size = FIRST_PIECE_RECORDS
         while level:
             for batch in batches(level, self._piece_size):
-                self._piece(
+                self.commit_piece(
                     lambda: self._deserialize_children(model, batch),
                     len(batch),
-                    model,
+                    model.__name__,
                 )
             clean_parents = store_records.filter(dirty_bit=False).char_ids_list()
             level = [
@@ -339,7 +361,7 @@ class _Run(object):
                 .exclude(id__in=self.excluded)
                 .iterator()
             ]
-        self._piece(lambda: self._mark_orphans(store_records), 0, model)
+        self.commit_piece(lambda: self._mark_orphans(store_records), 0, model.__name__)
 
     def _deserialize_children(self, model, batch):
 

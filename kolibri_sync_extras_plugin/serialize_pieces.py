@@ -49,7 +49,6 @@ result with morango's on the same data.
 
 import json
 import logging
-import time
 
 import morango
 from django.core.serializers.json import DjangoJSONEncoder
@@ -66,7 +65,6 @@ from . import pieces
 from .errors import UnsupportedMorango
 
 try:
-    from morango.sync.operations import _begin_transaction
     from morango.sync.operations import _self_referential_fk
 except ImportError:  # older morango: supports_installed_morango() says no
     pass
@@ -136,7 +134,7 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None):
         run.model(model)
     run.deletions(DeletedModels, run.mark_deleted)
     run.deletions(HardDeletedModels, run.mark_hard_deleted)
-    run.piece(run.database_max_counters, 0, "DatabaseMaxCounter", rows=False)
+    run.commit_piece(run.database_max_counters, 0, "DatabaseMaxCounter", counted=0)
     logger.debug(
         "Serialized %d rows in %d pieces; the longest held the database %.3fs",
         run.records,
@@ -146,47 +144,14 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None):
     return run.longest
 
 
-class _Run(object):
+class _Run(pieces.PieceRun):
     """One serialization of a filter, piece by piece, under one counter."""
 
+    stage = transfer_stages.SERIALIZING
+
     def __init__(self, profile, sync_filter, current, on_piece):
-        self.profile = profile
-        self.sync_filter = sync_filter
+        super(_Run, self).__init__(profile, sync_filter, on_piece)
         self.current = current
-        self.on_piece = on_piece
-        self.records = 0
-        self.pieces = 0
-        self.longest = 0.0
-        self._size = pieces.FIRST_PIECE_RECORDS
-
-    def piece(self, work, records, what, rows=True):
-        """
-        Run ``work`` in its own transaction, as morango begins its own, and time it.
-        ``rows`` tells whether its ``records`` are changed rows, which progress counts.
-        """
-
-        started = time.monotonic()
-        with _begin_transaction(self.sync_filter, isolated=True):
-            work()
-        elapsed = time.monotonic() - started
-        self.pieces += 1
-        self.records += records
-        self.longest = max(self.longest, elapsed)
-        logger.debug(
-            "Piece of %d %s rows held the database %.3fs", records, what, elapsed
-        )
-        self._size = pieces.next_piece_size(records, elapsed)
-        pieces.PIECE_COMMITTED.send(
-            sender=transfer_stages.SERIALIZING,
-            records=records if rows else 0,
-            seconds=elapsed,
-        )
-        if self.on_piece is not None:
-            self.on_piece(records, elapsed)
-        pieces.pause_after_piece(elapsed)
-
-    def _piece_size(self):
-        return self._size
 
     def _dirty_rows(self, model):
         return _changed(model, self.sync_filter)
@@ -196,7 +161,7 @@ class _Run(object):
         self._size = pieces.FIRST_PIECE_RECORDS
         self_ref_fk = _self_referential_fk(model)
         for batch in pieces.batches(dirty, self._piece_size):
-            self.piece(
+            self.commit_piece(
                 lambda: self._serialize_batch(model, batch, self_ref_fk),
                 len(batch),
                 model.__name__,
@@ -284,7 +249,9 @@ class _Run(object):
             log_model.objects.filter(profile=self.profile, id__in=ids).delete()
 
         for batch in pieces.batches(logged, self._piece_size):
-            self.piece(lambda: apply(batch), len(batch), log_model.__name__, rows=False)
+            self.commit_piece(
+                lambda: apply(batch), len(batch), log_model.__name__, counted=0
+            )
 
     def mark_deleted(self, ids):
         """morango's handling of soft-deleted rows, for ``ids``."""

@@ -34,6 +34,7 @@ from kolibri_sync_extras_plugin.runner import stage_middleware
 from kolibri_sync_extras_plugin.store import dirty_store_records
 
 from .helpers.constants import ALL_DATABASES
+from .helpers.pieces import count_committed_pieces
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -180,15 +181,7 @@ def small_pieces(monkeypatch):
 @pytest.fixture
 def piece_count(monkeypatch):
     """How many pieces were committed (a list, so the test reads the count later)."""
-    counted = []
-    run_piece = pieces._Run._piece
-
-    def counting(run, work, records, model):
-        run_piece(run, work, records, model)
-        counted.append(records)
-
-    monkeypatch.setattr(pieces._Run, "_piece", counting)
-    return counted
+    return count_committed_pieces(monkeypatch, pieces._Run)
 
 
 def _transfer(push):
@@ -339,14 +332,7 @@ def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_do
     )
     FacilityUser.objects.filter(id=pushed.id).update(_morango_dirty_bit=True)
     expected = _morango_stage_result(varied_push)
-    serialized = []
-    run_piece = serialize_pieces._Run.piece
-
-    def counting(run, work, records, what, **kwargs):
-        run_piece(run, work, records, what, **kwargs)
-        serialized.append(records)
-
-    monkeypatch.setattr(serialize_pieces._Run, "piece", counting)
+    serialized = count_committed_pieces(monkeypatch, serialize_pieces._Run)
 
     _background_stage(varied_push)
 

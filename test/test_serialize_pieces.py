@@ -40,6 +40,7 @@ from kolibri_sync_extras_plugin.runner import stage_middleware
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import run_stage_jobs
 from .helpers.jobs import stage_jobs
+from .helpers.pieces import count_committed_pieces
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -144,15 +145,7 @@ def changed_facility(facility):
 @pytest.fixture
 def piece_count(monkeypatch):
     """How many serializing pieces were committed (a list, read later)."""
-    counted = []
-    run_piece = serialize_pieces._Run.piece
-
-    def counting(run, work, records, what, **kwargs):
-        run_piece(run, work, records, what, **kwargs)
-        counted.append(records)
-
-    monkeypatch.setattr(serialize_pieces._Run, "piece", counting)
-    return counted
+    return count_committed_pieces(monkeypatch, serialize_pieces._Run)
 
 
 def test_serialize_pieces__end_as_morangos_serialization(

@@ -1,6 +1,7 @@
 """
-The whole server killed while it deserializes a push in a background job, and
-started again. The server runs ``kolibri start`` (HTTP and job workers in one
+The whole server killed while it deserializes a push in a background job, after
+some of its pieces have committed (on a morango the pieces follow), and started
+again. The server runs ``kolibri start`` (HTTP and job workers in one
 process) and the client syncs through a proxy, as it would behind nginx, which
 answers 502 while the server is down.
 
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from morango.constants import transfer_stages
 
+from kolibri_sync_extras_plugin.pieces import supports_installed_morango
 from sync_lab.checks import sync_states
 from sync_lab.dataset import COUNTED
 from sync_lab.dataset import generate_activity
@@ -44,8 +46,9 @@ ENDED_BOUND_SECONDS = 60
 def crashed(tmp_path_factory, server_template, client_template, lab_report):
     """
     A client pulls through the proxy, records activity, and pushes it; the server
-    is SIGKILLed while its deserializing job runs, and started again at once.
-    Then the client syncs again.
+    is SIGKILLed while its deserializing job runs (once a piece has committed, where
+    it deserializes in pieces), and started again at once. Then the client syncs
+    again.
     """
     root = tmp_path_factory.mktemp("server-crash")
     template, facility = server_template
@@ -81,7 +84,11 @@ def crashed(tmp_path_factory, server_template, client_template, lab_report):
             push = BackgroundSync(client, *sync_args, pull=False, timeout=600)
             push.start()
             outcome.job = wait_for_stage_job(
-                server, transfer_stages.DESERIALIZING, "push", timeout=300
+                server,
+                transfer_stages.DESERIALIZING,
+                "push",
+                timeout=300,
+                min_progress=1 if supports_installed_morango() else 0,
             )
             outcome.killed_pid = kill_server(server)
             killed_at = time.monotonic()
@@ -113,6 +120,15 @@ def crashed(tmp_path_factory, server_template, client_template, lab_report):
 def test_server_killed__while_running_the_deserializing_job(crashed):
     # kolibri start runs its job workers as threads of the server process
     assert crashed.job["worker_process"] == str(crashed.killed_pid)
+
+
+@pytest.mark.skipif(
+    not supports_installed_morango(),
+    reason="the plugin deserializes in pieces only with morango 0.8.15",
+)
+def test_server_killed__between_pieces__some_committed_and_some_not(crashed):
+    job = crashed.job
+    assert 0 < job["progress"] < job["total_progress"], job
 
 
 def test_server_killed__client_push_ended_within_the_bound(crashed):
