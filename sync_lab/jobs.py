@@ -82,10 +82,10 @@ def settled_stage_jobs(expected, wait, interval=0.25):
         time.sleep(interval)
 
 
-def stage_job_in_state(direction, stage, state, wait, interval=0.05):
+def stage_job_in_state(direction, stage, state, wait, interval=0.05, min_progress=0):
     """
     Inside the server instance: wait until a job of ``direction`` and ``stage`` is
-    in ``state``.
+    in ``state``, with at least ``min_progress`` done.
 
     :return: The job, or ``None`` if none was within ``wait`` seconds
     :rtype: dict|None
@@ -97,7 +97,7 @@ def stage_job_in_state(direction, stage, state, wait, interval=0.05):
                 direction,
                 stage,
                 state,
-            ):
+            ) and (job["progress"] or 0) >= min_progress:
                 return job
         time.sleep(interval)
     return None
@@ -122,10 +122,13 @@ def wait_for_stage_jobs(instance, expected, timeout=60):
     )
 
 
-def wait_for_stage_job(instance, stage, direction, state="RUNNING", timeout=120):
+def wait_for_stage_job(
+    instance, stage, direction, state="RUNNING", timeout=120, min_progress=0
+):
     """
-    Wait until a stage job of ``direction`` and ``stage`` is in ``state``: a fault
-    has to land while a particular job runs.
+    Wait until a stage job of ``direction`` and ``stage`` is in ``state``, with at
+    least ``min_progress`` done: a fault has to land while a particular job runs,
+    or after it has committed part of its work.
 
     :type instance: sync_lab.instances.KolibriInstance
     :return: The job, as :func:`stage_jobs` describes it
@@ -139,14 +142,16 @@ def wait_for_stage_job(instance, stage, direction, state="RUNNING", timeout=120)
         stage=stage,
         state=state,
         wait=timeout,
+        min_progress=min_progress,
     )
     if job is None:
         raise InstanceError(
-            "{}: no {} {} job was {} within {}s; jobs: {}".format(
+            "{}: no {} {} job was {} with {} done within {}s; jobs: {}".format(
                 instance.name,
                 direction,
                 stage,
                 state,
+                min_progress,
                 timeout,
                 list_stage_jobs(instance),
             )
