@@ -43,7 +43,10 @@ __all__ = [
 ]
 
 #: The one job that clears expired stage jobs: a fixed id, so it is never doubled.
-RETENTION_JOB_ID = "kolibri_sync_extras_stage_job_retention"
+#: Kolibri's job table holds ids of at most 36 characters, which PostgreSQL enforces.
+RETENTION_JOB_ID = "sync_extras_stage_job_retention"
+#: The id 1.0.0 scheduled it under, too long for PostgreSQL; SQLite kept it.
+_RETENTION_JOB_ID_BEFORE = "kolibri_sync_extras_stage_job_retention"
 #: Its queue, apart from the stage jobs' own.
 RETENTION_QUEUE = "sync_extras_retention"
 
@@ -132,6 +135,7 @@ def schedule_retention():
     from kolibri.core.tasks.main import job_storage
 
     interval = get_retention_settings().interval_seconds
+    _clear_job_under_old_id(job_storage)
     try:
         orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
     except JobNotFound:
@@ -145,3 +149,12 @@ def schedule_retention():
     except JobRunning:
         # it is clearing right now; its next run is scheduled when it ends
         pass
+
+
+def _clear_job_under_old_id(job_storage):
+    """Clear the clearing job 1.0.0 scheduled under its old id, if it is there."""
+    try:
+        job_storage.get_orm_job(_RETENTION_JOB_ID_BEFORE)
+    except JobNotFound:
+        return
+    job_storage.clear(job_id=_RETENTION_JOB_ID_BEFORE, force=True)

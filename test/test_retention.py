@@ -108,6 +108,36 @@ def test_retention_job__stage_job_enqueued__scheduled_to_repeat_at_the_interval(
     assert aware_utc(orm_job.scheduled_time) > timezone.now()
 
 
+def test_retention_job__id__fits_kolibris_job_table():
+    # PostgreSQL refuses a longer id; SQLite would store it
+    try:
+        from kolibri.core.tasks.models import Job
+    except ImportError:
+        pytest.skip("this Kolibri line keeps jobs in a table without an id length")
+
+    assert len(RETENTION_JOB_ID) <= Job._meta.get_field("id").max_length
+
+
+def test_retention_job__scheduled_under_the_old_id__replaced(pull_at_serializing):
+    from kolibri.core.tasks.job import Job
+
+    from kolibri_sync_extras_plugin.retention import schedule_retention
+
+    old_id = "kolibri_sync_extras_stage_job_retention"
+    job_storage.schedule(
+        timezone.now() + timedelta(hours=1),
+        Job(clear_finished_stage_jobs, job_id=old_id),
+        interval=600,
+        repeat=None,
+    )
+
+    schedule_retention()
+
+    with pytest.raises(JobNotFound):
+        job_storage.get_orm_job(old_id)
+    assert job_storage.get_orm_job(RETENTION_JOB_ID).interval == 600
+
+
 def test_retention_job__another_stage_job_enqueued__not_rescheduled(
     pull_at_serializing, async_client
 ):
