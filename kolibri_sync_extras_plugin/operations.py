@@ -5,6 +5,8 @@ the background; two finish what an interrupted sync left undone.
 """
 
 import json
+import logging
+import threading
 
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
@@ -19,10 +21,14 @@ from .limits import release_reservation
 from .pieces import deserialize_in_pieces
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
+from .runner import is_transient_database_error
+from .runner import stage_middleware
 from .serialize_pieces import serialize_in_pieces
 from .sessions import close_superseded_transfer_sessions
 from .sessions import own_earlier_pushes
 from .store import undeserialized_records
+
+logger = logging.getLogger(__name__)
 
 
 class BackgroundStageOperation(LocalOperation):
@@ -38,7 +44,17 @@ class BackgroundStageOperation(LocalOperation):
       on the request (a client that cannot poll gets the stage inline, as stock),
     - the stage is configured to run in the background for this direction,
     - the context is not already the background job's own,
-    - the stage is not small enough to run in the request (see :mod:`.fast_path`).
+    - the context is not already the background job's own, nor the stage's run in
+      the request (see below).
+
+    A stage small enough to run in the request (see :mod:`.fast_path`) runs there:
+    this operation invokes the stage's operations once, as morango's controller
+    would, and returns what they return. If another writer got in the way (morango
+    answers PENDING after a transaction isolation conflict, or raises one of the
+    errors :func:`~.runner.is_transient_database_error` accepts, as two
+    serializations of the same rows on PostgreSQL do), the stage goes to a job
+    after all, which retries it; stock Kolibri would leave it PENDING, and its
+    client would poll a stage nothing runs again.
 
     Past the caps on unfinished stage jobs (see :mod:`.limits`) the stage is refused.
 
@@ -56,9 +72,13 @@ class BackgroundStageOperation(LocalOperation):
         self._assert(context.is_server)
         self._assert(not getattr(context, "in_background", False))
         self._assert(context.transfer_session is not None)
+        self._assert(not _running_in_request(context))
         self._assert(ASYNC_OPERATIONS in context.capabilities)
         self._assert(runs_in_background(context.stage, context.is_push))
-        self._assert(not runs_inline(context))
+        if runs_inline(context):
+            result = _run_in_request(context)
+            if result is not None:
+                return result
         refuse_stage_over_limits(context)
         try:
             schedule_background_stage(context)
@@ -66,6 +86,49 @@ class BackgroundStageOperation(LocalOperation):
             release_reservation(job_id_for(context.transfer_session.id, context.stage))
             raise
         return transfer_statuses.STARTED
+
+
+# per thread: the transfer session whose stage _run_in_request is invoking (a
+# morango context takes no attributes of ours)
+_stage_in_request = threading.local()
+
+
+def _running_in_request(context):
+    return (
+        getattr(_stage_in_request, "transfer_session_id", None)
+        == context.transfer_session.id
+    )
+
+
+def _run_in_request(context):
+    """
+    Invoke the stage's operations (this one passes) once, in the request.
+
+    :return: Their result, or ``None`` if another writer got in the way and the
+        stage should go to a job instead
+    :rtype: str|None
+    """
+    _stage_in_request.transfer_session_id = context.transfer_session.id
+    try:
+        result = stage_middleware(context.stage)(context)
+    except Exception as e:
+        if not is_transient_database_error(e):
+            raise
+        result, reason = transfer_statuses.PENDING, e
+    else:
+        reason = "a transaction isolation conflict"
+    finally:
+        _stage_in_request.transfer_session_id = None
+    if result != transfer_statuses.PENDING:
+        return result
+    logger.info(
+        "Stage %s of transfer session %s met another writer in the request (%s); "
+        "it goes to a background job",
+        context.stage,
+        context.transfer_session.id,
+        reason,
+    )
+    return None
 
 
 class PiecewiseDeserializeOperation(LocalOperation):

@@ -6,6 +6,8 @@ waits no polling interval; larger ones still go to a job.
 import time
 
 import pytest
+from django.db import IntegrityError
+from django.db import OperationalError
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
@@ -158,3 +160,80 @@ def test_inline_stage_records__zero__every_configured_stage_goes_to_a_job(
 
     assert response["transfer_stage_status"] == transfer_statuses.STARTED
     assert len(queued_stage_jobs()) == 1
+
+
+def _unique_violation_on_postgresql():
+    """What a second serialization meets on PostgreSQL when a concurrent one has
+    just committed the same store records: Django's error, psycopg2's as its cause."""
+    from psycopg2.errors import UniqueViolation
+
+    message = 'duplicate key value violates unique constraint "morango_store_pkey"'
+    error = IntegrityError(message)
+    error.__cause__ = UniqueViolation(message)
+    return error
+
+
+@pytest.fixture
+def serializing_meets_once(monkeypatch):
+    """morango's serialization, whose next run meets ``error`` before writing."""
+    from morango.sync import operations as morango_operations
+
+    def install(error):
+        serialize = morango_operations._serialize_into_store
+        calls = []
+
+        def meets_error_once(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise error
+            return serialize(*args, **kwargs)
+
+        monkeypatch.setattr(
+            morango_operations, "_serialize_into_store", meets_error_once
+        )
+        return calls
+
+    return install
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(
+            _unique_violation_on_postgresql(), id="postgresql-concurrent-insert"
+        ),
+        pytest.param(OperationalError("database is locked"), id="sqlite-busy"),
+    ],
+)
+def test_pull_serializing__tiny_stage_meets_another_writer__goes_to_a_job(
+    background_everything,
+    async_client,
+    server_sync_session,
+    serializing_meets_once,
+    error,
+):
+    calls = serializing_meets_once(error)
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert len(calls) == 1
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = run_stage_jobs()
+    assert job.state == "COMPLETED"
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+def test_pull_serializing__tiny_stage_meets_a_real_error__errored_in_the_request(
+    background_everything, async_client, server_sync_session, serializing_meets_once
+):
+    # on SQLite a unique violation is a real one, not another writer's
+    serializing_meets_once(IntegrityError("UNIQUE constraint failed: morango_store.id"))
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.ERRORED
+    assert no_stage_jobs_after()
