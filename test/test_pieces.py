@@ -15,10 +15,8 @@ from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
-from morango.models.core import DatabaseMaxCounter
 from morango.models.core import DeletedModels
 from morango.models.core import InstanceIDModel
-from morango.models.core import RecordMaxCounter
 from morango.models.core import Store
 from morango.models.core import TransferSession
 from morango.sync.context import LocalSessionContext
@@ -35,6 +33,7 @@ from kolibri_sync_extras_plugin.store import dirty_store_records
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.pieces import count_committed_pieces
+from .helpers.pieces import counter_rows
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -67,16 +66,7 @@ def _snapshot():
         "memberships": list(Membership.objects.order_by("id").values()),
         "collections": list(Collection.objects.order_by("id").values()),
         "store": list(Store.objects.order_by("id").values(*_STORE_FIELDS)),
-        "record_max_counters": list(
-            RecordMaxCounter.objects.order_by("store_model_id", "instance_id").values(
-                "store_model_id", "instance_id", "counter"
-            )
-        ),
-        "database_max_counters": list(
-            DatabaseMaxCounter.objects.order_by("instance_id", "partition").values(
-                "instance_id", "partition", "counter"
-            )
-        ),
+        **counter_rows(),
         "instance_counter": InstanceIDModel.get_or_create_current_instance()[0].counter,
         "deleted_models": list(DeletedModels.objects.order_by("id").values()),
     }
@@ -322,7 +312,13 @@ def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_do
 ):
     # learners renamed on the server too, one of them one the push renames, and a
     # new learner: serializing first keeps the server's changes as morango does
-    pushed = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
+    renamed_by_the_push = Store.objects.filter(
+        model_name="facilityuser",
+        dirty_bit=True,
+        serialized__contains="Renamed learner",
+        id__in=FacilityUser.objects.values_list("id", flat=True),
+    )
+    pushed = renamed_by_the_push.order_by("id").first()
     FacilityUser.objects.filter(id=pushed.id).update(full_name="Renamed here")
     for user in FacilityUser.objects.exclude(id=pushed.id).order_by("username")[:3]:
         user.full_name = "Renamed here too"

@@ -23,7 +23,6 @@ from morango.models.core import DatabaseMaxCounter
 from morango.models.core import DeletedModels
 from morango.models.core import HardDeletedModels
 from morango.models.core import InstanceIDModel
-from morango.models.core import RecordMaxCounter
 from morango.models.core import Store
 from morango.models.core import TransferSession
 from morango.registry import syncable_models
@@ -41,6 +40,7 @@ from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import run_stage_jobs
 from .helpers.jobs import stage_jobs
 from .helpers.pieces import count_committed_pieces
+from .helpers.pieces import counter_rows
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -72,16 +72,7 @@ def _snapshot():
     """Everything a serialization writes: store, counters, dirty bits, deletion logs."""
     return {
         "store": list(Store.objects.order_by("id").values()),
-        "record_max_counters": list(
-            RecordMaxCounter.objects.order_by("store_model_id", "instance_id").values(
-                "store_model_id", "instance_id", "counter"
-            )
-        ),
-        "database_max_counters": list(
-            DatabaseMaxCounter.objects.order_by("instance_id", "partition").values(
-                "instance_id", "partition", "counter"
-            )
-        ),
+        **counter_rows(),
         "instance_counter": _current_instance().counter,
         "dirty_app_rows": _dirty_app_rows(),
         "deleted_models": list(DeletedModels.objects.order_by("id").values()),

@@ -17,3 +17,27 @@ def count_committed_pieces(monkeypatch, run_class):
 
     monkeypatch.setattr(run_class, "commit_piece", counting)
     return committed
+
+
+def counter_rows():
+    """
+    morango's record and database max counters, in a stable order: what a
+    serialization or deserialization in pieces must leave as morango's own does.
+
+    :rtype: dict
+    """
+    from morango.models.core import DatabaseMaxCounter
+    from morango.models.core import RecordMaxCounter
+
+    return {
+        "record_max_counters": list(
+            RecordMaxCounter.objects.order_by("store_model_id", "instance_id").values(
+                "store_model_id", "instance_id", "counter"
+            )
+        ),
+        "database_max_counters": list(
+            DatabaseMaxCounter.objects.order_by("instance_id", "partition").values(
+                "instance_id", "partition", "counter"
+            )
+        ),
+    }
