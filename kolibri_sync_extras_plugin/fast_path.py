@@ -26,6 +26,7 @@ import logging
 from morango.constants import transfer_stages
 
 from .config import get_inline_stage_records
+from .serialize_pieces import changed_rows
 from .store import under_filter
 from .store import undeserialized_records
 
@@ -51,20 +52,6 @@ RECORDS_PER_DESERIALIZED_RECORD = {
 }
 
 
-def _dirty_app_records(profile):
-    """
-    :return: Kolibri records of ``profile`` changed since they were last serialized:
-        what serializing will write into the store
-    :rtype: int
-    """
-    from morango.registry import syncable_models
-
-    return sum(
-        model.objects.filter(_morango_dirty_bit=True).count()
-        for model in syncable_models.get_models(profile)
-    )
-
-
 def _store_records_within(sync_filter):
     """
     :return: Store records within the filter: at most what queuing will buffer
@@ -86,7 +73,7 @@ def estimated_stage_records(context):
     stage = context.stage
     transfer_session = context.transfer_session
     if stage == transfer_stages.SERIALIZING:
-        return _dirty_app_records(context.sync_session.profile)
+        return changed_rows(context.sync_session.profile, context.filter)
     if stage == transfer_stages.QUEUING:
         return _store_records_within(context.filter)
     transferred = transfer_session.records_transferred or 0

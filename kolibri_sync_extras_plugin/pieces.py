@@ -44,6 +44,8 @@ from morango.constants import transfer_stages
 from morango.models.core import Store
 from morango.registry import syncable_models
 
+from .store import under_filter
+
 try:
     # the internals this module follows; older morango (Kolibri before 0.19) lacks
     # some, and is left to its own one-transaction stage
@@ -69,7 +71,6 @@ __all__ = [
     "next_piece_size",
     "pause_after_piece",
     "supports_installed_morango",
-    "under_filter",
 ]
 
 #: Sent after each piece commits, on the thread that ran it, with the stage whose
@@ -164,17 +165,6 @@ def pause_after_piece(seconds):
         time.sleep(
             min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE))
         )
-
-
-def under_filter(sync_filter, field):
-    """
-    :return: The condition that ``field`` starts with one of the filter's prefixes
-    :rtype: django.db.models.Q
-    """
-    condition = Q()
-    for prefix in sync_filter:
-        condition |= Q(**{field + "__startswith": prefix})
-    return condition
 
 
 def _still_dirty(batch):

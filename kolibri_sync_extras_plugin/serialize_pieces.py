@@ -63,6 +63,7 @@ from morango.registry import syncable_models
 
 from . import pieces
 from .errors import UnsupportedMorango
+from .store import under_filter
 
 try:
     from morango.sync.operations import _self_referential_fk
@@ -80,9 +81,7 @@ def _changed(model, sync_filter):
     manager = getattr(model, "syncing_objects", model.objects)
     queryset = manager.filter(_morango_dirty_bit=True)
     if sync_filter:
-        queryset = queryset.filter(
-            pieces.under_filter(sync_filter, "_morango_partition")
-        )
+        queryset = queryset.filter(under_filter(sync_filter, "_morango_partition"))
     return queryset
 
 

@@ -2,24 +2,24 @@
 Queries on morango's store that the plugin's operations and progress share.
 """
 
-import functools
-import operator
-
 from django.db.models import Q
 from morango.models.core import Store
 
 __all__ = ["under_filter", "dirty_store_records", "undeserialized_records"]
 
 
-def under_filter(sync_filter):
+def under_filter(sync_filter, field="partition"):
     """
     :type sync_filter: morango.models.certificates.Filter
-    :return: A condition matching store records in any of the filter's partitions
+    :param field: The partition field: ``partition`` on store records,
+        ``_morango_partition`` on app rows
+    :return: A condition matching rows in any of the filter's partitions
     :rtype: django.db.models.Q
     """
-    return functools.reduce(
-        operator.or_, (Q(partition__startswith=prefix) for prefix in sync_filter)
-    )
+    condition = Q()
+    for prefix in sync_filter:
+        condition |= Q(**{field + "__startswith": prefix})
+    return condition
 
 
 def dirty_store_records(sync_filter):

@@ -140,10 +140,7 @@ def measure_deserializing(facility_id):
     pieces.deserialize_in_pieces(
         profile, sync_filter, on_piece=lambda records, s: piece_seconds.append(s)
     )
-    figures["pieces_total_s"] = time.monotonic() - started
-    figures["pieces"] = len(piece_seconds)
-    figures["pieces_longest_s"] = max(piece_seconds)
-    figures["pieces_median_s"] = sorted(piece_seconds)[len(piece_seconds) // 2]
+    figures.update(_piece_figures("", piece_seconds, time.monotonic() - started))
     figures["pieces_longest"] = sorted(pieces_log, key=lambda p: -p[2])[:3]
     return figures
 
