@@ -96,20 +96,36 @@ def undeserialized_records(facility_id=None):
     Store records of the facility received but not yet applied to Kolibri's tables
     (dirty, and not given up on with a deserialization error).
 
+    A deletion counts only while its row is still there: morango 0.8 deletes the
+    row but leaves the record's dirty bit set (outside models that refer to
+    themselves), so a device that received deletions keeps them dirty for good.
+
     :rtype: int
     """
     from django.db.models import Q
     from kolibri.core.auth.models import Facility
     from morango.models.core import Store
+    from morango.registry import syncable_models
 
     if facility_id:
         facility = Facility.objects.get(id=facility_id)
     else:
         facility = Facility.get_default_facility()
     no_error = Q(deserialization_error__isnull=True) | Q(deserialization_error="")
-    return Store.objects.filter(
+    dirty = Store.objects.filter(
         no_error, partition__startswith=facility.dataset_id, dirty_bit=True
-    ).count()
+    )
+    deletions = {}
+    for profile, model_name, record_id in dirty.filter(deleted=True).values_list(
+        "profile", "model_name", "id"
+    ):
+        deletions.setdefault((profile, model_name), []).append(record_id)
+    rows_left = 0
+    for (profile, model_name), ids in deletions.items():
+        model = syncable_models.get_model(profile, model_name)
+        manager = getattr(model, "syncing_objects", model.objects)
+        rows_left += manager.filter(id__in=ids).count()
+    return dirty.filter(deleted=False).count() + rows_left
 
 
 def sync_state(facility_id=None, jobs=False):
