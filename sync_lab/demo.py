@@ -11,8 +11,8 @@ server's jobs. Every process it started is stopped before it exits.
 
 ``--compare`` runs the same data with the plugin on and off, ``--bench`` does so at
 several sizes, ``--clients K`` has K clients pull and push at the same time (see
-:mod:`sync_lab.many_clients`), and ``--proxy-timeout`` makes the proxy answer 504
-as nginx would.
+:mod:`sync_lab.many_clients`; ``--churn RATE`` has the server's own users write
+meanwhile), and ``--proxy-timeout`` makes the proxy answer 504 as nginx would.
 ``python -m sync_lab.demo --help`` lists the options.
 """
 
@@ -540,6 +540,15 @@ def parse_args(argv=None):
         "(default sqlite)".format(", ".join(DATABASES)),
     )
     parser.add_argument(
+        "--churn",
+        type=float,
+        metavar="RATE",
+        help="with --clients: the server's own users change learners, lessons and "
+        "logs at about RATE rows per second while the clients pull and push; then "
+        "each client syncs once more and must hold the server's data record by "
+        "record",
+    )
+    parser.add_argument(
         "--sizes",
         type=_sizes,
         default=list(DEFAULT_BENCH_SIZES),
@@ -610,6 +619,10 @@ def parse_args(argv=None):
         args.mode = "on"
     if args.clients and (args.compare or args.bench):
         parser.error("--clients runs both modes itself; leave out --compare/--bench")
+    if args.churn is not None and not args.clients:
+        parser.error("--churn writes while --clients sync: give --clients too")
+    if args.churn is not None and args.churn <= 0:
+        parser.error("--churn must be above 0 rows per second")
     if args.users is not None:
         args.records = args.users * RECORDS_PER_LEARNER
     if args.records is None:

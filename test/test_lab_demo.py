@@ -50,6 +50,14 @@ def test_parse_args__chunk_size_must_be_positive():
         demo.parse_args(["--bench", "--chunk-size", "0"])
 
 
+def test_parse_args__churn_needs_clients_and_a_positive_rate():
+    assert demo.parse_args(["--clients", "4", "--churn", "150"]).churn == 150.0
+    assert demo.parse_args(["--clients", "4"]).churn is None
+    for argv in (["--churn", "150"], ["--clients", "4", "--churn", "0"]):
+        with pytest.raises(SystemExit):
+            demo.parse_args(argv)
+
+
 def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_cleanup_only():
     # every other stage may run in the request when small; cleanup never does
     assert demo.certain_jobs(demo.MODES["on"]) == {("push", "cleanup")}

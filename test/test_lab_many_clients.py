@@ -2,6 +2,7 @@
 How the demo's many-clients mode judges a run: its data checks and its report.
 """
 
+from sync_lab.checks import Differences
 from sync_lab.dataset import COUNTED
 from sync_lab.instances import CommandResult
 from sync_lab.many_clients import ManyClientsRun
@@ -100,6 +101,62 @@ def test_many_clients_run__unfinished_stage_job__fails():
     run.server_state["jobs"].append({"stage": "deserializing", "job_state": "QUEUED"})
 
     assert not run.ok
+
+
+CHURN_REPORT = {
+    "writes": {"learner_renames": 30, "log_updates": 50},
+    "total": 80,
+    "errors": {},
+    "error_messages": [],
+    "seconds": 4.0,
+    "rate": 20.0,
+    "target_rate": 20.0,
+}
+
+
+def _churned_run(clients=2):
+    """A clean run with the server's users writing: every count moved."""
+    run = _clean_run(clients)
+    run.churn_rate = 20.0
+    run.churn = dict(CHURN_REPORT)
+    run.final_syncs = [_sync() for _ in range(clients)]
+    run.server_state["counts"]["session_logs"] += 37
+    run.server_records = 900
+    run.server_dirty = 0
+    run.differences = [Differences(0, []) for _ in range(clients)]
+    return run
+
+
+def test_many_clients_run__churn_and_same_data_everywhere__passes():
+    run = _churned_run()
+
+    assert run.ok, run.checks()
+
+
+def test_many_clients_run__churn_and_one_client_differs__fails_naming_it():
+    run = _churned_run()
+    run.differences[1] = Differences(1, ["facilityuser u1: only on the server"])
+
+    [(what, detail)] = [(w, d) for w, passed, d in run.checks() if not passed]
+
+    assert what == "every client holds the server's data, record by record"
+    assert detail.startswith("client-1: 1 records differ")
+
+
+def test_many_clients_run__churn_and_a_failed_last_sync__fails():
+    run = _churned_run()
+    run.final_syncs[0] = _sync(returncode=1)
+
+    failed = [what for what, passed, _ in run.checks() if not passed]
+
+    assert failed == ["every sync after the churn completed"]
+
+
+def test_render__churn__syncs_same_data_and_rate_in_the_summary():
+    text = render_many_clients([_churned_run()])
+
+    assert "churn: 80 writes in 4 s, 20.0/s of 20 aimed at" in text
+    assert text.rstrip().endswith("6/6       2/2        20 of 20      pass")
 
 
 def test_render__summary_line__longest_request_and_verdict():
