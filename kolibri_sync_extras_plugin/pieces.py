@@ -21,29 +21,49 @@ validating foreign keys against the store and saving. Records that fail in one
 piece are remembered for the rest of the run, as morango remembers them for the
 rest of its transaction, so a record referencing them fails the same way.
 
+**Local changes win, as in morango.** morango serializes the app's changes just
+before it deserializes, in the same transaction, so a row changed here keeps the
+local version (the pushed one kept as conflicting data) and a row deleted here
+stays deleted. Pieces run while the server's users go on writing, so each piece
+first serializes, in its own transaction, the local changes to the very records
+it is about to apply (:func:`~.stamping.merge_local_changes`): a change made at
+any moment while the pieces run ends as it would had it been made just before or
+just after morango's one transaction.
+
+**A conflict costs its piece.** A piece that meets another writer is rolled back
+and tried again alone (see :class:`PieceRun`); on PostgreSQL it takes morango's
+partition locks before its transaction begins, so its snapshot is never older
+than the stage it waited for.
+
 A run that stops between two pieces has committed whole pieces only, each leaving
 its records clean (or marked with their error). Run again, it starts from the
 first model, finds only what is still dirty, and so neither loses a record nor
-applies one twice. Because this follows morango's internals, it runs only on the
+applies one twice; two runs at once (a job run twice) each read again inside
+every piece which records are still dirty, so each record is applied by one. Because this follows morango's internals, it runs only on the
 morango versions in :data:`SUPPORTED_MORANGO_VERSIONS`; the test suite compares
 its result with morango's one-transaction stage on the same data.
 
 .. |version| replace:: 0.8.15
 """
 
+import binascii
+import contextlib
 import logging
 import time
 from collections import defaultdict
 
 import morango
 from django.core import exceptions
+from django.db import DatabaseError
 from django.db import connection
+from django.db import transaction
 from django.db.models import Q
 from django.dispatch import Signal
 from morango.constants import transfer_stages
 from morango.models.core import Store
 from morango.registry import syncable_models
 
+from . import stamping
 from .store import under_filter
 
 try:
@@ -94,6 +114,12 @@ PAUSE_SHARE = 1.0
 MIN_PAUSE_SECONDS = 0.02
 MAX_PAUSE_SECONDS = 0.2
 
+#: How many times a piece is tried when another writer gets in its way, and the
+#: pause before each new attempt (growing with the attempts, up to the maximum).
+PIECE_ATTEMPTS = 20
+RETRY_PAUSE_SECONDS = 0.02
+MAX_RETRY_PAUSE_SECONDS = 0.5
+
 #: Records in the first piece of each model, before pieces are sized by time
 #: (models differ tenfold in how long a record takes).
 FIRST_PIECE_RECORDS = 10
@@ -115,7 +141,7 @@ def supports_installed_morango():
     return _INTERNALS_FOUND and morango.__version__ in SUPPORTED_MORANGO_VERSIONS
 
 
-def deserialize_in_pieces(profile, sync_filter, on_piece=None):
+def deserialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     """
     Deserialize the dirty Store records under ``sync_filter`` as morango would, one
     short transaction at a time. Like morango's, the caller serializes first.
@@ -129,11 +155,14 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None):
     :param on_piece: Called after each piece commits, with the number of records
         the piece worked on and the seconds its transaction took
     :type on_piece: callable|None
+    :param pause: Whether to leave SQLite's write lock free after each piece (see
+        :func:`pause_after_piece`): in a background job, yes; in a request, whose
+        client waits, no
     :return: The longest piece's transaction, in seconds
     :rtype: float
     """
 
-    run = _Run(profile, sync_filter, on_piece)
+    run = _Run(profile, sync_filter, on_piece, pause)
     run.one_pass()
     logger.debug(
         "Deserialized %d records in %d pieces; the longest held the database %.3fs",
@@ -193,17 +222,25 @@ class PieceRun(object):
     piece, and the size of the next one. :meth:`commit_piece` runs one piece in a
     transaction of its own, as morango begins its own, reports it and then leaves
     the lock free (see :func:`pause_after_piece`).
+
+    A piece that meets another writer (SQLite's lock still busy, a PostgreSQL
+    serialization conflict with a user's request) is rolled back and tried again
+    on its own, up to :data:`PIECE_ATTEMPTS` times: a conflict costs its piece,
+    never the stage. What the run keeps from piece to piece is put back as it was
+    before the failed attempt (see :meth:`_kept`).
     """
 
     #: The stage that :data:`PIECE_COMMITTED` names as its sender
     stage = None
 
-    def __init__(self, profile, sync_filter, on_piece):
+    def __init__(self, profile, sync_filter, on_piece, pause=True):
         self.profile = profile
         self.sync_filter = sync_filter
         self.on_piece = on_piece
+        self.pause = pause
         self.records = 0
         self.pieces = 0
+        self.retries = 0
         self.longest = 0.0
         self._size = FIRST_PIECE_RECORDS
 
@@ -213,10 +250,32 @@ class PieceRun(object):
         :param records: How many records or rows the piece works on
         :param what: Names them in the log
         :param counted: How many of them progress counts; all of them by default
+        :return: What ``work`` returned
         """
-        started = time.monotonic()
-        with _begin_transaction(self.sync_filter, isolated=True):
-            work()
+        from .runner import is_transient_database_error
+
+        for attempt in range(1, PIECE_ATTEMPTS + 1):
+            kept = self._kept()
+            started = time.monotonic()
+            try:
+                with partitions_locked_for_piece(self.sync_filter):
+                    with _own_savepoint_if_nested():
+                        with _begin_transaction(self.sync_filter, isolated=True):
+                            result = work()
+            except DatabaseError as e:
+                if attempt == PIECE_ATTEMPTS or not is_transient_database_error(e):
+                    raise
+                self._restore(kept)
+                self.retries += 1
+                logger.debug(
+                    "Piece of %d %s records met another writer (%s); trying it again",
+                    records,
+                    what,
+                    e,
+                )
+                time.sleep(min(MAX_RETRY_PAUSE_SECONDS, RETRY_PAUSE_SECONDS * attempt))
+                continue
+            break
         elapsed = time.monotonic() - started
         self.pieces += 1
         self.records += records
@@ -232,10 +291,80 @@ class PieceRun(object):
         )
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
-        pause_after_piece(elapsed)
+        if self.pause:
+            pause_after_piece(elapsed)
+        return result
+
+    def _kept(self):
+        """What the run keeps between pieces, as a piece's failed attempt must find it."""
+        return None
+
+    def _restore(self, kept):
+        """Put back what :meth:`_kept` returned."""
 
     def _piece_size(self):
         return self._size
+
+
+def _own_savepoint_if_nested():
+    """
+    Inside a caller's transaction (a test's), a savepoint of the piece's own, so a
+    failed attempt rolls back the piece alone: morango's transaction joins an
+    outer one without a savepoint. Outside one, as jobs run, nothing more.
+    """
+    if connection.in_atomic_block:
+        return transaction.atomic()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def partitions_locked_for_piece(sync_filter):
+    """
+    On PostgreSQL, hold the filter's partition locks (morango's advisory locks) for
+    the whole piece, taken before its transaction begins. morango takes them as
+    the first statement of its repeatable-read transaction, whose snapshot is then
+    taken before the wait: the transaction wakes up with a view older than the
+    stage it waited for, and conflicts with what that stage wrote. Taken first,
+    the piece's snapshot starts once the lock is its own, and morango's own lock
+    inside the transaction is granted at once (a session holds its locks again).
+    Elsewhere, nothing to do.
+    """
+    from morango.sync.operations import DBBackend
+
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    keys = _partition_lock_keys(sync_filter)
+    taken = []
+    try:
+        for key1, key2, shared in keys:
+            DBBackend._execute_lock(key1, key2=key2, session=True, shared=shared)
+            taken.append((key1, key2, shared))
+        yield
+    finally:
+        for key1, key2, shared in reversed(taken):
+            DBBackend._execute_lock(
+                key1, key2=key2, session=True, shared=shared, unlock=True
+            )
+
+
+def _partition_lock_keys(sync_filter):
+    """
+    The advisory locks morango's ``lock_partitions`` takes for ``sync_filter``, as
+    ``(key1, key2, shared)``: everything exclusively without a filter, or all
+    partitions shared and each dataset's partition exclusively.
+    """
+    from morango.sync.backends.postgres import LOCK_ALL_PARTITIONS
+    from morango.sync.backends.postgres import LOCK_PARTITION
+    from morango.sync.backends.postgres import SIGNED_MAX_INTEGER
+
+    if sync_filter is None:
+        return [(LOCK_ALL_PARTITIONS, None, False)]
+    keys = [(LOCK_ALL_PARTITIONS, None, True)]
+    for partition in sorted(set(prefix[:32] for prefix in sync_filter)):
+        partition_int = binascii.crc32(partition.encode("utf-8")) - SIGNED_MAX_INTEGER
+        keys.append((LOCK_PARTITION, partition_int, False))
+    return keys
 
 
 class _Run(PieceRun):
@@ -247,14 +376,19 @@ class _Run(PieceRun):
 
     stage = transfer_stages.DESERIALIZING
 
-    def __init__(self, profile, sync_filter, on_piece):
-        super(_Run, self).__init__(profile, sync_filter, on_piece)
+    def __init__(self, profile, sync_filter, on_piece, pause):
+        super(_Run, self).__init__(profile, sync_filter, on_piece, pause)
         self.fk_cache = {}
         self.excluded = set()
         self.deleted = set()
 
-    def one_pass(self):
+    def _kept(self):
+        return dict(self.fk_cache), set(self.excluded), set(self.deleted)
 
+    def _restore(self, kept):
+        self.fk_cache, self.excluded, self.deleted = kept
+
+    def one_pass(self):
         for model in syncable_models.get_models(self.profile):
             if _self_referential_fk(model):
                 self._self_referential_model(model)
@@ -289,6 +423,7 @@ class _Run(PieceRun):
     def _deserialize_batch(self, model, batch):
         """morango's step for a model without a foreign key to itself, on ``batch``."""
 
+        stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         deferred_fks = defaultdict(list)
         app_models = []
         for store_model in _still_dirty(batch):
@@ -354,7 +489,7 @@ class _Run(PieceRun):
         self.commit_piece(lambda: self._mark_orphans(store_records), 0, model.__name__)
 
     def _deserialize_children(self, model, batch):
-
+        stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         for store_model in _still_dirty(batch):
             try:
                 app_model, _ = store_model._deserialize_store_model(
@@ -377,7 +512,6 @@ class _Run(PieceRun):
                 store_model.save(update_fields=["dirty_bit"] + _ERROR_FIELDS)
 
     def _mark_orphans(self, store_records):
-
         dirty_parents = store_records.filter(dirty_bit=True).char_ids_list()
         store_records.filter(dirty_bit=True, _self_ref_fk__in=dirty_parents).exclude(
             id__in=self.excluded

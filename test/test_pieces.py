@@ -6,8 +6,10 @@ the rest when it runs again.
 
 import json
 import uuid
+from collections import Counter
 
 import pytest
+from django.db import OperationalError
 from django.db import connection
 from django.db import transaction
 from kolibri.core.auth.models import Collection
@@ -34,6 +36,7 @@ from kolibri_sync_extras_plugin.store import dirty_store_records
 from .helpers.constants import ALL_DATABASES
 from .helpers.pieces import count_committed_pieces
 from .helpers.pieces import counter_rows
+from .helpers.pieces import without_own_counters
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -333,8 +336,59 @@ def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_do
     _background_stage(varied_push)
 
     assert sum(serialized) >= 5
-    assert _snapshot() == expected
+    # the same data as morango's; only this instance's counters differ, as each
+    # piece that serializes takes one of its own
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
     # the record both renamed keeps the server's rename, and the push's as conflicting
     record = Store.objects.get(id=pushed.id)
     assert json.loads(record.serialized)["full_name"] == "Renamed here"
     assert "Renamed learner" in record.conflicting_serialized_data
+
+
+def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
+    varied_push, small_pieces, piece_count, monkeypatch
+):
+    expected = _morango_stage_result(varied_push)
+    real_save = pieces._save_deserialized_record
+    saves_by_piece = Counter()
+    failed = []
+
+    def busy_once_after_two_saves(store_model, app_model, *args):
+        real_save(store_model, app_model, *args)
+        piece = len(piece_count)
+        saves_by_piece[piece] += 1
+        if piece > 0 and saves_by_piece[piece] == 2 and not failed:
+            # a later piece has saved rows: its rollback must undo them
+            failed.append(piece)
+            raise OperationalError("database is locked")
+
+    monkeypatch.setattr(pieces, "_save_deserialized_record", busy_once_after_two_saves)
+
+    _background_stage(varied_push)
+
+    # a piece saved two rows, met the lock, and was tried again alone
+    [piece] = failed
+    assert saves_by_piece[piece] > 2
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
+    assert _broken_foreign_keys() == []
+
+
+def test_pieces__a_piece_that_keeps_failing__fails_the_run(
+    varied_push, small_pieces, piece_count, monkeypatch
+):
+    monkeypatch.setattr(pieces, "RETRY_PAUSE_SECONDS", 0)
+    attempts = []
+
+    def always_locked(*args):
+        attempts.append(args)
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(pieces, "_save_deserialized_record", always_locked)
+
+    with pytest.raises(OperationalError):
+        pieces.deserialize_in_pieces(
+            _transfer(varied_push).sync_session.profile,
+            _transfer(varied_push).get_filter(),
+        )
+
+    assert len(attempts) == pieces.PIECE_ATTEMPTS

@@ -31,6 +31,7 @@ from morango.sync.operations import _serialize_into_store
 
 from kolibri_sync_extras_plugin import pieces
 from kolibri_sync_extras_plugin import serialize_pieces
+from kolibri_sync_extras_plugin import stamping
 from kolibri_sync_extras_plugin.context import RecordedRequest
 from kolibri_sync_extras_plugin.errors import UnsupportedMorango
 from kolibri_sync_extras_plugin.operations import PiecewiseSerializeOperation
@@ -41,6 +42,7 @@ from .helpers.jobs import run_stage_jobs
 from .helpers.jobs import stage_jobs
 from .helpers.pieces import count_committed_pieces
 from .helpers.pieces import counter_rows
+from .helpers.pieces import without_own_counters
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -143,13 +145,45 @@ def test_serialize_pieces__end_as_morangos_serialization(
     changed_facility, pieces_of_three, piece_count
 ):
     expected = _morango_result(changed_facility.filter)
+    counter_before = _current_instance().counter
     # the changes wait for serializing again
     assert len(_dirty_app_rows()) > 20
 
     serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     assert len(piece_count) > 10
-    assert _snapshot() == expected
+    snapshot = _snapshot()
+    # the same data as morango's; only this instance's counters differ, as each
+    # piece takes one of its own
+    assert snapshot != expected
+    assert without_own_counters(snapshot) == without_own_counters(expected)
+    _assert_counters_of_pieces(snapshot, counter_before, changed_facility.filter)
+
+
+def _assert_counters_of_pieces(snapshot, counter_before, sync_filter):
+    """
+    Every record the run stamped carries a counter of its own pieces, above the
+    counter before the run, with its record max counter; the last piece's counter
+    is the instance's and is published for the filter.
+    """
+    instance = _current_instance().id
+    stamped = {
+        r["id"]: r["last_saved_counter"]
+        for r in snapshot["store"]
+        if r["last_saved_instance"] == instance
+        and r["last_saved_counter"] > counter_before
+    }
+    assert stamped
+    assert max(stamped.values()) == snapshot["instance_counter"]
+    # more than one piece stamped, each under its own counter
+    assert len(set(stamped.values())) > 1
+    own_record_max_counters = {
+        r["store_model_id"]: r["counter"]
+        for r in snapshot["record_max_counters"]
+        if r["instance_id"] == instance
+    }
+    assert all(own_record_max_counters[id_] == c for id_, c in stamped.items())
+    assert _own_database_max_counter(sync_filter) == snapshot["instance_counter"]
 
 
 def test_serialize_pieces__the_data_exercises_every_path_of_morangos(
@@ -183,42 +217,18 @@ def test_serialize_pieces__a_broken_copy__differs_from_morangos(
 ):
     expected = _morango_result(changed_facility.filter)
     # the comparison notices a run that leaves soft deletions unmarked
-    monkeypatch.setattr(serialize_pieces._Run, "mark_deleted", lambda run, ids: None)
+    monkeypatch.setattr(stamping, "mark_deleted", lambda ids, current: None)
 
     serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
 
-    snapshot = _snapshot()
+    snapshot = without_own_counters(_snapshot())
+    expected = without_own_counters(expected)
     assert snapshot != expected
-    assert [k for k in expected if snapshot[k] != expected[k]] == [
-        "store",
-        "record_max_counters",
-    ]
+    assert [k for k in expected if snapshot[k] != expected[k]] == ["store"]
 
 
 class _Stopped(Exception):
     """The job's process ending between two pieces."""
-
-
-def _without_counters(snapshot):
-    """A snapshot with every counter of this instance left out."""
-    instance = _current_instance().id
-    store = [
-        dict(r, last_saved_counter=None) if r["last_saved_instance"] == instance else r
-        for r in snapshot["store"]
-    ]
-    return dict(
-        snapshot,
-        store=store,
-        record_max_counters=[
-            dict(r, counter=None) if r["instance_id"] == instance else r
-            for r in snapshot["record_max_counters"]
-        ],
-        database_max_counters=[
-            dict(r, counter=None) if r["instance_id"] == instance else r
-            for r in snapshot["database_max_counters"]
-        ],
-        instance_counter=None,
-    )
 
 
 def _own_database_max_counter(sync_filter):
@@ -228,7 +238,7 @@ def _own_database_max_counter(sync_filter):
     ).counter
 
 
-def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango_after_the_stop(
+def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango_would(
     changed_facility, pieces_of_three
 ):
     once = _morango_result(changed_facility.filter)
@@ -246,31 +256,21 @@ def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango
             PROFILE, changed_facility.filter, on_piece=stop_after_five
         )
     # five pieces stayed serialized, the rest is still dirty, and the database max
-    # counters still name the run before
+    # counter names the last piece's counter: the store holds all it stamped
     assert 0 < len(_dirty_app_rows()) < dirty_before
-    assert _own_database_max_counter(changed_facility.filter) == counter_before
+    assert _own_database_max_counter(changed_facility.filter) == (
+        _current_instance().counter
+    )
+    assert _current_instance().counter == counter_before + 5
     after_the_stop = _morango_result(changed_facility.filter)
 
     serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     snapshot = _snapshot()
-    assert snapshot == after_the_stop
-    # against morango running once instead, only this instance's counters differ:
-    # one higher, and the records the stopped run serialized carry the one before
-    assert snapshot != once
-    assert _without_counters(snapshot) == _without_counters(once)
-    assert snapshot["instance_counter"] == once["instance_counter"] + 1
-    assert (
-        _own_database_max_counter(changed_facility.filter)
-        == snapshot["instance_counter"]
-    )
-    instance = _current_instance().id
-    assert {
-        r["last_saved_counter"]
-        for r in snapshot["store"]
-        if r["last_saved_instance"] == instance
-        and r["last_saved_counter"] > counter_before
-    } == {once["instance_counter"], snapshot["instance_counter"]}
+    # the same data as morango running once after the stop, or once instead
+    assert without_own_counters(snapshot) == without_own_counters(after_the_stop)
+    assert without_own_counters(snapshot) == without_own_counters(once)
+    _assert_counters_of_pieces(snapshot, counter_before, changed_facility.filter)
 
 
 def test_serialize_pieces__on_an_unsupported_morango__refuse(
@@ -317,6 +317,34 @@ def _stage_snapshot(pull):
     )
 
 
+def _own_counters_in(fsic, found):
+    """The FSIC with this instance's counters left out, and put into ``found``."""
+    instance = _current_instance().id
+    if not isinstance(fsic, dict):
+        return fsic
+    kept = {}
+    for key, value in fsic.items():
+        if key == instance:
+            found.append(value)
+            value = None
+        kept[key] = _own_counters_in(value, found)
+    return kept
+
+
+def _without_counters_of_stage(snapshot):
+    own = []
+    server_fsic = _own_counters_in(json.loads(snapshot["server_fsic"]), own)
+    return dict(without_own_counters(snapshot), server_fsic=server_fsic), own
+
+
+def _stage_snapshotwithout_own_counters(pull):
+    """
+    The stage's snapshot with this instance's counters left out, and the server
+    FSIC's counters for this instance, which the transfer records for the client.
+    """
+    return _without_counters_of_stage(_stage_snapshot(pull))
+
+
 def test_serializing_stage__in_a_background_job__ends_as_morangos_stage(
     changed_facility, pull_at_serializing, pieces_of_three, piece_count
 ):
@@ -327,7 +355,11 @@ def test_serializing_stage__in_a_background_job__ends_as_morangos_stage(
 
     assert job.state == "COMPLETED"
     assert len(piece_count) > 10
-    assert _stage_snapshot(pull_at_serializing) == expected
+    expected, _ = _without_counters_of_stage(expected)
+    snapshot, own = _stage_snapshotwithout_own_counters(pull_at_serializing)
+    assert snapshot == expected
+    # the client is told the last counter the pieces published
+    assert own and set(own) == {_current_instance().counter}
 
 
 def test_serializing_stage__on_an_unsupported_morango__left_to_morango(
@@ -363,6 +395,7 @@ def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model
 ):
     classroom = Classroom.objects.get(name="Class A")
     learner = FacilityUser.objects.filter(_morango_dirty_bit=False).first()
+    counter_before = _current_instance().counter
     pieces_done = []
 
     def change_after_the_first_piece(rows, seconds):
@@ -378,7 +411,6 @@ def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model
         PROFILE, changed_facility.filter, on_piece=change_after_the_first_piece
     )
 
-    counter = _current_instance().counter
     # the classroom's model was done: it waits for the next serialization
     assert Classroom.objects.get(id=classroom.id)._morango_dirty_bit
     assert "renamed" not in Store.objects.get(id=classroom.id).serialized
@@ -386,5 +418,8 @@ def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model
     record = Store.objects.get(id=learner.id)
     assert not FacilityUser.objects.get(id=learner.id)._morango_dirty_bit
     assert json.loads(record.serialized)["full_name"] == "Renamed meanwhile"
-    assert record.last_saved_counter == counter
-    assert _own_database_max_counter(changed_facility.filter) == counter
+    # under a counter of the run that is published for the filter
+    assert counter_before < record.last_saved_counter
+    assert record.last_saved_counter <= _own_database_max_counter(
+        changed_facility.filter
+    )

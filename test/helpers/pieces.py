@@ -12,8 +12,9 @@ def count_committed_pieces(monkeypatch, run_class):
     committed = []
 
     def counting(run, work, records, what, **kwargs):
-        PieceRun.commit_piece(run, work, records, what, **kwargs)
+        result = PieceRun.commit_piece(run, work, records, what, **kwargs)
         committed.append(records)
+        return result
 
     monkeypatch.setattr(run_class, "commit_piece", counting)
     return committed
@@ -41,3 +42,31 @@ def counter_rows():
             )
         ),
     }
+
+
+def without_own_counters(snapshot):
+    """
+    A snapshot (with ``store`` rows, :func:`counter_rows` and ``instance_counter``)
+    with every counter of this instance left out: a run in pieces takes a counter
+    per piece where morango takes one, and must otherwise leave the same data.
+    """
+    from morango.models.core import InstanceIDModel
+
+    instance = InstanceIDModel.get_or_create_current_instance()[0].id
+    store = [
+        dict(r, last_saved_counter=None) if r["last_saved_instance"] == instance else r
+        for r in snapshot["store"]
+    ]
+    return dict(
+        snapshot,
+        store=store,
+        record_max_counters=[
+            dict(r, counter=None) if r["instance_id"] == instance else r
+            for r in snapshot["record_max_counters"]
+        ],
+        database_max_counters=[
+            dict(r, counter=None) if r["instance_id"] == instance else r
+            for r in snapshot["database_max_counters"]
+        ],
+        instance_counter=None,
+    )
