@@ -133,9 +133,13 @@ def _run_in_request(context):
 
 class PiecewiseDeserializeOperation(LocalOperation):
     """
-    Serializes and then deserializes a push in a background job one short
-    transaction at a time (see :mod:`.serialize_pieces` and :mod:`.pieces`), so the
-    job never holds the database's write lock for long.
+    Serializes and then deserializes a push one short transaction at a time (see
+    :mod:`.serialize_pieces` and :mod:`.pieces`), wherever this server receives
+    one: in a background job, so the job never holds the database's write lock for
+    long, and in a request, so that every serialization on the server takes its
+    counters as the pieces do (see :mod:`.stamping`) and a local change made
+    meanwhile is never overwritten. (A client's own pull keeps morango's stage: its
+    transfer session lives on through the sync, and the count below would stick.)
 
     It does what morango's receiver does, serializing first (so deserializing does
     not overwrite local changes) and then deserializing, and passes (returns
@@ -143,8 +147,9 @@ class PiecewiseDeserializeOperation(LocalOperation):
     repair what failed, such as clashing picture passwords) and morango's, which
     it tells there is nothing left to deserialize by counting the push's records as
     already applied on the context's transfer session (in memory only; the job
-    reads the session again when the stage ends). It passes at once outside a
-    background job, on a morango version :mod:`.pieces` does not mirror, and when
+    reads the session again when the stage ends). Only a background job leaves
+    SQLite's lock free between pieces; elsewhere someone waits for the stage. It
+    passes at once on a morango version :mod:`.pieces` does not mirror, and when
     there is nothing waiting to be deserialized.
     """
 
@@ -158,6 +163,7 @@ class PiecewiseDeserializeOperation(LocalOperation):
         self._assert(_deserializes_in_pieces(context))
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
+        self._assert(context.sync_session is not None)
         self._assert(context.transfer_session is not None)
         self._assert(context.filter is not None)
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
@@ -176,18 +182,23 @@ class PiecewiseDeserializeOperation(LocalOperation):
 
 class PiecewiseSerializeOperation(LocalOperation):
     """
-    Serializes for a pull in a background job one short transaction at a time (see
-    :mod:`.serialize_pieces`), so the job never holds the database's write lock for
-    long.
+    Serializes for a pull (on the server) or a push (on the client) one short
+    transaction at a time (see :mod:`.serialize_pieces`), wherever this instance
+    sends data: in a background job, so the job never holds the database's write
+    lock for long, and in a request or a client's own sync, so that every
+    serialization on this instance takes its counters as the pieces do: each
+    inside the transaction that publishes it (see :mod:`.stamping`). morango's
+    own takes its counter before its transaction begins, and beside a run in
+    pieces could stamp records at or below a counter already published.
 
     It runs after Kolibri's own serializing operations (see ``priority``), which
     pass, and then does all that morango's ``SerializeOperation`` does, serializing
     and recording the filter's instance counters on the transfer session, and
     completes the stage, so morango's operation does not serialize (and spend a
-    counter) a second time. It passes at once outside a background job, on a
-    morango version the pieces do not mirror, and where morango would not
-    serialize (this instance does not send the data, or serializing before queuing
-    is turned off): morango's operation then runs as usual.
+    counter) a second time. It passes at once on a morango version the pieces do
+    not mirror, and where morango would not serialize (this instance does not send
+    the data, or serializing before queuing is turned off): morango's operation
+    then runs as usual.
     """
 
     #: Below Kolibri's serializing operations (priority 0), which must still run.
@@ -204,48 +215,56 @@ class PiecewiseSerializeOperation(LocalOperation):
         from morango.sync.operations import DBBackend
         from morango.utils import SETTINGS
 
-        self._assert(_in_background_on_supported_morango(context))
+        self._assert(supports_installed_morango())
         self._assert(context.stage == transfer_stages.SERIALIZING)
-        self._assert(context.is_server and context.is_producer)
+        self._assert(context.is_producer)
         self._assert(context.sync_session is not None)
         self._assert(context.transfer_session is not None)
         self._assert(context.filter is not None)
         self._assert(SETTINGS.MORANGO_SERIALIZE_BEFORE_QUEUING)
         try:
-            serialize_in_pieces(context.sync_session.profile, context.filter)
+            serialize_in_pieces(
+                context.sync_session.profile,
+                context.filter,
+                pause=_in_background(context),
+            )
         except OperationalError as e:
             if DBBackend._is_transaction_isolation_error(e):
                 return transfer_statuses.PENDING
             raise
-        # the rest of morango's operation, for the server
-        context.transfer_session.server_fsic = json.dumps(
+        # the rest of morango's operation
+        fsic = json.dumps(
             DatabaseMaxCounter.calculate_filter_specific_instance_counters(
                 context.filter,
                 is_producer=True,
                 v2_format=FSIC_V2_FORMAT in context.capabilities,
             )
         )
-        context.transfer_session.client_fsic = context.request.data.get(
-            "client_fsic", "{}"
-        )
-        context.transfer_session.save(update_fields=["server_fsic", "client_fsic"])
+        if context.is_server:
+            context.transfer_session.server_fsic = fsic
+            context.transfer_session.client_fsic = context.request.data.get(
+                "client_fsic", "{}"
+            )
+            update_fields = ["server_fsic", "client_fsic"]
+        else:
+            context.transfer_session.client_fsic = fsic
+            update_fields = ["client_fsic"]
+        context.transfer_session.save(update_fields=update_fields)
         return transfer_statuses.COMPLETED
 
 
-def _in_background_on_supported_morango(context):
-    """
-    Whether the stage runs in a background job, on a morango version whose
-    internals the piecewise stages mirror (see :mod:`.pieces`).
-    """
-    return getattr(context, "in_background", False) and supports_installed_morango()
+def _in_background(context):
+    """Whether the stage runs in one of the plugin's background jobs."""
+    return getattr(context, "in_background", False)
 
 
 def _deserializes_in_pieces(context):
     """
     Whether :class:`PiecewiseDeserializeOperation` takes the stage's deserializing,
-    leftovers of an interrupted push included.
+    leftovers of an interrupted push included: on a morango version whose
+    internals the pieces mirror (see :mod:`.pieces`).
     """
-    return _in_background_on_supported_morango(context)
+    return supports_installed_morango()
 
 
 def _in_pieces(context):
@@ -253,9 +272,10 @@ def _in_pieces(context):
     from morango.sync.operations import DBBackend
 
     profile = context.sync_session.profile
+    pause = _in_background(context)
     try:
-        serialize_in_pieces(profile, context.filter)
-        deserialize_in_pieces(profile, context.filter)
+        serialize_in_pieces(profile, context.filter, pause=pause)
+        deserialize_in_pieces(profile, context.filter, pause=pause)
     except OperationalError as e:
         if DBBackend._is_transaction_isolation_error(e):
             return transfer_statuses.PENDING

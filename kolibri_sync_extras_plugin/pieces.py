@@ -117,6 +117,9 @@ MAX_PAUSE_SECONDS = 0.2
 #: How many times a piece is tried when another writer gets in its way, and the
 #: pause before each new attempt (growing with the attempts, up to the maximum).
 PIECE_ATTEMPTS = 20
+#: In a request, whose client waits, fewer: the stage is tried again as a whole
+#: (see :mod:`.operations`).
+REQUEST_PIECE_ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 0.02
 MAX_RETRY_PAUSE_SECONDS = 0.5
 
@@ -254,7 +257,8 @@ class PieceRun(object):
         """
         from .runner import is_transient_database_error
 
-        for attempt in range(1, PIECE_ATTEMPTS + 1):
+        attempts = PIECE_ATTEMPTS if self.pause else REQUEST_PIECE_ATTEMPTS
+        for attempt in range(1, attempts + 1):
             kept = self._kept()
             started = time.monotonic()
             try:
@@ -263,7 +267,7 @@ class PieceRun(object):
                         with _begin_transaction(self.sync_filter, isolated=True):
                             result = work()
             except DatabaseError as e:
-                if attempt == PIECE_ATTEMPTS or not is_transient_database_error(e):
+                if attempt == attempts or not is_transient_database_error(e):
                     raise
                 self._restore(kept)
                 self.retries += 1

@@ -13,6 +13,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.fast_path import estimated_stage_records
+from kolibri_sync_extras_plugin.pieces import supports_installed_morango
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import no_stage_jobs_after
@@ -175,11 +176,21 @@ def _unique_violation_on_postgresql():
 
 @pytest.fixture
 def serializing_meets_once(monkeypatch):
-    """morango's serialization, whose next run meets ``error`` before writing."""
+    """
+    The stage's serialization (in pieces, or morango's own where the pieces do not
+    mirror morango), whose next run meets ``error`` before writing.
+    """
     from morango.sync import operations as morango_operations
 
+    from kolibri_sync_extras_plugin import operations
+
+    if supports_installed_morango():
+        module, name = operations, "serialize_in_pieces"
+    else:
+        module, name = morango_operations, "_serialize_into_store"
+
     def install(error):
-        serialize = morango_operations._serialize_into_store
+        serialize = getattr(module, name)
         calls = []
 
         def meets_error_once(*args, **kwargs):
@@ -188,9 +199,7 @@ def serializing_meets_once(monkeypatch):
                 raise error
             return serialize(*args, **kwargs)
 
-        monkeypatch.setattr(
-            morango_operations, "_serialize_into_store", meets_error_once
-        )
+        monkeypatch.setattr(module, name, meets_error_once)
         return calls
 
     return install

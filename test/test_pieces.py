@@ -8,6 +8,7 @@ import json
 import uuid
 from collections import Counter
 
+import mock
 import pytest
 from django.db import OperationalError
 from django.db import connection
@@ -25,6 +26,7 @@ from morango.sync.context import LocalSessionContext
 from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
 
+from kolibri_sync_extras_plugin import operations
 from kolibri_sync_extras_plugin import pieces
 from kolibri_sync_extras_plugin import serialize_pieces
 from kolibri_sync_extras_plugin.context import BackgroundSessionContext
@@ -186,7 +188,9 @@ def _morango_stage_result(push):
     What the deserializing stage leaves when morango runs it in one transaction (a
     client that cannot poll gets it inline), undone again afterwards.
     """
-    with transaction.atomic():
+    with transaction.atomic(), mock.patch.object(
+        operations, "supports_installed_morango", return_value=False
+    ):
         context = LocalSessionContext(
             request=RecordedRequest(), transfer_session=_transfer(push)
         )
@@ -298,16 +302,21 @@ def test_pieces__stopped_between_two_pieces__finish_the_rest_when_run_again(
     assert _snapshot() == expected
 
 
-def test_pieces__outside_a_background_job__leave_the_stage_to_morango(
-    varied_push, piece_count
+def test_pieces__in_the_request__in_pieces_too__without_leaving_the_lock_free(
+    varied_push, piece_count, monkeypatch
 ):
+    # a client that cannot poll waits for the stage: no pause between pieces
+    expected = _morango_stage_result(varied_push)
+    pauses = []
+    monkeypatch.setattr(pieces, "pause_after_piece", pauses.append)
     context = LocalSessionContext(
         request=RecordedRequest(), transfer_session=_transfer(varied_push)
     )
 
     stage_middleware(transfer_stages.DESERIALIZING)(context)
 
-    assert piece_count == []
+    assert piece_count and pauses == []
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
 
 
 def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_does(

@@ -9,6 +9,7 @@ import json
 import uuid
 from types import SimpleNamespace
 
+import mock
 import pytest
 from django.db import transaction
 from kolibri.core.auth.models import Classroom
@@ -29,6 +30,7 @@ from morango.registry import syncable_models
 from morango.sync.context import LocalSessionContext
 from morango.sync.operations import _serialize_into_store
 
+from kolibri_sync_extras_plugin import operations
 from kolibri_sync_extras_plugin import pieces
 from kolibri_sync_extras_plugin import serialize_pieces
 from kolibri_sync_extras_plugin import stamping
@@ -297,7 +299,9 @@ def _morango_stage_result(pull):
     with but outside a job, undone again afterwards.
     """
     [job] = stage_jobs()
-    with transaction.atomic():
+    with transaction.atomic(), mock.patch.object(
+        operations, "supports_installed_morango", return_value=False
+    ):
         context = LocalSessionContext(
             request=RecordedRequest(job.kwargs["request_data"]),
             transfer_session=_transfer(pull),
@@ -337,7 +341,7 @@ def _without_counters_of_stage(snapshot):
     return dict(without_own_counters(snapshot), server_fsic=server_fsic), own
 
 
-def _stage_snapshotwithout_own_counters(pull):
+def _stage_snapshot_without_counters(pull):
     """
     The stage's snapshot with this instance's counters left out, and the server
     FSIC's counters for this instance, which the transfer records for the client.
@@ -356,7 +360,7 @@ def test_serializing_stage__in_a_background_job__ends_as_morangos_stage(
     assert job.state == "COMPLETED"
     assert len(piece_count) > 10
     expected, _ = _without_counters_of_stage(expected)
-    snapshot, own = _stage_snapshotwithout_own_counters(pull_at_serializing)
+    snapshot, own = _stage_snapshot_without_counters(pull_at_serializing)
     assert snapshot == expected
     # the client is told the last counter the pieces published
     assert own and set(own) == {_current_instance().counter}
@@ -423,3 +427,28 @@ def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model
     assert record.last_saved_counter <= _own_database_max_counter(
         changed_facility.filter
     )
+
+
+def test_serializing_stage__in_the_request__in_pieces_too__without_leaving_the_lock_free(
+    changed_facility, pull_at_serializing, piece_count, monkeypatch
+):
+    # a client that cannot poll: every serialization on the server takes its
+    # counters as the pieces do, and only a job pauses between pieces
+    expected = _morango_stage_result(pull_at_serializing)
+    pauses = []
+    monkeypatch.setattr(pieces, "pause_after_piece", pauses.append)
+    [job] = stage_jobs()
+    context = LocalSessionContext(
+        request=RecordedRequest(job.kwargs["request_data"]),
+        transfer_session=_transfer(pull_at_serializing),
+        capabilities=set(job.kwargs["capabilities"]) - {"ASYNC_OPERATIONS"},
+    )
+
+    result = stage_middleware(transfer_stages.SERIALIZING)(context)
+
+    assert result == transfer_statuses.COMPLETED
+    assert piece_count and pauses == []
+    expected, _ = _without_counters_of_stage(expected)
+    snapshot, own = _stage_snapshot_without_counters(pull_at_serializing)
+    assert snapshot == expected
+    assert own and set(own) == {_current_instance().counter}
