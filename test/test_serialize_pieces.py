@@ -298,20 +298,27 @@ def _morango_stage_result(pull):
     What morango's serializing stage leaves, run with the context the job runs it
     with but outside a job, undone again afterwards.
     """
-    [job] = stage_jobs()
     with transaction.atomic(), mock.patch.object(
         operations, "supports_installed_morango", return_value=False
     ):
-        context = LocalSessionContext(
-            request=RecordedRequest(job.kwargs["request_data"]),
-            transfer_session=_transfer(pull),
-            capabilities=set(job.kwargs["capabilities"]) - {"ASYNC_OPERATIONS"},
-        )
-        result = stage_middleware(transfer_stages.SERIALIZING)(context)
-        assert result == transfer_statuses.COMPLETED
+        assert _stage_in_the_request(pull) == transfer_statuses.COMPLETED
         snapshot = _stage_snapshot(pull)
         transaction.set_rollback(True)
     return snapshot
+
+
+def _stage_in_the_request(pull):
+    """
+    The serializing stage run with the context the job runs it with, for a client
+    that cannot poll, in the request.
+    """
+    [job] = stage_jobs()
+    context = LocalSessionContext(
+        request=RecordedRequest(job.kwargs["request_data"]),
+        transfer_session=_transfer(pull),
+        capabilities=set(job.kwargs["capabilities"]) - {"ASYNC_OPERATIONS"},
+    )
+    return stage_middleware(transfer_stages.SERIALIZING)(context)
 
 
 def _stage_snapshot(pull):
@@ -437,14 +444,8 @@ def test_serializing_stage__in_the_request__in_pieces_too__without_leaving_the_l
     expected = _morango_stage_result(pull_at_serializing)
     pauses = []
     monkeypatch.setattr(pieces, "pause_after_piece", pauses.append)
-    [job] = stage_jobs()
-    context = LocalSessionContext(
-        request=RecordedRequest(job.kwargs["request_data"]),
-        transfer_session=_transfer(pull_at_serializing),
-        capabilities=set(job.kwargs["capabilities"]) - {"ASYNC_OPERATIONS"},
-    )
 
-    result = stage_middleware(transfer_stages.SERIALIZING)(context)
+    result = _stage_in_the_request(pull_at_serializing)
 
     assert result == transfer_statuses.COMPLETED
     assert piece_count and pauses == []
