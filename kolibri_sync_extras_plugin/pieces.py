@@ -167,12 +167,7 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
 
     run = _Run(profile, sync_filter, on_piece, pause)
     run.one_pass()
-    logger.debug(
-        "Deserialized %d records in %d pieces; the longest held the database %.3fs",
-        run.records,
-        run.pieces,
-        run.longest,
-    )
+    run.log_end("Deserialized")
     return run.longest
 
 
@@ -260,12 +255,14 @@ class PieceRun(object):
         attempts = PIECE_ATTEMPTS if self.pause else REQUEST_PIECE_ATTEMPTS
         for attempt in range(1, attempts + 1):
             kept = self._kept()
-            started = time.monotonic()
             try:
                 with partitions_locked_for_piece(self.sync_filter):
+                    # timed once the lock is the piece's: sizes follow the work
+                    started = time.monotonic()
                     with _own_savepoint_if_nested():
                         with _begin_transaction(self.sync_filter, isolated=True):
                             result = work()
+                    elapsed = time.monotonic() - started
             except DatabaseError as e:
                 if attempt == attempts or not is_transient_database_error(e):
                     raise
@@ -280,7 +277,6 @@ class PieceRun(object):
                 time.sleep(min(MAX_RETRY_PAUSE_SECONDS, RETRY_PAUSE_SECONDS * attempt))
                 continue
             break
-        elapsed = time.monotonic() - started
         self.pieces += 1
         self.records += records
         self.longest = max(self.longest, elapsed)
@@ -298,6 +294,19 @@ class PieceRun(object):
         if self.pause:
             pause_after_piece(elapsed)
         return result
+
+    def log_end(self, done):
+        """One line on the whole run; at INFO if another writer got in its way."""
+        logger.log(
+            logging.INFO if self.retries else logging.DEBUG,
+            "%s %d records in %d pieces (%d tried again after meeting another "
+            "writer); the longest held the database %.3fs",
+            done,
+            self.records,
+            self.pieces,
+            self.retries,
+            self.longest,
+        )
 
     def _kept(self):
         """What the run keeps between pieces, as a piece's failed attempt must find it."""

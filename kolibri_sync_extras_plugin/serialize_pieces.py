@@ -42,8 +42,6 @@ result with morango's on the same data.
 .. |version| replace:: 0.8.15
 """
 
-import logging
-
 import morango
 from morango.constants import transfer_stages
 from morango.models.core import DeletedModels
@@ -53,8 +51,6 @@ from morango.registry import syncable_models
 from . import pieces
 from . import stamping
 from .errors import UnsupportedMorango
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["changed_rows", "serialize_in_pieces"]
 
@@ -111,12 +107,7 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     if not run.published:
         # nothing was stamped: publish a counter all the same, as morango does
         run.commit_piece(run.counter_only, 0, "DatabaseMaxCounter", counted=0)
-    logger.debug(
-        "Serialized %d rows in %d pieces; the longest held the database %.3fs",
-        run.records,
-        run.pieces,
-        run.longest,
-    )
+    run.log_end("Serialized")
     return run.longest
 
 
