@@ -401,3 +401,19 @@ def test_pieces__a_piece_that_keeps_failing__fails_the_run(
         )
 
     assert len(attempts) == pieces.PIECE_ATTEMPTS
+
+
+def test_pieces__the_same_stage_job_run_twice__ends_as_one_run(
+    varied_push, small_pieces, piece_count
+):
+    # a job run at least once: a second worker that read the transfer session as
+    # still waiting runs the stage again, over what the first already applied
+    expected = _morango_stage_result(varied_push)
+    _background_stage(varied_push)
+    pieces_of_the_first_run = len(piece_count)
+
+    _background_stage(varied_push)
+
+    assert pieces_of_the_first_run > 10
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
+    assert _broken_foreign_keys() == []
