@@ -4,6 +4,7 @@ out of the HTTP request; two serialize and deserialize in short transactions in
 the background; two finish what an interrupted sync left undone.
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from .jobs import job_id_for
 from .limits import refuse_stage_over_limits
 from .limits import release_reservation
 from .pieces import deserialize_in_pieces
+from .pieces import partitions_held_if_free
 from .pieces import supports_installed_morango
 from .request_boundary import schedule_background_stage
 from .runner import is_transient_database_error
@@ -108,17 +110,16 @@ def _run_in_request(context):
         stage should go to a job instead
     :rtype: str|None
     """
-    _stage_in_request.transfer_session_id = context.transfer_session.id
-    try:
-        result = stage_middleware(context.stage)(context)
-    except Exception as e:
-        if not is_transient_database_error(e):
-            raise
-        result, reason = transfer_statuses.PENDING, e
-    else:
-        reason = "a transaction isolation conflict"
-    finally:
-        _stage_in_request.transfer_session_id = None
+    with _partitions_free_for(context) as free:
+        if not free:
+            logger.info(
+                "Stage %s of transfer session %s would wait in the request for "
+                "another stage of the same data; it goes to a background job",
+                context.stage,
+                context.transfer_session.id,
+            )
+            return None
+        result, reason = _invoke_in_request(context)
     if result != transfer_statuses.PENDING:
         return result
     logger.info(
@@ -129,6 +130,44 @@ def _run_in_request(context):
         reason,
     )
     return None
+
+
+#: The stages whose work takes the facility's partition locks on PostgreSQL.
+_PARTITION_LOCKING_STAGES = frozenset(
+    (
+        transfer_stages.SERIALIZING,
+        transfer_stages.DEQUEUING,
+        transfer_stages.DESERIALIZING,
+    )
+)
+
+
+def _partitions_free_for(context):
+    """
+    For a stage whose work locks the facility's partitions, hold them if they are
+    free (see :func:`~.pieces.partitions_held_if_free`); for any other, go on.
+    """
+    if context.stage in _PARTITION_LOCKING_STAGES:
+        return partitions_held_if_free(context.filter)
+    return contextlib.nullcontext(True)
+
+
+def _invoke_in_request(context):
+    """
+    :return: The stage's result, and what to name if it is PENDING
+    :rtype: tuple
+    """
+    _stage_in_request.transfer_session_id = context.transfer_session.id
+    try:
+        return stage_middleware(context.stage)(context), (
+            "a transaction isolation conflict"
+        )
+    except Exception as e:
+        if not is_transient_database_error(e):
+            raise
+        return transfer_statuses.PENDING, e
+    finally:
+        _stage_in_request.transfer_session_id = None
 
 
 class PiecewiseDeserializeOperation(LocalOperation):

@@ -361,6 +361,50 @@ def partitions_locked_for_piece(sync_filter):
             )
 
 
+@contextlib.contextmanager
+def partitions_held_if_free(sync_filter):
+    """
+    On PostgreSQL, take the filter's partition locks (as
+    :func:`partitions_locked_for_piece` does) only if no one holds them, and hold
+    them until the block ends. Yields whether they are held: a stage run in the
+    request that would wait behind another stage of the same facility (a job's
+    pieces, other clients' stages) goes to a job instead, so its request stays
+    short. Elsewhere (SQLite's lock is the whole database's, and its wait is
+    bounded by its timeout), yields ``True`` at once.
+    """
+    from morango.sync.operations import DBBackend
+
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield True
+        return
+    keys = _partition_lock_keys(sync_filter)
+    taken = []
+    try:
+        for key1, key2, shared in keys:
+            if not _try_advisory_lock(key1, key2, shared):
+                break
+            taken.append((key1, key2, shared))
+        yield len(taken) == len(keys)
+    finally:
+        for key1, key2, shared in reversed(taken):
+            DBBackend._execute_lock(
+                key1, key2=key2, session=True, shared=shared, unlock=True
+            )
+
+
+def _try_advisory_lock(key1, key2, shared):
+    """A session-level advisory lock, if free at once: whether it was taken."""
+    keys = [key1] if key2 is None else [key1, key2]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_try_advisory_lock{}({})".format(
+                "_shared" if shared else "", ", ".join(["%s"] * len(keys))
+            ),
+            keys,
+        )
+        return bool(cursor.fetchone()[0])
+
+
 def _partition_lock_keys(sync_filter):
     """
     The advisory locks morango's ``lock_partitions`` takes for ``sync_filter``, as
