@@ -1,6 +1,6 @@
 """
 The plugin's Django app: checks the ``[Sync]`` options and hooks into request
-boundaries once Django is ready.
+boundaries and transfer-session saves once Django is ready.
 """
 
 from django.apps import AppConfig
@@ -16,6 +16,7 @@ class SyncExtrasConfig(AppConfig):
         from .limits import connect_refusal_signals
         from .pull_pages import connect_pull_pages
         from .request_boundary import connect_request_signals
+        from .transfer_saves import connect_transfer_saves
 
         # fail at start-up, naming the option, rather than at a client's first sync
         validate_sync_options()
@@ -23,3 +24,4 @@ class SyncExtrasConfig(AppConfig):
         connect_refusal_signals()
         add_refusal_middleware()
         connect_pull_pages()
+        connect_transfer_saves()
