@@ -16,7 +16,7 @@ class SyncExtrasConfig(AppConfig):
         from .limits import connect_refusal_signals
         from .pull_pages import connect_pull_pages
         from .request_boundary import connect_request_signals
-        from .transfer_saves import connect_transfer_saves
+        from .session_saves import connect_session_saves
 
         # fail at start-up, naming the option, rather than at a client's first sync
         validate_sync_options()
@@ -24,4 +24,4 @@ class SyncExtrasConfig(AppConfig):
         connect_refusal_signals()
         add_refusal_middleware()
         connect_pull_pages()
-        connect_transfer_saves()
+        connect_session_saves()

@@ -1,6 +1,9 @@
 """
-A full save of a transfer session, as morango's PATCH handler makes, keeps what a
-background stage wrote to the row after the handler read it.
+Saves of morango's session rows keep what another writer put there: a full save
+of a transfer session, as morango's PATCH handler makes, keeps what a
+background stage wrote to the row after the handler read it; two writers of a
+sync session's ``extra_fields`` (Kolibri's marks of what it handled) both keep
+their marks.
 """
 
 import json
@@ -9,6 +12,7 @@ import pytest
 from morango.api.viewsets import TransferSessionViewSet
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
+from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
 from .helpers.constants import ALL_DATABASES
@@ -95,3 +99,35 @@ def test_retried_patch__while_the_job_finishes__leaves_the_stage_as_the_job_ende
     assert transfer_session.transfer_stage_status == transfer_statuses.COMPLETED
     server_fsic = json.loads(transfer_session.server_fsic)
     assert server_fsic and server_fsic != json.loads(EMPTY_FSIC)
+
+
+def _kolibri_marks_handled(sync_session, operation, mark):
+    """
+    What Kolibri's ``KolibriSyncOperationMixin.mark_handled`` writes, from the
+    storage as this copy of the row read it.
+    """
+    storage = json.loads(sync_session.extra_fields or "{}")
+    storage.setdefault(operation, []).append(mark)
+    sync_session.extra_fields = json.dumps(storage)
+    sync_session.save(update_fields=["extra_fields"])
+
+
+def test_extra_fields__two_writers_from_the_same_read__both_marks_kept(
+    server_sync_session,
+):
+    # a push's cleanup job and the next transfer's request read the storage at
+    # the same moment, then each writes its own mark
+    job_copy = SyncSession.objects.get(id=server_sync_session.id)
+    request_copy = SyncSession.objects.get(id=server_sync_session.id)
+
+    _kolibri_marks_handled(job_copy, "CleanupHook", "t1:cleanup")
+    _kolibri_marks_handled(request_copy, "CleanupHook", "t2:initializing")
+    _kolibri_marks_handled(request_copy, "OtherHook", "t2:initializing")
+
+    storage = json.loads(
+        SyncSession.objects.get(id=server_sync_session.id).extra_fields
+    )
+    assert storage == {
+        "CleanupHook": ["t1:cleanup", "t2:initializing"],
+        "OtherHook": ["t2:initializing"],
+    }
