@@ -43,12 +43,14 @@ def _repeat_serializing(client, transfer_session_id):
     )
 
 
-def test_repeated_patch__job_finishes_while_it_is_served__next_poll_completed(
+def test_repeated_patch__job_finishes_while_it_is_served__the_jobs_outcome_kept(
     pull_at_serializing, async_client, job_finishes_inside_the_repeated_patch
 ):
     repeated = _repeat_serializing(async_client, pull_at_serializing["id"])
-    # the PATCH saved the row it had read: STARTED over the job's COMPLETED
-    assert repeated["transfer_stage_status"] == transfer_statuses.STARTED
+    # the PATCH saves the row it had read, but not over what the job wrote since
+    # (see session_saves): its answer is the job's COMPLETED, with the counters
+    assert repeated["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert repeated["server_fsic"] not in ("", "{}")
 
     polled = async_client.get(pull_at_serializing["id"])
 
