@@ -59,14 +59,11 @@ from kolibri_sync_extras_plugin import pieces
 from kolibri_sync_extras_plugin import serialize_pieces
 
 from .helpers.constants import ALL_DATABASES
+from .helpers.pieces import only_where_pieces_mirror_morango
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
-    pytest.mark.skipif(
-        not pieces.supports_installed_morango(),
-        reason="the pieces follow morango 0.8.15 (Kolibri 0.19); older morango "
-        "serializes and deserializes in its own one transaction",
-    ),
+    only_where_pieces_mirror_morango,
 ]
 
 PROFILE = "facilitydata"

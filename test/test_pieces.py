@@ -38,15 +38,12 @@ from kolibri_sync_extras_plugin.store import dirty_store_records
 from .helpers.constants import ALL_DATABASES
 from .helpers.pieces import count_committed_pieces
 from .helpers.pieces import counter_rows
+from .helpers.pieces import only_where_pieces_mirror_morango
 from .helpers.pieces import without_own_counters
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
-    pytest.mark.skipif(
-        not pieces.supports_installed_morango(),
-        reason="the pieces follow morango 0.8.15 (Kolibri 0.19); older morango "
-        "deserializes in its own one transaction",
-    ),
+    only_where_pieces_mirror_morango,
 ]
 
 _STORE_FIELDS = (

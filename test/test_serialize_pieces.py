@@ -44,15 +44,12 @@ from .helpers.jobs import run_stage_jobs
 from .helpers.jobs import stage_jobs
 from .helpers.pieces import count_committed_pieces
 from .helpers.pieces import counter_rows
+from .helpers.pieces import only_where_pieces_mirror_morango
 from .helpers.pieces import without_own_counters
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
-    pytest.mark.skipif(
-        not pieces.supports_installed_morango(),
-        reason="the pieces follow morango 0.8.15 (Kolibri 0.19); older morango "
-        "serializes in its own one transaction",
-    ),
+    only_where_pieces_mirror_morango,
 ]
 
 PROFILE = "facilitydata"

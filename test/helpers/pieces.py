@@ -1,6 +1,16 @@
 """Watching a run in pieces commit them."""
 
+import pytest
+
 from kolibri_sync_extras_plugin.pieces import PieceRun
+from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+
+#: For a module's ``pytestmark``: the pieces run only where they mirror morango.
+only_where_pieces_mirror_morango = pytest.mark.skipif(
+    not supports_installed_morango(),
+    reason="the pieces follow morango 0.8.15 (Kolibri 0.19); with older morango "
+    "every stage is morango's own, in one transaction",
+)
 
 
 def count_committed_pieces(monkeypatch, run_class):
