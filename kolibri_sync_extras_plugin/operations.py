@@ -1,7 +1,8 @@
 """
 The morango operations the plugin adds to every sync: one takes a configured stage
-out of the HTTP request; two serialize and deserialize in short transactions in
-the background; two finish what an interrupted sync left undone.
+out of the HTTP request; two serialize and deserialize in short transactions
+wherever this instance does (see :mod:`.stamping`); two finish what an
+interrupted sync left undone.
 """
 
 import contextlib
@@ -199,7 +200,7 @@ class PiecewiseDeserializeOperation(LocalOperation):
         """
         from morango.utils import SETTINGS
 
-        self._assert(_deserializes_in_pieces(context))
+        self._assert(supports_installed_morango())
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
         self._assert(context.sync_session is not None)
@@ -297,15 +298,6 @@ def _in_background(context):
     return getattr(context, "in_background", False)
 
 
-def _deserializes_in_pieces(context):
-    """
-    Whether :class:`PiecewiseDeserializeOperation` takes the stage's deserializing,
-    leftovers of an interrupted push included: on a morango version whose
-    internals the pieces mirror (see :mod:`.pieces`).
-    """
-    return supports_installed_morango()
-
-
 def _in_pieces(context):
     from django.db import OperationalError
     from morango.sync.operations import DBBackend
@@ -341,7 +333,7 @@ class DeserializeLeftoversOperation(LocalOperation):
     filter came from an earlier push of the same client that no stage job is still
     working on (see :func:`~.sessions.own_earlier_pushes`): it never applies
     another client's records, nor records a job is about to deserialize.
-    In a background job it leaves them to :class:`PiecewiseDeserializeOperation`,
+    On morango 0.8.15 it leaves them to :class:`PiecewiseDeserializeOperation`,
     which applies the same rule.
     """
 
@@ -352,7 +344,7 @@ class DeserializeLeftoversOperation(LocalOperation):
         """
         from morango.utils import SETTINGS
 
-        self._assert(not _deserializes_in_pieces(context))
+        self._assert(not supports_installed_morango())
         self._assert(context.is_server and context.is_push)
         self._assert(context.stage == transfer_stages.DESERIALIZING)
         self._assert(context.transfer_session is not None)

@@ -330,7 +330,6 @@ def _own_savepoint_if_nested():
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
 def partitions_locked_for_piece(sync_filter):
     """
     On PostgreSQL, hold the filter's partition locks (morango's advisory locks) for
@@ -342,26 +341,9 @@ def partitions_locked_for_piece(sync_filter):
     inside the transaction is granted at once (a session holds its locks again).
     Elsewhere, nothing to do.
     """
-    from morango.sync.operations import DBBackend
-
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        yield
-        return
-    keys = _partition_lock_keys(sync_filter)
-    taken = []
-    try:
-        for key1, key2, shared in keys:
-            DBBackend._execute_lock(key1, key2=key2, session=True, shared=shared)
-            taken.append((key1, key2, shared))
-        yield
-    finally:
-        for key1, key2, shared in reversed(taken):
-            DBBackend._execute_lock(
-                key1, key2=key2, session=True, shared=shared, unlock=True
-            )
+    return _session_partition_locks(sync_filter, wait=True)
 
 
-@contextlib.contextmanager
 def partitions_held_if_free(sync_filter):
     """
     On PostgreSQL, take the filter's partition locks (as
@@ -372,6 +354,16 @@ def partitions_held_if_free(sync_filter):
     short. Elsewhere (SQLite's lock is the whole database's, and its wait is
     bounded by its timeout), yields ``True`` at once.
     """
+    return _session_partition_locks(sync_filter, wait=False)
+
+
+@contextlib.contextmanager
+def _session_partition_locks(sync_filter, wait):
+    """
+    morango's partition locks for ``sync_filter``, at session level, released
+    when the block ends; with ``wait`` false, only those free at once. Yields
+    whether all are held (always, where there are none to take).
+    """
     from morango.sync.operations import DBBackend
 
     if connection.vendor != "postgresql" or connection.in_atomic_block:
@@ -381,7 +373,9 @@ def partitions_held_if_free(sync_filter):
     taken = []
     try:
         for key1, key2, shared in keys:
-            if not _try_advisory_lock(key1, key2, shared):
+            if wait:
+                DBBackend._execute_lock(key1, key2=key2, session=True, shared=shared)
+            elif not _try_advisory_lock(key1, key2, shared):
                 break
             taken.append((key1, key2, shared))
         yield len(taken) == len(keys)

@@ -106,7 +106,9 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     run.deletions()
     if not run.published:
         # nothing was stamped: publish a counter all the same, as morango does
-        run.commit_piece(run.counter_only, 0, "DatabaseMaxCounter", counted=0)
+        run.commit_stamping_piece(
+            lambda counter: counter(), 0, "DatabaseMaxCounter", counted=0
+        )
     run.log_end("Serialized")
     return run.longest
 
@@ -185,8 +187,3 @@ class _Run(pieces.PieceRun):
                 "deletion",
                 counted=0,
             )
-
-    def counter_only(self):
-        current = stamping.take_counter()
-        stamping.publish_counter(current, self.sync_filter)
-        return True
