@@ -158,8 +158,7 @@ class _Run(pieces.PieceRun):
         since the batch was listed is left alone).
         """
         rows = stamping.changed_rows_of(model, self.sync_filter).filter(id__in=batch)
-        if rows.exists():
-            stamping.serialize_rows(model, rows, counter())
+        stamping.serialize_rows(model, rows, counter)
 
     def deletions(self):
         """

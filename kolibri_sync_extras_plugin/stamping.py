@@ -46,6 +46,8 @@ except ImportError:  # older morango: pieces.supports_installed_morango() says n
     pass
 
 __all__ = [
+    "CounterForPiece",
+    "apply_deletions",
     "changed_rows_of",
     "mark_deleted",
     "mark_hard_deleted",
@@ -97,17 +99,24 @@ def publish_counter(current, sync_filter):
             )
 
 
-def serialize_rows(model, rows, current):
+def serialize_rows(model, rows, counter):
     """
     morango's per-model serializing step for ``rows`` (changed app rows of
-    ``model``), stamped with ``current``: Store records updated (a dirty one keeps
-    what it received as conflicting data) or created, record max counters set, and
-    the dirty bit cleared for exactly these rows.
+    ``model``), stamped with the piece's counter: Store records updated (a dirty
+    one keeps what it received as conflicting data) or created, record max
+    counters set, and the dirty bit cleared for exactly these rows.
 
     :type rows: django.db.models.QuerySet
+    :param counter: Gives the piece's counter; asked only if there are rows
+    :type counter: CounterForPiece
+    :return: How many rows were serialized
+    :rtype: int
     """
-    self_ref_fk = _self_referential_fk(model)
     ids = list(rows.values_list("id", flat=True))
+    if not ids:
+        return 0
+    current = counter()
+    self_ref_fk = _self_referential_fk(model)
     store_records = Store.objects.in_bulk(id_list=ids)
     new_store_records = []
     new_record_max_counters = []
@@ -190,13 +199,13 @@ def mark_hard_deleted(ids):
     )
 
 
-def apply_deletions(profile, ids, current_counter):
+def apply_deletions(profile, ids, counter):
     """
     Apply the deletions logged for ``ids``, soft and hard together (a pull between
     the two would see a deletion whose data is not yet cleared, and never see it
     cleared: clearing stamps no counter), and clear their log rows.
 
-    :param current_counter: Called for the counter, only if a soft deletion is
+    :param counter: Called for the counter, only if a soft deletion is
         logged
     :return: How many logged deletions were applied
     :rtype: int
@@ -212,7 +221,7 @@ def apply_deletions(profile, ids, current_counter):
         )
     )
     if soft:
-        mark_deleted(soft, current_counter())
+        mark_deleted(soft, counter())
         DeletedModels.objects.filter(profile=profile, id__in=soft).delete()
     if hard:
         mark_hard_deleted(hard)
@@ -263,8 +272,8 @@ def merge_local_changes(profile, sync_filter, store_ids):
         by_model[model_name].append(id_)
     for model_name, ids in by_model.items():
         model = syncable_models.get_model(profile, model_name)
-        rows = changed_rows_of(model, sync_filter).filter(id__in=ids)
-        if rows.exists():
-            serialize_rows(model, rows, counter())
+        serialize_rows(
+            model, changed_rows_of(model, sync_filter).filter(id__in=ids), counter
+        )
     apply_deletions(profile, list(store_ids), counter)
     return counter.publish()
