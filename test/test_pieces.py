@@ -115,6 +115,8 @@ def varied_push(pushed_and_dequeued, facility):
     """
     dataset = facility.dataset_id
     learner = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
+    # picked before the new users exist, which would otherwise be candidates too
+    deleted = Store.objects.filter(model_name="facilityuser", dirty_bit=True).last()
     membership = Store.objects.filter(model_name="membership").first()
     classroom = Store.objects.filter(model_name="classroom").first()
 
@@ -157,7 +159,6 @@ def varied_push(pushed_and_dequeued, facility):
     new_membership(stray, classroom.id)
     new_membership(uuid.uuid4().hex, classroom.id)
 
-    deleted = Store.objects.filter(model_name="facilityuser", dirty_bit=True).last()
     Store.objects.filter(id=deleted.id).update(deleted=True)
     return pushed_and_dequeued
 
