@@ -12,10 +12,10 @@ class SyncExtrasConfig(AppConfig):
 
     def ready(self):
         from .config import validate_sync_options
-        from .limits import add_refusal_middleware
-        from .limits import connect_refusal_signals
-        from .pull_pages import connect_pull_pages
-        from .request_boundary import connect_request_signals
+        from .request.hooks import connect_request_signals
+        from .request.limits import add_refusal_middleware
+        from .request.limits import connect_refusal_signals
+        from .request.pull_pages import connect_pull_pages
         from .session_saves import connect_session_saves
 
         # fail at start-up, naming the option, rather than at a client's first sync

@@ -37,14 +37,14 @@ __all__ = [
     "KOLIBRI_LINE",
     "JobHook",
     "JobRow",
+    "JOBS_IN_DJANGO",
+    "sqlalchemy_job_table",
     "job_rows",
-    "delete_job_rows",
-    "update_job_row",
     "insert_job",
     "jobs_in_states",
     "after_job_storage_commit",
-    "job_storage_in_test_transaction",
     "aware_utc",
+    "parse_time",
     "update_job_progress",
     "COUNTS_DESERIALIZED_RECORDS",
     "BaseCommand",
@@ -59,7 +59,7 @@ JobHook = getattr(_task_hooks, "JobHook", None) or _task_hooks.StorageHook
 
 #: Whether job storage is Kolibri's Django model ``kolibri.core.tasks.models.Job``
 #: (0.19) rather than an SQLAlchemy table (0.16 to 0.18).
-_JOBS_IN_DJANGO = KOLIBRI_LINE >= (0, 19)
+JOBS_IN_DJANGO = KOLIBRI_LINE >= (0, 19)
 
 #: Whether morango saves each store record as it deserializes it, so a stage can
 #: count them live. morango as shipped before Kolibri 0.19 (0.8.3 and older) marks
@@ -98,6 +98,21 @@ def aware_utc(value):
     return value.replace(tzinfo=datetime.timezone.utc)
 
 
+def parse_time(value):
+    """
+    A time the plugin stored as text in a job's metadata (``isoformat``), aware;
+    ``None`` for none or for text that is not a time.
+
+    :rtype: datetime.datetime|None
+    """
+    if not value:
+        return None
+    try:
+        return aware_utc(datetime.datetime.fromisoformat(value))
+    except (TypeError, ValueError):
+        return None
+
+
 def _row(orm_job):
     return JobRow(
         id=orm_job.id,
@@ -112,7 +127,7 @@ def _row(orm_job):
     )
 
 
-def _sqlalchemy_job_table():
+def sqlalchemy_job_table():
     from kolibri.core.tasks.main import job_storage
     from kolibri.core.tasks.storage import ORMJob
 
@@ -126,7 +141,7 @@ def job_rows(queue=None, func=None, job_id=None):
 
     :rtype: list[JobRow]
     """
-    if _JOBS_IN_DJANGO:
+    if JOBS_IN_DJANGO:
         from kolibri.core.tasks.models import Job as ORMJob
 
         queryset = ORMJob.objects.all()
@@ -134,59 +149,13 @@ def job_rows(queue=None, func=None, job_id=None):
             if value is not None:
                 queryset = queryset.filter(**{field: value})
         return [_row(orm_job) for orm_job in queryset]
-    engine, table = _sqlalchemy_job_table()
+    engine, table = sqlalchemy_job_table()
     query = table.select()
     for column, value in (("queue", queue), ("func", func), ("id", job_id)):
         if value is not None:
             query = query.where(table.c[column] == value)
     with engine.connect() as connection:
         return [_row(orm_job) for orm_job in connection.execute(query)]
-
-
-def delete_job_rows(job_id=None):
-    """
-    Delete job storage rows without Kolibri's storage hooks seeing it: a job that
-    vanishes some other way. Every row if ``job_id`` is ``None``.
-    """
-    if _JOBS_IN_DJANGO:
-        from kolibri.core.tasks.models import Job as ORMJob
-
-        queryset = ORMJob.objects.all()
-        if job_id is not None:
-            queryset = queryset.filter(id=job_id)
-        queryset.delete()
-        return
-    engine, table = _sqlalchemy_job_table()
-    query = table.delete()
-    if job_id is not None:
-        query = query.where(table.c.id == job_id)
-    with engine.begin() as connection:
-        connection.execute(query)
-
-
-def update_job_row(job_id, **fields):
-    """
-    Change columns of a job storage row without Kolibri's storage hooks seeing it,
-    e.g. ``update_job_row(job_id, state="RUNNING", worker_process="123")``.
-
-    :param fields: Column values; times timezone-aware
-    """
-    if _JOBS_IN_DJANGO:
-        from kolibri.core.tasks.models import Job as ORMJob
-
-        ORMJob.objects.filter(id=job_id).update(**fields)
-        return
-    values = {
-        column: (
-            value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-            if isinstance(value, datetime.datetime)
-            else value
-        )
-        for column, value in fields.items()
-    }
-    engine, table = _sqlalchemy_job_table()
-    with engine.begin() as connection:
-        connection.execute(table.update().where(table.c.id == job_id).values(**values))
 
 
 def insert_job(job, priority, queue):
@@ -214,7 +183,7 @@ def insert_job(job, priority, queue):
         repeat=0,
         saved_job=job.to_json(),
     )
-    if _JOBS_IN_DJANGO:
+    if JOBS_IN_DJANGO:
         from django.db import IntegrityError
         from django.db import transaction
         from kolibri.core.tasks.models import Job as ORMJob
@@ -247,7 +216,7 @@ def after_job_storage_commit(orm_job, callback):
     transaction (a Django one, on job storage's database); before 0.19 it calls
     them after its SQLAlchemy session has committed, so the callback runs at once.
     """
-    if _JOBS_IN_DJANGO:
+    if JOBS_IN_DJANGO:
         from django.db import transaction
 
         transaction.on_commit(callback, using=orm_job._state.db)
@@ -265,22 +234,13 @@ def jobs_in_states(states, queue=None, func=None):
     """
     from kolibri.core.tasks.main import job_storage
 
-    if _JOBS_IN_DJANGO:
+    if JOBS_IN_DJANGO:
         return job_storage.filter_jobs(queue=queue, func=func, state=list(states))
     return [
         job
         for state in states
         for job in job_storage.filter_jobs(queue=queue, func=func, state=state)
     ]
-
-
-def job_storage_in_test_transaction():
-    """
-    :return: Whether a Django test's transaction also rolls back job storage; where
-        it does not (before Kolibri 0.19), tests must empty job storage themselves
-    :rtype: bool
-    """
-    return _JOBS_IN_DJANGO
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,7 +25,7 @@ class SyncExtrasPlugin(KolibriPluginBase):
     def disable(self):
         """
         ``kolibri plugin disable`` calls this: release the background stages first
-        (see :mod:`.release`), since nothing can once the plugin's task is gone.
+        (see :mod:`.admin.disable`), since nothing can once the plugin's task is gone.
         That command does not set Django up, so this does, as Kolibri's own Django
         commands do. Disabling goes on if the release fails, with a message saying
         what to run instead.
@@ -40,7 +40,7 @@ class SyncExtrasPlugin(KolibriPluginBase):
 
                 initialize(skip_update=True)
 
-            from .release import release_background_stages
+            from .admin.disable import release_background_stages
 
             release_background_stages()
         except Exception:
@@ -49,7 +49,7 @@ class SyncExtrasPlugin(KolibriPluginBase):
                 "disabling it, stop Kolibri and run "
                 "`kolibri manage sync_extras_release`, or see the plugin's README"
             )
-        super(SyncExtrasPlugin, self).disable()
+        super().disable()
 
 
 @register_hook
@@ -61,11 +61,11 @@ class BackgroundStageSyncHook(FacilityDataSyncHook):
         :type context: morango.sync.context.SessionContext
         :rtype: list
         """
-        from .operations import BackgroundStageOperation
-        from .operations import CloseSupersededTransfersOperation
-        from .operations import DeserializeLeftoversOperation
-        from .operations import PiecewiseDeserializeOperation
-        from .operations import PiecewiseSerializeOperation
+        from .piecewise.operations import PiecewiseDeserializeOperation
+        from .piecewise.operations import PiecewiseSerializeOperation
+        from .recovery.leftovers import CloseSupersededTransfersOperation
+        from .recovery.leftovers import DeserializeLeftoversOperation
+        from .request.operation import BackgroundStageOperation
 
         # operations of equal priority run in this order: pieces before leftovers
         return [
@@ -84,7 +84,7 @@ def _settle_once_job_storage_commits(job, orm_job, job_state):
     the main database from there would hold one lock while waiting for the other.
     """
     from .compat import after_job_storage_commit
-    from .jobs import settle_from_job
+    from .stage_status import settle_from_job
 
     after_job_storage_commit(orm_job, lambda: settle_from_job(job, job_state))
 
@@ -97,23 +97,24 @@ class BackgroundStageJobHook(JobHook):
     """
 
     def schedule(self, job, orm_job):
-        from .jobs import RUN_STAGE_TASK
-        from .retention import schedule_retention
+        from .admin.retention import schedule_retention
+        from .stage_status import RUN_STAGE_TASK
+        from .tasks import clear_finished_stage_jobs
 
         if job.func != RUN_STAGE_TASK:
             return
         # wherever stage jobs are queued, the job that clears them must be too; a
         # failure here must not fail the stage being queued
         try:
-            schedule_retention()
+            schedule_retention(clear_finished_stage_jobs)
         except Exception:
             logger.exception("Could not schedule the clearing of old stage jobs")
 
     def update(self, job, orm_job, state=None, **kwargs):
         from kolibri.core.tasks.job import State
 
-        from .jobs import RUN_STAGE_TASK
-        from .workers import record_current_worker
+        from .job.worker_identity import record_current_worker
+        from .stage_status import RUN_STAGE_TASK
 
         if state is None or job.func != RUN_STAGE_TASK:
             return
@@ -124,8 +125,8 @@ class BackgroundStageJobHook(JobHook):
         _settle_once_job_storage_commits(job, orm_job, state)
 
     def clear(self, job, orm_job):
-        from .jobs import FINISHED_JOB_STATES
-        from .jobs import RUN_STAGE_TASK
+        from .stage_status import FINISHED_JOB_STATES
+        from .stage_status import RUN_STAGE_TASK
 
         if job.func != RUN_STAGE_TASK:
             return

@@ -1,43 +1,23 @@
 """
-The Kolibri task that runs one deferred sync stage, and how it is enqueued.
-
-Kolibri imports this module from every installed app to find registered tasks;
-the task that clears old stage jobs lives in :mod:`.retention` and is found here.
+The Kolibri tasks this plugin registers. Kolibri imports this module from every
+installed app to find them, and job storage keeps each job's task by its dotted
+path, so the two tasks stay here, named as they were in 1.0.0, and only hand over
+to the modules that do the work (:mod:`.job.run`, :mod:`.admin.retention`).
 """
-
-import logging
 
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.job import JobStatus
-from kolibri.core.tasks.job import State
 from kolibri.core.tasks.permissions import IsAdminForJob
-from morango.constants import transfer_statuses
 
-from .compat import insert_job
-from .context import BackgroundSessionContext
-from .errors import StageNoLongerAwaited
-from .jobs import SYNC_EXTRAS_QUEUE
-from .jobs import job_id_for
-from .jobs import settle_stage
-from .progress import StageProgress
-from .retention import clear_finished_stage_jobs
-from .runner import awaited_transfer_session
-from .runner import run_stage_operations
-from .runner import stage_signal
-from .wording import describe
-from .wording import describe_job
-from .wording import facility_label
-from .writer_lock import one_writer_at_a_time
+from .admin.retention import RETENTION_JOB_ID
+from .admin.retention import RETENTION_QUEUE
+from .job.task_list import describe_job
+from .job.task_list import facility_label
+from .job.writer_turn import one_writer_at_a_time
+from .stage_status import SYNC_EXTRAS_QUEUE
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "clear_finished_stage_jobs",
-    "run_background_stage",
-    "stage_job_request",
-    "enqueue_stage_job",
-]
+__all__ = ["clear_finished_stage_jobs", "run_background_stage"]
 
 
 def background_stage_status(job):
@@ -69,164 +49,22 @@ def background_stage_status(job):
 def run_background_stage(
     transfer_session_id, stage, request_data=None, capabilities=None
 ):
-    """
-    Run one server-side stage of a transfer session, then settle its status.
+    """Run one server-side stage of a transfer session (see :mod:`.job.run`)."""
+    from .job.run import run_stage
 
-    The stage must be the one the transfer session is waiting on; otherwise the job
-    ends without touching any data. A failing stage is settled as ERRORED (so the
-    polling client stops with an error) and the exception fails the job.
-
-    :param transfer_session_id: The transfer session's id
-    :param stage: A ``transfer_stages`` constant
-    :param request_data: See :class:`~.context.RecordedRequest`
-    :param capabilities: The capabilities the client advertised
-    :return: A summary for the job's result
-    :rtype: dict
-    """
-    progress = StageProgress(stage)
-    try:
-        transfer_session = awaited_transfer_session(transfer_session_id, stage)
-    except StageNoLongerAwaited as e:
-        logger.warning("Background stage %s not run: %s", stage, e)
-        progress.not_run(str(e))
-        return {"stage": stage, "ran": False, "reason": str(e)}
-
-    context = BackgroundSessionContext(
-        transfer_session, request_data=request_data, capabilities=capabilities
-    )
-    signal = stage_signal(stage)
-    records = progress.start(context)
-    logger.info(
-        "Stage %s of transfer session %s started in the background (records: %s)",
-        stage,
+    return run_stage(
         transfer_session_id,
-        _count_or_unknown(records),
-    )
-    try:
-        with progress.counting():
-            run_stage_operations(context, stage)
-    except Exception as e:
-        logger.exception(
-            "Background stage %s of transfer session %s failed after %.2fs "
-            "(records: %s)",
-            stage,
-            transfer_session_id,
-            progress.duration,
-            _count_or_unknown(records),
-        )
-        progress.fail(e)
-        settle_stage(transfer_session_id, stage, transfer_statuses.ERRORED)
-        context.transfer_session.refresh_from_db()
-        context.error = e
-        signal.completed.fire(context=context)
-        raise
-
-    settle_stage(transfer_session_id, stage, transfer_statuses.COMPLETED)
-    context.transfer_session.refresh_from_db()
-    signal.completed.fire(context=context)
-    records = progress.finish(context)
-    duration = progress.duration
-    logger.info(
-        "Stage %s of transfer session %s completed in the background in %.2fs "
-        "(records: %s)",
         stage,
-        transfer_session_id,
-        duration,
-        _count_or_unknown(records),
-    )
-    return {
-        "stage": stage,
-        "ran": True,
-        "duration": round(duration, 3),
-        "records": records,
-    }
-
-
-def _count_or_unknown(records):
-    return "unknown" if records is None else records
-
-
-def _hex_or_none(value):
-    return getattr(value, "hex", value)
-
-
-def _job_metadata(context):
-    """
-    What Kolibri's task list shows about a background stage.
-
-    :type context: morango.sync.context.LocalSessionContext
-    :rtype: dict
-    """
-    from kolibri.core.auth.models import Facility
-    from kolibri.core.auth.sync_event_hook_utils import get_dataset_id
-
-    dataset_id = get_dataset_id(context)
-    facility = (
-        Facility.objects.filter(dataset_id=dataset_id).values("id", "name").first()
-        or {}
-    )
-    metadata = {
-        "type": "SYNC_BACKGROUND_STAGE",
-        "stage": context.stage,
-        "direction": "push" if context.is_push else "pull",
-        "transfer_session_id": context.transfer_session.id,
-        "sync_session_id": context.sync_session.id,
-        "dataset_id": dataset_id,
-        "facility_id": facility.get("id"),
-        "facility_name": facility.get("name"),
-        "client_instance_id": _hex_or_none(context.sync_session.client_instance_id),
-    }
-    # the tasks API shows no status_fn text, so the job carries its own
-    metadata["status_text"] = describe(metadata, State.QUEUED)
-    return metadata
-
-
-def _request_data_for_stage(context):
-    """
-    :return: The parts of the client's request data the stage will read in the job
-    :rtype: dict
-    """
-    data = getattr(context.request, "data", None) or {}
-    return {key: data[key] for key in ("client_fsic",) if key in data}
-
-
-def stage_job_request(context):
-    """
-    The arguments to enqueue the job for the context's current stage with.
-
-    :type context: morango.sync.context.LocalSessionContext
-    :rtype: dict
-    """
-    metadata = _job_metadata(context)
-    return dict(
-        job_id=job_id_for(context.transfer_session.id, context.stage),
-        facility_id=metadata["facility_id"],
-        extra_metadata=metadata,
-        kwargs=dict(
-            transfer_session_id=context.transfer_session.id,
-            stage=context.stage,
-            request_data=_request_data_for_stage(context),
-            capabilities=sorted(context.capabilities),
-        ),
+        request_data=request_data,
+        capabilities=capabilities,
     )
 
 
-def enqueue_stage_job(job_request):
-    """
-    Enqueue the stage's one job, unless a job with its id exists in any state.
+@register_task(
+    job_id=RETENTION_JOB_ID, queue=RETENTION_QUEUE, priority=Priority.REGULAR
+)
+def clear_finished_stage_jobs():
+    """Clear finished stage jobs past their retention (see :mod:`.admin.retention`)."""
+    from .admin.retention import clear_expired_stage_jobs
 
-    A stage of a transfer session gets exactly one job ever: a job that finished
-    has settled its stage, or the poll settles it from the job (see
-    :mod:`.health`), so enqueueing it again could only run the stage twice. A new
-    attempt is a new sync: morango gives it a new transfer session, so new job ids.
-    The job row is inserted, never updated, so of two requests enqueueing at once
-    exactly one enqueues.
-
-    :param job_request: See :func:`stage_job_request`
-    :return: Whether a job was enqueued
-    :rtype: bool
-    """
-    job = run_background_stage._ready_job(**job_request)
-    return insert_job(
-        job, priority=run_background_stage.priority, queue=run_background_stage.queue
-    )
+    return clear_expired_stage_jobs()

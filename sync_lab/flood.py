@@ -125,7 +125,7 @@ def holding_the_writers_turn(server):
     """
     import fcntl
 
-    from kolibri_sync_extras_plugin.writer_lock import LOCK_FILE_NAME
+    from kolibri_sync_extras_plugin.job.writer_turn import LOCK_FILE_NAME
 
     with open(str(server.home / LOCK_FILE_NAME), "a") as lock_file:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
@@ -172,7 +172,7 @@ def wait_for_unfinished_stage_jobs(count, wait, interval=0.25):
     :return: The client instance id of each unfinished stage job
     :rtype: list
     """
-    from kolibri_sync_extras_plugin.limits import unfinished_stage_jobs
+    from kolibri_sync_extras_plugin.request.limits import unfinished_stage_jobs
 
     deadline = time.monotonic() + wait
     while True:
@@ -195,7 +195,7 @@ def stage_jobs_of_sessions(wait=0, interval=0.5):
     from kolibri.core.tasks.main import job_storage
     from morango.models.core import TransferSession
 
-    from kolibri_sync_extras_plugin.jobs import RUN_STAGE_TASK
+    from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
 
     deadline = time.monotonic() + wait
     while True:

@@ -40,8 +40,8 @@ def stage_jobs():
 
     :rtype: list
     """
-    from kolibri_sync_extras_plugin.status import report_as_dict
-    from kolibri_sync_extras_plugin.status import report_background_stages
+    from kolibri_sync_extras_plugin.admin.status import report_as_dict
+    from kolibri_sync_extras_plugin.admin.status import report_background_stages
 
     return [report_as_dict(r) for r in report_background_stages() if r.job_id]
 

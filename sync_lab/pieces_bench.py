@@ -69,7 +69,7 @@ def measure_serializing(dataset_id, profile, sync_filter):
     """
     from morango.sync.operations import _serialize_into_store
 
-    from kolibri_sync_extras_plugin.serialize_pieces import serialize_in_pieces
+    from kolibri_sync_extras_plugin.piecewise.serialize import serialize_in_pieces
 
     figures = {"serialize_rows": _mark_changed(dataset_id)}
     started = time.monotonic()
@@ -103,8 +103,8 @@ def measure_deserializing(facility_id):
     from morango.sync.operations import _deserialize_from_store
     from morango.sync.operations import _serialize_into_store
 
-    from kolibri_sync_extras_plugin import pieces
-    from kolibri_sync_extras_plugin.serialize_pieces import serialize_in_pieces
+    from kolibri_sync_extras_plugin.piecewise import deserialize
+    from kolibri_sync_extras_plugin.piecewise.serialize import serialize_in_pieces
 
     logging.getLogger("morango").setLevel(logging.ERROR)
     pieces_log = []
@@ -114,7 +114,7 @@ def measure_deserializing(facility_id):
             if record.args and isinstance(record.args[1], str):
                 pieces_log.append(record.args)
 
-    logger = logging.getLogger("kolibri_sync_extras_plugin.pieces")
+    logger = logging.getLogger("kolibri_sync_extras_plugin.piecewise.runner")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(_Pieces())
     profile = "facilitydata"
@@ -137,7 +137,7 @@ def measure_deserializing(facility_id):
     figures["pieces_serialize_longest_s"] = serialize_in_pieces(profile, sync_filter)
     figures["pieces_serialize_s"] = time.monotonic() - started
     started = time.monotonic()
-    pieces.deserialize_in_pieces(
+    deserialize.deserialize_in_pieces(
         profile, sync_filter, on_piece=lambda records, s: piece_seconds.append(s)
     )
     figures.update(_piece_figures("", piece_seconds, time.monotonic() - started))

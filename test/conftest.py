@@ -17,12 +17,11 @@ from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
 from morango.constants.capabilities import FSIC_V2_FORMAT
 
-from kolibri_sync_extras_plugin.compat import delete_job_rows
-from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
-
 from .helpers.constants import EMPTY_FSIC
 from .helpers.constants import FACILITY_NAME
 from .helpers.constants import LEARNERS
+from .helpers.job_rows import delete_job_rows
+from .helpers.job_rows import job_storage_in_test_transaction
 from .helpers.jobs import run_stage_jobs
 from .helpers.morango_client import MorangoHttpClient
 from .helpers.options import sync_options
@@ -120,12 +119,12 @@ def job_storage_commits(request):
 
 @pytest.fixture
 def pieces_of_three(monkeypatch):
-    """Background deserializing commits three records at a time (see ``pieces``)."""
-    from kolibri_sync_extras_plugin import pieces
+    """Background deserializing commits three records at a time (see ``piecewise.runner``)."""
+    from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
 
-    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 3)
-    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 3)
-    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
+    monkeypatch.setattr(piece_runner, "FIRST_PIECE_RECORDS", 3)
+    monkeypatch.setattr(piece_runner, "MIN_PIECE_RECORDS", 3)
+    monkeypatch.setattr(piece_runner, "MAX_PIECE_RECORDS", 3)
 
 
 @pytest.fixture

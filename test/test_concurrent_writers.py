@@ -55,8 +55,9 @@ from morango.models.core import Store
 from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
 
-from kolibri_sync_extras_plugin import pieces
-from kolibri_sync_extras_plugin import serialize_pieces
+from kolibri_sync_extras_plugin.piecewise import deserialize
+from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
+from kolibri_sync_extras_plugin.piecewise import serialize
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.pieces import only_where_pieces_mirror_morango
@@ -391,7 +392,7 @@ class _Schedule(object):
         sync_filter = self._some_filter()
         self.nested = True
         try:
-            serialize_pieces.serialize_in_pieces(PROFILE, sync_filter)
+            serialize.serialize_in_pieces(PROFILE, sync_filter)
         finally:
             self.nested = False
         self.step("another job serializing {}".format(list(sync_filter)))
@@ -403,8 +404,8 @@ class _Schedule(object):
         """
         self.nested = True
         try:
-            serialize_pieces.serialize_in_pieces(PROFILE, self.filter)
-            pieces.deserialize_in_pieces(PROFILE, self.filter)
+            serialize.serialize_in_pieces(PROFILE, self.filter)
+            deserialize.deserialize_in_pieces(PROFILE, self.filter)
         finally:
             self.nested = False
         self.step("the same stage run again meanwhile")
@@ -414,9 +415,9 @@ class _Schedule(object):
     def run(self):
         subject = self.rng.choice(("pull", "push"))
         self.steps.append("the plugin's {} stage in pieces".format(subject))
-        serialize_pieces.serialize_in_pieces(PROFILE, self.filter)
+        serialize.serialize_in_pieces(PROFILE, self.filter)
         if subject == "push":
-            pieces.deserialize_in_pieces(PROFILE, self.filter)
+            deserialize.deserialize_in_pieces(PROFILE, self.filter)
 
     def quiesce(self):
         """Nothing else writes: the next sync serializes and deserializes all."""
@@ -453,11 +454,11 @@ class _Schedule(object):
 @contextlib.contextmanager
 def _seeded_pieces(monkeypatch, rng):
     """Small pieces of random sizes, and no pause between them."""
-    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 2)
+    monkeypatch.setattr(piece_runner, "FIRST_PIECE_RECORDS", 2)
     monkeypatch.setattr(
-        pieces, "next_piece_size", lambda records, seconds: rng.randint(1, 4)
+        piece_runner, "next_piece_size", lambda records, seconds: rng.randint(1, 4)
     )
-    monkeypatch.setattr(pieces, "pause_after_piece", lambda seconds: None)
+    monkeypatch.setattr(piece_runner, "pause_after_piece", lambda seconds: None)
     yield
 
 
@@ -468,12 +469,12 @@ def _run_schedule(seed, facility, monkeypatch):
     try:
         with _seeded_pieces(monkeypatch, schedule.rng):
             schedule.prepare()
-            pieces.PIECE_COMMITTED.connect(schedule.between_pieces, weak=False)
+            piece_runner.PIECE_COMMITTED.connect(schedule.between_pieces, weak=False)
             try:
                 schedule.run()
                 schedule.quiesce()
             finally:
-                pieces.PIECE_COMMITTED.disconnect(schedule.between_pieces)
+                piece_runner.PIECE_COMMITTED.disconnect(schedule.between_pieces)
             return schedule, schedule.failures()
     finally:
         transaction.savepoint_rollback(sid)

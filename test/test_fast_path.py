@@ -12,8 +12,8 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.fast_path import estimated_stage_records
-from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
+from kolibri_sync_extras_plugin.request.inline import estimated_stage_records
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import no_stage_jobs_after
@@ -182,7 +182,7 @@ def serializing_meets_once(monkeypatch):
     """
     from morango.sync import operations as morango_operations
 
-    from kolibri_sync_extras_plugin import operations
+    from kolibri_sync_extras_plugin.piecewise import operations
 
     if supports_installed_morango():
         module, name = operations, "serialize_in_pieces"

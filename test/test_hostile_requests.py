@@ -21,9 +21,9 @@ from morango.constants import transfer_statuses
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.kolibri_plugin import BackgroundStageSyncHook
-from kolibri_sync_extras_plugin.request_boundary import connect_request_signals
+from kolibri_sync_extras_plugin.request.hooks import connect_request_signals
+from kolibri_sync_extras_plugin.request.poll import MISSING_JOB_GRACE_SECONDS
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import no_stage_jobs_after

@@ -13,13 +13,13 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin import request_boundary
-from kolibri_sync_extras_plugin.compat import delete_job_rows
-from kolibri_sync_extras_plugin.compat import job_storage_in_test_transaction
-from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
+from kolibri_sync_extras_plugin.request import hooks
+from kolibri_sync_extras_plugin.request.poll import MISSING_JOB_GRACE_SECONDS
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
+from .helpers.job_rows import delete_job_rows
+from .helpers.job_rows import job_storage_in_test_transaction
 from .helpers.jobs import queued_stage_jobs
 from .helpers.jobs import run_stage_jobs
 from .helpers.worker_processes import ended_process_identity
@@ -32,14 +32,14 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 @pytest.fixture
 def instant_worker(monkeypatch):
     """A worker that runs each stage job the moment it is enqueued."""
-    enqueue = request_boundary.enqueue_stage_job
+    enqueue = hooks.enqueue_stage_job
 
     def enqueue_and_run(job_request):
         enqueued = enqueue(job_request)
         job_storage.get_job(job_request["job_id"]).execute()
         return enqueued
 
-    monkeypatch.setattr(request_boundary, "enqueue_stage_job", enqueue_and_run)
+    monkeypatch.setattr(hooks, "enqueue_stage_job", enqueue_and_run)
 
 
 def test_job_finishes_before_the_request_returns__client_sees_completed(
@@ -104,18 +104,18 @@ def test_job_cancelled__stage_settled_after_job_storage_commits(
     from django.db import router
     from kolibri.core.tasks.models import Job as ORMJob
 
-    from kolibri_sync_extras_plugin import jobs
+    from kolibri_sync_extras_plugin import stage_status
 
     job_db = connections[router.db_for_write(ORMJob)]
     depth_in_test = len(job_db.savepoint_ids)
     depths = []
-    settle = jobs.settle_from_job
+    settle = stage_status.settle_from_job
 
     def recording(job, job_state):
         depths.append(len(job_db.savepoint_ids))
         return settle(job, job_state)
 
-    monkeypatch.setattr(jobs, "settle_from_job", recording)
+    monkeypatch.setattr(stage_status, "settle_from_job", recording)
     [job] = queued_stage_jobs()
 
     with job_storage_commits():

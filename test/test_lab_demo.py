@@ -65,7 +65,9 @@ def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_cleanup_onl
 
 
 def test_certain_jobs__cleanup_is_the_one_stage_the_fast_path_never_weighs():
-    from kolibri_sync_extras_plugin.fast_path import RECORDS_PER_DESERIALIZED_RECORD
+    from kolibri_sync_extras_plugin.request.inline import (
+        RECORDS_PER_DESERIALIZED_RECORD,
+    )
 
     assert set(RECORDS_PER_DESERIALIZED_RECORD) == {
         "serializing",

@@ -99,3 +99,63 @@ def test_package_modules__every_module__has_a_docstring_naming_its_concern():
     ]
 
     assert undocumented == []
+
+
+def _reachable(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for imported in graph[todo.pop()]:
+            if imported not in seen:
+                seen.add(imported)
+                todo.append(imported)
+    return seen
+
+
+#: What runs a stage in a job: the request side only holds a stage and enqueues.
+JOB_RUN_PATH = frozenset(
+    "{}.{}".format(PACKAGE, name)
+    for name in ("tasks", "job.run", "job.controller", "job.progress")
+)
+
+
+def test_request_side__imports__nothing_of_the_jobs_run_path():
+    modules = _package_modules()
+    graph = {
+        name: _imported_package_modules(name, path, modules)
+        for name, path in modules.items()
+    }
+    request_modules = [
+        name for name in graph if name.startswith("{}.request.".format(PACKAGE))
+    ]
+
+    assert request_modules
+    assert {
+        name: sorted(_reachable(graph, name) & JOB_RUN_PATH) for name in request_modules
+    } == {name: [] for name in request_modules}
+
+
+def _writes_stage_status(path):
+    """Whether the module UPDATEs or assigns a transfer session's stage status."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "update"
+            and any(k.arg == "transfer_stage_status" for k in node.keywords)
+        ):
+            return True
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Attribute)
+            and target.attr == "transfer_stage_status"
+            for target in node.targets
+        ):
+            return True
+    return False
+
+
+def test_stage_status__written_by_one_module_only():
+    writers = sorted(
+        name for name, path in _package_modules().items() if _writes_stage_status(path)
+    )
+
+    assert writers == ["{}.stage_status".format(PACKAGE)]

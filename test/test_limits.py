@@ -13,10 +13,10 @@ from morango.models.core import TransferSession
 from morango.sync.context import LocalSessionContext
 
 from kolibri_sync_extras_plugin.errors import StageJobLimitReached
-from kolibri_sync_extras_plugin.jobs import job_id_for
-from kolibri_sync_extras_plugin.limits import refuse_stage_over_limits
-from kolibri_sync_extras_plugin.limits import release_reservation
-from kolibri_sync_extras_plugin.limits import reserved_stage_jobs
+from kolibri_sync_extras_plugin.request.limits import refuse_stage_over_limits
+from kolibri_sync_extras_plugin.request.limits import release_reservation
+from kolibri_sync_extras_plugin.request.limits import reserved_stage_jobs
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC

@@ -26,14 +26,15 @@ from morango.sync.context import LocalSessionContext
 from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
 
-from kolibri_sync_extras_plugin import operations
-from kolibri_sync_extras_plugin import pieces
-from kolibri_sync_extras_plugin import serialize_pieces
-from kolibri_sync_extras_plugin.context import BackgroundSessionContext
-from kolibri_sync_extras_plugin.context import RecordedRequest
-from kolibri_sync_extras_plugin.runner import run_stage_operations
-from kolibri_sync_extras_plugin.runner import stage_middleware
-from kolibri_sync_extras_plugin.store import dirty_store_records
+from kolibri_sync_extras_plugin.job.context import BackgroundSessionContext
+from kolibri_sync_extras_plugin.job.context import RecordedRequest
+from kolibri_sync_extras_plugin.job.controller import run_stage_operations
+from kolibri_sync_extras_plugin.piecewise import deserialize
+from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
+from kolibri_sync_extras_plugin.piecewise import serialize
+from kolibri_sync_extras_plugin.piecewise import support
+from kolibri_sync_extras_plugin.piecewise.store_queries import dirty_store_records
+from kolibri_sync_extras_plugin.stages import stage_middleware
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.pieces import count_committed_pieces
@@ -166,15 +167,15 @@ def varied_push(pushed_and_dequeued, facility):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Pieces of at most three records, so even a small push takes many."""
-    monkeypatch.setattr(pieces, "FIRST_PIECE_RECORDS", 2)
-    monkeypatch.setattr(pieces, "MIN_PIECE_RECORDS", 1)
-    monkeypatch.setattr(pieces, "MAX_PIECE_RECORDS", 3)
+    monkeypatch.setattr(piece_runner, "FIRST_PIECE_RECORDS", 2)
+    monkeypatch.setattr(piece_runner, "MIN_PIECE_RECORDS", 1)
+    monkeypatch.setattr(piece_runner, "MAX_PIECE_RECORDS", 3)
 
 
 @pytest.fixture
 def piece_count(monkeypatch):
     """How many pieces were committed (a list, so the test reads the count later)."""
-    return count_committed_pieces(monkeypatch, pieces._Run)
+    return count_committed_pieces(monkeypatch, deserialize._Run)
 
 
 def _transfer(push):
@@ -187,7 +188,7 @@ def _morango_stage_result(push):
     client that cannot poll gets it inline), undone again afterwards.
     """
     with transaction.atomic(), mock.patch.object(
-        operations, "supports_installed_morango", return_value=False
+        support, "supports_installed_morango", return_value=False
     ):
         context = LocalSessionContext(
             request=RecordedRequest(), transfer_session=_transfer(push)
@@ -238,7 +239,7 @@ def test_pieces__apply_what_morangos_deserialization_applies(varied_push, small_
         expected = _snapshot()
         transaction.set_rollback(True)
 
-    _serialize_then(pieces.deserialize_in_pieces, varied_push)
+    _serialize_then(deserialize.deserialize_in_pieces, varied_push)
 
     assert _snapshot() == expected
     assert _broken_foreign_keys() == []
@@ -286,7 +287,7 @@ def test_pieces__stopped_between_two_pieces__finish_the_rest_when_run_again(
 
     transfer = _transfer(varied_push)
     with pytest.raises(_Stopped):
-        pieces.deserialize_in_pieces(
+        deserialize.deserialize_in_pieces(
             transfer.sync_session.profile,
             transfer.get_filter(),
             on_piece=stop_after_five,
@@ -306,7 +307,7 @@ def test_pieces__in_the_request__in_pieces_too__without_leaving_the_lock_free(
     # a client that cannot poll waits for the stage: no pause between pieces
     expected = _morango_stage_result(varied_push)
     pauses = []
-    monkeypatch.setattr(pieces, "pause_after_piece", pauses.append)
+    monkeypatch.setattr(piece_runner, "pause_after_piece", pauses.append)
     context = LocalSessionContext(
         request=RecordedRequest(), transfer_session=_transfer(varied_push)
     )
@@ -338,7 +339,7 @@ def test_pieces__local_changes_waiting__serialized_in_pieces_first_as_morango_do
     )
     FacilityUser.objects.filter(id=pushed.id).update(_morango_dirty_bit=True)
     expected = _morango_stage_result(varied_push)
-    serialized = count_committed_pieces(monkeypatch, serialize_pieces._Run)
+    serialized = count_committed_pieces(monkeypatch, serialize._Run)
 
     _background_stage(varied_push)
 
@@ -356,7 +357,7 @@ def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
     varied_push, small_pieces, piece_count, monkeypatch
 ):
     expected = _morango_stage_result(varied_push)
-    real_save = pieces._save_deserialized_record
+    real_save = deserialize._save_deserialized_record
     saves_by_piece = Counter()
     failed = []
 
@@ -369,7 +370,9 @@ def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
             failed.append(piece)
             raise OperationalError("database is locked")
 
-    monkeypatch.setattr(pieces, "_save_deserialized_record", busy_once_after_two_saves)
+    monkeypatch.setattr(
+        deserialize, "_save_deserialized_record", busy_once_after_two_saves
+    )
 
     _background_stage(varied_push)
 
@@ -383,22 +386,22 @@ def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
 def test_pieces__a_piece_that_keeps_failing__fails_the_run(
     varied_push, small_pieces, piece_count, monkeypatch
 ):
-    monkeypatch.setattr(pieces, "RETRY_PAUSE_SECONDS", 0)
+    monkeypatch.setattr(piece_runner, "RETRY_PAUSE_SECONDS", 0)
     attempts = []
 
     def always_locked(*args):
         attempts.append(args)
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(pieces, "_save_deserialized_record", always_locked)
+    monkeypatch.setattr(deserialize, "_save_deserialized_record", always_locked)
 
     with pytest.raises(OperationalError):
-        pieces.deserialize_in_pieces(
+        deserialize.deserialize_in_pieces(
             _transfer(varied_push).sync_session.profile,
             _transfer(varied_push).get_filter(),
         )
 
-    assert len(attempts) == pieces.PIECE_ATTEMPTS
+    assert len(attempts) == piece_runner.PIECE_ATTEMPTS
 
 
 def test_pieces__the_same_stage_job_run_twice__ends_as_one_run(
@@ -412,7 +415,7 @@ def test_pieces__the_same_stage_job_run_twice__ends_as_one_run(
     transfer = _transfer(varied_push)
     profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
     with transaction.atomic(), mock.patch.object(
-        operations, "supports_installed_morango", return_value=False
+        support, "supports_installed_morango", return_value=False
     ):
         context = LocalSessionContext(
             request=RecordedRequest(), transfer_session=transfer

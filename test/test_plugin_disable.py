@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 PLUGIN = "kolibri_sync_extras_plugin"
 
 _ENQUEUE_A_STAGE_JOB = """
-from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
+from kolibri_sync_extras_plugin.request.enqueue import enqueue_stage_job
 enqueue_stage_job(dict(
     job_id="{}", facility_id=None, extra_metadata={{}},
     kwargs=dict(transfer_session_id="{}", stage="serializing",

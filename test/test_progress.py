@@ -15,12 +15,12 @@ from morango.constants import transfer_stages
 from morango.models.core import Store
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin import runner
 from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
-from kolibri_sync_extras_plugin.context import BackgroundSessionContext
-from kolibri_sync_extras_plugin.pieces import supports_installed_morango
-from kolibri_sync_extras_plugin.progress import StageProgress
-from kolibri_sync_extras_plugin.progress import transaction_depth
+from kolibri_sync_extras_plugin.job import controller
+from kolibri_sync_extras_plugin.job.context import BackgroundSessionContext
+from kolibri_sync_extras_plugin.job.progress import StageProgress
+from kolibri_sync_extras_plugin.job.progress import transaction_depth
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -299,12 +299,12 @@ class _RollsBackFirstPassAfter(object):
 
 @pytest.fixture
 def first_pass_rolled_back_after_6_records(monkeypatch):
-    stage_middleware = runner.stage_middleware
+    stage_middleware = controller.stage_middleware
     middleware = _RollsBackFirstPassAfter(
         stage_middleware(transfer_stages.DESERIALIZING), records=6
     )
-    monkeypatch.setattr(runner, "stage_middleware", lambda stage: middleware)
-    monkeypatch.setattr(runner, "_RETRY_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(controller, "stage_middleware", lambda stage: middleware)
+    monkeypatch.setattr(controller, "_RETRY_DELAY_SECONDS", 0.01)
     # connected ahead of the stage's own counter, so it has counted each record
     # by the time the stage reports it
     post_save.connect(middleware.count_saves, sender=Store, weak=False)
@@ -369,7 +369,8 @@ def _log_lines(caplog, level):
     return [
         record
         for record in caplog.records
-        if record.name == "kolibri_sync_extras_plugin.tasks" and record.levelno == level
+        if record.name == "kolibri_sync_extras_plugin.job.run"
+        and record.levelno == level
     ]
 
 

@@ -15,8 +15,8 @@ from django.core.signals import request_finished
 from django.core.signals import request_started
 from morango.constants import transfer_stages
 
-from kolibri_sync_extras_plugin.pull_pages import accepts_larger_pages
-from kolibri_sync_extras_plugin.pull_pages import pages_in_flight
+from kolibri_sync_extras_plugin.request.pull_pages import accepts_larger_pages
+from kolibri_sync_extras_plugin.request.pull_pages import pages_in_flight
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
@@ -47,11 +47,11 @@ def test_accepts_larger_pages__by_the_clients_kolibri_version(
     instance = {"id": "c0ffee"}
     if kolibri_version is not None:
         instance["kolibri"] = kolibri_version
-    assert accepts_larger_pages(json.dumps(instance)) is accepted
+    assert accepts_larger_pages(instance) is accepted
 
 
-def test_accepts_larger_pages__instance_info_not_json__refused():
-    assert accepts_larger_pages("not json") is False
+def test_accepts_larger_pages__no_instance_info__refused():
+    assert accepts_larger_pages(None) is False
 
 
 @pytest.fixture

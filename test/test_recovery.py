@@ -18,9 +18,10 @@ from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 from morango.sync.controller import MorangoProfileController
 
-from kolibri_sync_extras_plugin import runner
-from kolibri_sync_extras_plugin.jobs import job_id_for
-from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
+from kolibri_sync_extras_plugin import stages
+from kolibri_sync_extras_plugin.job import controller
+from kolibri_sync_extras_plugin.request.enqueue import enqueue_stage_job
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import run_stage_jobs
@@ -136,7 +137,7 @@ def test_leftovers_applied__post_transfer_work_run_for_the_push_they_came_from(
     monkeypatch,
 ):
     cleaned_up = []
-    signal = runner.stage_signal(transfer_stages.CLEANUP).completed
+    signal = stages.stage_signal(transfer_stages.CLEANUP).completed
     monkeypatch.setattr(
         signal,
         "_handlers",
@@ -250,15 +251,15 @@ class _FailsFirst(object):
 @pytest.fixture
 def first_attempt_meets(monkeypatch):
     def install(error):
-        stage_middleware = runner.stage_middleware
+        stage_middleware = controller.stage_middleware
         wrapper = {}
 
         def wrapped(stage):
             wrapper.setdefault(stage, _FailsFirst(stage_middleware(stage), error))
             return wrapper[stage]
 
-        monkeypatch.setattr(runner, "stage_middleware", wrapped)
-        monkeypatch.setattr(runner, "_RETRY_DELAY_SECONDS", 0.01)
+        monkeypatch.setattr(controller, "stage_middleware", wrapped)
+        monkeypatch.setattr(controller, "_RETRY_DELAY_SECONDS", 0.01)
         return wrapper
 
     return install

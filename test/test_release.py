@@ -14,9 +14,9 @@ from kolibri.core.tasks.registry import TaskRegistry
 from kolibri.plugins import KolibriPluginBase
 from morango.constants import transfer_statuses
 
-from kolibri_sync_extras_plugin.jobs import RUN_STAGE_TASK
-from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
 from kolibri_sync_extras_plugin.kolibri_plugin import SyncExtrasPlugin
+from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
+from kolibri_sync_extras_plugin.stage_status import SYNC_EXTRAS_QUEUE
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import queued_stage_jobs

@@ -10,7 +10,7 @@ from morango.api.viewsets import TransferSessionViewSet
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 
-from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
+from kolibri_sync_extras_plugin.request.enqueue import enqueue_stage_job
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import queued_stage_jobs

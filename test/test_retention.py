@@ -13,10 +13,10 @@ from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_stages
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.admin.retention import RETENTION_JOB_ID
+from kolibri_sync_extras_plugin.admin.retention import expired_stage_jobs
 from kolibri_sync_extras_plugin.compat import aware_utc
-from kolibri_sync_extras_plugin.retention import RETENTION_JOB_ID
-from kolibri_sync_extras_plugin.retention import clear_finished_stage_jobs
-from kolibri_sync_extras_plugin.retention import expired_stage_jobs
+from kolibri_sync_extras_plugin.tasks import clear_finished_stage_jobs
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import queued_stage_jobs
@@ -121,7 +121,7 @@ def test_retention_job__id__fits_kolibris_job_table():
 def test_retention_job__scheduled_under_the_old_id__replaced(pull_at_serializing):
     from kolibri.core.tasks.job import Job
 
-    from kolibri_sync_extras_plugin.retention import schedule_retention
+    from kolibri_sync_extras_plugin.admin.retention import schedule_retention
 
     old_id = "kolibri_sync_extras_stage_job_retention"
     job_storage.schedule(
@@ -131,11 +131,60 @@ def test_retention_job__scheduled_under_the_old_id__replaced(pull_at_serializing
         repeat=None,
     )
 
-    schedule_retention()
+    schedule_retention(clear_finished_stage_jobs)
 
     with pytest.raises(JobNotFound):
         job_storage.get_orm_job(old_id)
     assert job_storage.get_orm_job(RETENTION_JOB_ID).interval == 600
+
+
+#: Where 1.0.0 defined the clearing task; job storage keeps the path of each job.
+CLEARING_TASK_OF_1_0_0 = (
+    "kolibri_sync_extras_plugin.retention.clear_finished_stage_jobs"
+)
+#: Where 1.0.0 registered the stage task; the path is kept on purpose.
+STAGE_TASK_OF_1_0_0 = "kolibri_sync_extras_plugin.tasks.run_background_stage"
+
+
+def test_retention_job__stored_by_1_0_0_under_its_old_path__scheduled_again_and_runs(
+    completed_job,
+):
+    from kolibri.core.tasks.job import Job
+
+    from kolibri_sync_extras_plugin.admin.retention import schedule_retention
+
+    transfer, job = completed_job
+    _close(transfer)
+    job_storage.clear(job_id=RETENTION_JOB_ID, force=True)
+    job_storage.schedule(
+        timezone.now() + timedelta(hours=1),
+        Job(CLEARING_TASK_OF_1_0_0, job_id=RETENTION_JOB_ID),
+        interval=600,
+        repeat=None,
+    )
+
+    schedule_retention(clear_finished_stage_jobs)
+
+    retention_job = job_storage.get_job(RETENTION_JOB_ID)
+    assert retention_job.func == clear_finished_stage_jobs.func_string
+    with sync_options(COMPLETED_STAGE_JOB_RETENTION=0):
+        retention_job.execute()
+    assert not _exists(job.job_id)
+
+
+def test_stage_job__queued_by_1_0_0__runs_under_the_path_it_was_stored_with(
+    pull_at_serializing,
+):
+    # a stage job waiting in job storage across the upgrade keeps its old path
+    job = queued_stage_jobs()[0]
+    assert job.func == STAGE_TASK_OF_1_0_0
+
+    run_stage_jobs()
+
+    assert (
+        TransferSession.objects.get(id=pull_at_serializing["id"]).transfer_stage_status
+        == "completed"
+    )
 
 
 def test_retention_job__another_stage_job_enqueued__not_rescheduled(

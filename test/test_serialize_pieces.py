@@ -30,14 +30,14 @@ from morango.registry import syncable_models
 from morango.sync.context import LocalSessionContext
 from morango.sync.operations import _serialize_into_store
 
-from kolibri_sync_extras_plugin import operations
-from kolibri_sync_extras_plugin import pieces
-from kolibri_sync_extras_plugin import serialize_pieces
-from kolibri_sync_extras_plugin import stamping
-from kolibri_sync_extras_plugin.context import RecordedRequest
 from kolibri_sync_extras_plugin.errors import UnsupportedMorango
-from kolibri_sync_extras_plugin.operations import PiecewiseSerializeOperation
-from kolibri_sync_extras_plugin.runner import stage_middleware
+from kolibri_sync_extras_plugin.job.context import RecordedRequest
+from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
+from kolibri_sync_extras_plugin.piecewise import serialize
+from kolibri_sync_extras_plugin.piecewise import stamping
+from kolibri_sync_extras_plugin.piecewise import support
+from kolibri_sync_extras_plugin.piecewise.operations import PiecewiseSerializeOperation
+from kolibri_sync_extras_plugin.stages import stage_middleware
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import run_stage_jobs
@@ -137,7 +137,7 @@ def changed_facility(facility):
 @pytest.fixture
 def piece_count(monkeypatch):
     """How many serializing pieces were committed (a list, read later)."""
-    return count_committed_pieces(monkeypatch, serialize_pieces._Run)
+    return count_committed_pieces(monkeypatch, serialize._Run)
 
 
 def test_serialize_pieces__end_as_morangos_serialization(
@@ -148,7 +148,7 @@ def test_serialize_pieces__end_as_morangos_serialization(
     # the changes wait for serializing again
     assert len(_dirty_app_rows()) > 20
 
-    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+    serialize.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     assert len(piece_count) > 10
     snapshot = _snapshot()
@@ -218,7 +218,7 @@ def test_serialize_pieces__a_broken_copy__differs_from_morangos(
     # the comparison notices a run that leaves soft deletions unmarked
     monkeypatch.setattr(stamping, "mark_deleted", lambda ids, current: None)
 
-    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+    serialize.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     snapshot = without_own_counters(_snapshot())
     expected = without_own_counters(expected)
@@ -251,7 +251,7 @@ def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango
             raise _Stopped()
 
     with pytest.raises(_Stopped):
-        serialize_pieces.serialize_in_pieces(
+        serialize.serialize_in_pieces(
             PROFILE, changed_facility.filter, on_piece=stop_after_five
         )
     # five pieces stayed serialized, the rest is still dirty, and the database max
@@ -263,7 +263,7 @@ def test_serialize_pieces__stopped_between_two_pieces__run_again__end_as_morango
     assert _current_instance().counter == counter_before + 5
     after_the_stop = _morango_result(changed_facility.filter)
 
-    serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+    serialize.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     snapshot = _snapshot()
     # the same data as morango running once after the stop, or once instead
@@ -281,7 +281,7 @@ def test_serialize_pieces__on_an_unsupported_morango__refuse(
     dirty_before = _dirty_app_rows()
 
     with pytest.raises(UnsupportedMorango, match="morango's own"):
-        serialize_pieces.serialize_in_pieces(PROFILE, changed_facility.filter)
+        serialize.serialize_in_pieces(PROFILE, changed_facility.filter)
 
     assert _dirty_app_rows() == dirty_before
 
@@ -296,7 +296,7 @@ def _morango_stage_result(pull):
     with but outside a job, undone again afterwards.
     """
     with transaction.atomic(), mock.patch.object(
-        operations, "supports_installed_morango", return_value=False
+        support, "supports_installed_morango", return_value=False
     ):
         assert _stage_in_the_request(pull) == transfer_statuses.COMPLETED
         snapshot = _stage_snapshot(pull)
@@ -415,7 +415,7 @@ def test_serialize_pieces__rows_changed_while_running__serialized_if_their_model
             learner.full_name = "Renamed meanwhile"
             learner.save()
 
-    serialize_pieces.serialize_in_pieces(
+    serialize.serialize_in_pieces(
         PROFILE, changed_facility.filter, on_piece=change_after_the_first_piece
     )
 
@@ -440,7 +440,7 @@ def test_serializing_stage__in_the_request__in_pieces_too__without_leaving_the_l
     # counters as the pieces do, and only a job pauses between pieces
     expected = _morango_stage_result(pull_at_serializing)
     pauses = []
-    monkeypatch.setattr(pieces, "pause_after_piece", pauses.append)
+    monkeypatch.setattr(piece_runner, "pause_after_piece", pauses.append)
 
     result = _stage_in_the_request(pull_at_serializing)
 

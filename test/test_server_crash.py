@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from morango.constants import transfer_stages
 
-from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 from sync_lab.checks import sync_states
 from sync_lab.dataset import COUNTED
 from sync_lab.dataset import generate_activity

@@ -9,7 +9,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.jobs import job_id_for
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC

@@ -19,12 +19,12 @@ from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
-from kolibri_sync_extras_plugin.compat import delete_job_rows
-from kolibri_sync_extras_plugin.compat import update_job_row
-from kolibri_sync_extras_plugin.health import MISSING_JOB_GRACE_SECONDS
+from kolibri_sync_extras_plugin.request.poll import MISSING_JOB_GRACE_SECONDS
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC
+from .helpers.job_rows import delete_job_rows
+from .helpers.job_rows import update_job_row
 from .helpers.jobs import queued_stage_jobs
 from .helpers.jobs import run_stage_jobs
 from .helpers.worker_processes import ended_process_identity

@@ -14,9 +14,9 @@ from morango.models.core import Buffer
 from morango.models.core import SyncSession
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.jobs import job_id_for
-from kolibri_sync_extras_plugin.sessions import SUPERSEDED_IDLE_SECONDS
-from kolibri_sync_extras_plugin.tasks import enqueue_stage_job
+from kolibri_sync_extras_plugin.recovery.superseded import SUPERSEDED_IDLE_SECONDS
+from kolibri_sync_extras_plugin.request.enqueue import enqueue_stage_job
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC

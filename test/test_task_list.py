@@ -9,7 +9,7 @@ from kolibri.core.auth.constants import role_kinds
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
 
-from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
+from kolibri_sync_extras_plugin.stage_status import SYNC_EXTRAS_QUEUE
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.constants import EMPTY_FSIC

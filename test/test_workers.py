@@ -8,9 +8,9 @@ import pytest
 from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_statuses
 
-from kolibri_sync_extras_plugin.workers import current_identity
-from kolibri_sync_extras_plugin.workers import identity_of
-from kolibri_sync_extras_plugin.workers import is_gone
+from kolibri_sync_extras_plugin.job.worker_identity import current_identity
+from kolibri_sync_extras_plugin.job.worker_identity import identity_of
+from kolibri_sync_extras_plugin.job.worker_identity import is_gone
 
 from .helpers.constants import ALL_DATABASES
 from .helpers.jobs import queued_stage_jobs

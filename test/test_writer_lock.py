@@ -12,14 +12,14 @@ from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.admin.status import STUCK
+from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
-from kolibri_sync_extras_plugin.compat import update_job_row
-from kolibri_sync_extras_plugin.health import check_background_stage
-from kolibri_sync_extras_plugin.status import STUCK
-from kolibri_sync_extras_plugin.status import report_background_stages
-from kolibri_sync_extras_plugin.writer_lock import writer_turn
+from kolibri_sync_extras_plugin.job.writer_turn import writer_turn
+from kolibri_sync_extras_plugin.request.poll import check_background_stage
 
 from .helpers.constants import ALL_DATABASES
+from .helpers.job_rows import update_job_row
 from .helpers.jobs import queued_stage_jobs
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)

@@ -7,7 +7,7 @@ import time
 
 from kolibri.core.tasks.main import job_storage
 
-from kolibri_sync_extras_plugin.jobs import SYNC_EXTRAS_QUEUE
+from kolibri_sync_extras_plugin.stage_status import SYNC_EXTRAS_QUEUE
 
 
 def stage_jobs():

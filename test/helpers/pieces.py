@@ -2,8 +2,8 @@
 
 import pytest
 
-from kolibri_sync_extras_plugin.pieces import PieceRun
-from kolibri_sync_extras_plugin.pieces import supports_installed_morango
+from kolibri_sync_extras_plugin.piecewise.runner import PieceRun
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 
 #: For a module's ``pytestmark``: the pieces run only where they mirror morango.
 only_where_pieces_mirror_morango = pytest.mark.skipif(

@@ -12,12 +12,13 @@ import sys
 
 import pytest
 
-from kolibri_sync_extras_plugin.compat import update_job_row
-from kolibri_sync_extras_plugin.workers import current_identity
-from kolibri_sync_extras_plugin.workers import worker_extra
+from kolibri_sync_extras_plugin.job.worker_identity import current_identity
+from kolibri_sync_extras_plugin.job.worker_identity import worker_extra
+
+from .job_rows import update_job_row
 
 _PRINT_IDENTITY = (
-    "import json; from kolibri_sync_extras_plugin.workers import current_identity; "
+    "import json; from kolibri_sync_extras_plugin.job.worker_identity import current_identity; "
     "print(json.dumps(current_identity()))"
 )
 

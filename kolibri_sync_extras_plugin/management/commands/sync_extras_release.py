@@ -6,7 +6,7 @@ plugin's jobs, the step before ``kolibri plugin disable kolibri_sync_extras_plug
 
 from django.core.management.base import BaseCommand
 
-from kolibri_sync_extras_plugin.release import release_background_stages
+from kolibri_sync_extras_plugin.admin.disable import release_background_stages
 
 
 class Command(BaseCommand):

@@ -7,13 +7,13 @@ import json
 
 from django.utils import timezone
 
+from kolibri_sync_extras_plugin.admin.status import DEFAULT_STUCK_AFTER_SECONDS
+from kolibri_sync_extras_plugin.admin.status import ERRORED
+from kolibri_sync_extras_plugin.admin.status import STUCK
+from kolibri_sync_extras_plugin.admin.status import report_as_dict
+from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import BaseCommand
 from kolibri_sync_extras_plugin.compat import CommandError
-from kolibri_sync_extras_plugin.status import DEFAULT_STUCK_AFTER_SECONDS
-from kolibri_sync_extras_plugin.status import ERRORED
-from kolibri_sync_extras_plugin.status import STUCK
-from kolibri_sync_extras_plugin.status import report_as_dict
-from kolibri_sync_extras_plugin.status import report_background_stages
 
 #: Exit status when a stage errored, and when one is stuck (which outranks it).
 EXIT_ERRORED = 1

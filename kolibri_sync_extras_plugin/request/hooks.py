@@ -5,7 +5,7 @@ A stage's job is enqueued only once that request has finished: morango's PATCH
 view saves the whole transfer session row after its controller returns, which
 would overwrite the status of a job that had already finished. Each client poll
 (``GET`` of a transfer session) first checks that the stage's job can still settle
-it (see :mod:`.health`).
+it (see :mod:`.poll`).
 """
 
 import logging
@@ -14,13 +14,12 @@ import uuid
 
 from django.core.signals import request_finished
 from django.core.signals import request_started
-from morango.constants import transfer_statuses
 
-from .health import check_background_stage
-from .jobs import settle_stage
+from ..stage_status import error_stage
+from .enqueue import enqueue_stage_job
+from .enqueue import stage_job_request
 from .limits import release_reservation
-from .tasks import enqueue_stage_job
-from .tasks import stage_job_request
+from .poll import check_background_stage
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +93,7 @@ def _enqueue_or_fail_stage(job_request):
             stage_kwargs["stage"],
             stage_kwargs["transfer_session_id"],
         )
-        settle_stage(
-            stage_kwargs["transfer_session_id"],
-            stage_kwargs["stage"],
-            transfer_statuses.ERRORED,
-        )
+        error_stage(stage_kwargs["transfer_session_id"], stage_kwargs["stage"])
     finally:
         # the job is in job storage now (or will never be): it counts from there
         release_reservation(job_request["job_id"])

@@ -44,13 +44,13 @@ from morango.constants import transfer_stages
 from morango.models.core import Buffer
 from morango.models.core import Store
 
-from .compat import COUNTS_DESERIALIZED_RECORDS
-from .compat import update_job_progress
-from .pieces import PIECE_COMMITTED
-from .pieces import supports_installed_morango
-from .serialize_pieces import changed_rows
-from .store import dirty_store_records
-from .wording import describe
+from ..compat import COUNTS_DESERIALIZED_RECORDS
+from ..compat import update_job_progress
+from ..piecewise import support
+from ..piecewise.runner import PIECE_COMMITTED
+from ..piecewise.serialize import changed_rows
+from ..piecewise.store_queries import dirty_store_records
+from .task_list import describe
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _changed_rows(context):
 
 def _serializes_in_pieces(context):
     """Whether the stage's serializing commits in pieces (see :mod:`.operations`)."""
-    return context.is_producer and supports_installed_morango()
+    return context.is_producer and support.supports_installed_morango()
 
 
 def _buffered_records(context):

@@ -14,16 +14,17 @@ from kolibri.core.tasks.job import Job
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from .compat import job_rows
-from .health import MISSING_JOB_GRACE_SECONDS
-from .health import worker_is_gone
-from .jobs import FINISHED_JOB_STATES
-from .jobs import RUN_STAGE_TASK
-from .jobs import SYNC_EXTRAS_QUEUE
-from .jobs import job_id_for
-from .jobs import stage_status_for_job_state
-from .wording import describe_job
-from .writer_lock import FIRST_ENQUEUED_KEY
+from ..compat import job_rows
+from ..compat import parse_time
+from ..job.task_list import describe_job
+from ..job.writer_turn import FIRST_ENQUEUED_KEY
+from ..request.poll import MISSING_JOB_GRACE_SECONDS
+from ..request.poll import worker_is_gone
+from ..stage_status import FINISHED_JOB_STATES
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import job_id_for
+from ..stage_status import stage_status_for_job_state
 
 __all__ = [
     "STUCK",
@@ -92,15 +93,6 @@ _SESSION_FIELDS = (
 )
 
 
-def _parse_time(value):
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def _seconds_between(earlier, later):
     if earlier is None:
         return None
@@ -140,7 +132,7 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
         if stage_status_for_job_state(job.state) != transfer_statuses.ERRORED:
             return None, job.extra_metadata.get("not_run")
         detail = _last_error(job) or "job {}".format(job.state.lower())
-        ended = _parse_time(job.extra_metadata.get("finished_at"))
+        ended = parse_time(job.extra_metadata.get("finished_at"))
         ended = ended or orm_job.scheduled_time
         if errors_since is not None and ended is not None and ended < errors_since:
             return None, detail
@@ -170,7 +162,7 @@ def _job_reports(now, stuck_after, errors_since):
         stage = job.kwargs.get("stage")
         # a job waiting for the writers' turn is rescheduled each time it looks
         enqueued_at = (
-            _parse_time(metadata.get(FIRST_ENQUEUED_KEY)) or orm_job.scheduled_time
+            parse_time(metadata.get(FIRST_ENQUEUED_KEY)) or orm_job.scheduled_time
         )
         age = _seconds_between(enqueued_at, now)
         problem, detail = _job_problem(job, orm_job, age, stuck_after, errors_since)
@@ -189,8 +181,8 @@ def _job_reports(now, stuck_after, errors_since):
             percentage=job.percentage_progress,
             status_text=describe_job(job),
             enqueued_at=enqueued_at,
-            started_at=_parse_time(metadata.get("started_at")),
-            finished_at=_parse_time(metadata.get("finished_at")),
+            started_at=parse_time(metadata.get("started_at")),
+            finished_at=parse_time(metadata.get("finished_at")),
             age_seconds=age,
             problem=problem,
             detail=detail,

@@ -12,18 +12,17 @@ from django.db import OperationalError
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from .errors import BackgroundStageError
-from .errors import StageNoLongerAwaited
+from ..conflicts import is_transient_database_error
+from ..errors import BackgroundStageError
+from ..errors import StageNoLongerAwaited
+from ..stages import stage_middleware
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_STAGE_ATTEMPTS",
     "awaited_transfer_session",
-    "is_transient_database_error",
     "run_stage_operations",
-    "stage_middleware",
-    "stage_signal",
 ]
 
 #: How often a stage that morango asks to retry (a transaction isolation conflict
@@ -61,70 +60,6 @@ def awaited_transfer_session(transfer_session_id, stage):
             )
         )
     return transfer_session
-
-
-def stage_middleware(stage):
-    """
-    :return: morango's operations for ``stage``, as the controller would invoke them
-    :rtype: morango.registry.SessionMiddlewareOperations
-    """
-    from morango.registry import session_middleware
-
-    return next(m for m in session_middleware if m.related_stage == stage)
-
-
-def stage_signal(stage):
-    """
-    :return: The signal group morango's server controller fires for ``stage``, which
-        Kolibri listens to (cleanup's ``completed`` runs its post-transfer hooks)
-    """
-    from morango.api.viewsets import session_controller
-
-    return getattr(session_controller.signals, stage)
-
-
-def is_transient_database_error(error):
-    """
-    Whether ``error`` only says that another writer got in the way: SQLite's single
-    write lock was busy, PostgreSQL could not serialize concurrent transactions, or
-    a concurrent transaction on PostgreSQL inserted the same row first (see
-    :func:`_is_concurrent_insert`). The stage's transaction was rolled back, so
-    running the stage again is safe.
-
-    :type error: BaseException
-    :rtype: bool
-    """
-    from morango.sync.operations import DBBackend
-
-    if isinstance(error, IntegrityError):
-        return _is_concurrent_insert(error)
-    if not isinstance(error, OperationalError):
-        return False
-    return DBBackend._is_transaction_isolation_error(error) or (
-        "database is locked" in str(error)
-    )
-
-
-def _is_concurrent_insert(error):
-    """
-    Whether an ``IntegrityError`` is PostgreSQL's unique violation. morango
-    serializes in a repeatable-read transaction whose snapshot is taken before it
-    waits for the partition lock, so when two clients pull at once the second
-    serializer inserts store records the first has just committed. Run again, the
-    stage sees them. SQLite takes its write lock before reading, so there a unique
-    violation is a real one.
-
-    :type error: django.db.IntegrityError
-    :rtype: bool
-    """
-    try:
-        from psycopg2.errors import UniqueViolation
-    except ImportError:
-        return False
-    return any(
-        isinstance(e, UniqueViolation)
-        for e in (error, getattr(error, "__cause__", None))
-    )
 
 
 def run_stage_operations(context, stage):

@@ -38,12 +38,8 @@ from morango.models.core import RecordMaxCounter
 from morango.models.core import Store
 from morango.registry import syncable_models
 
-from .store import under_filter
-
-try:
-    from morango.sync.operations import _self_referential_fk
-except ImportError:  # older morango: pieces.supports_installed_morango() says no
-    pass
+from .store_queries import under_filter
+from .support import _self_referential_fk
 
 __all__ = [
     "CounterForPiece",

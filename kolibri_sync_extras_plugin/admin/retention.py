@@ -17,27 +17,25 @@ import logging
 from datetime import timedelta
 
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
-from kolibri.core.tasks.constants import Priority
-from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.exceptions import JobNotFound
 from kolibri.core.tasks.exceptions import JobRunning
 from kolibri.core.tasks.job import State
 from morango.models.core import TransferSession
 
-from .compat import job_rows
-from .compat import jobs_in_states
-from .config import get_retention_settings
-from .jobs import FINISHED_JOB_STATES
-from .jobs import RUN_STAGE_TASK
-from .jobs import SYNC_EXTRAS_QUEUE
+from ..compat import job_rows
+from ..compat import jobs_in_states
+from ..compat import parse_time
+from ..config import get_retention_settings
+from ..stage_status import FINISHED_JOB_STATES
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "RETENTION_JOB_ID",
     "RETENTION_QUEUE",
-    "clear_finished_stage_jobs",
+    "clear_expired_stage_jobs",
     "expired_stage_jobs",
     "schedule_retention",
 ]
@@ -57,8 +55,7 @@ def _ended(job, scheduled_time):
         enqueued (Kolibri 0.19 does not fill the job table's update time)
     :rtype: datetime.datetime|None
     """
-    finished_at = (job.extra_metadata or {}).get("finished_at")
-    ended = parse_datetime(finished_at) if finished_at else None
+    ended = parse_time((job.extra_metadata or {}).get("finished_at"))
     return ended or scheduled_time
 
 
@@ -101,10 +98,7 @@ def expired_stage_jobs(now=None):
     return expired
 
 
-@register_task(
-    job_id=RETENTION_JOB_ID, queue=RETENTION_QUEUE, priority=Priority.REGULAR
-)
-def clear_finished_stage_jobs():
+def clear_expired_stage_jobs():
     """
     Clear the stage jobs :func:`expired_stage_jobs` finds, through job storage (so
     its hooks see each clearing). Only finished jobs are cleared: a job run again
@@ -127,10 +121,13 @@ def clear_finished_stage_jobs():
     return {"cleared": len(expired)}
 
 
-def schedule_retention():
+def schedule_retention(clear_finished_stage_jobs):
     """
     Make sure the clearing job is scheduled to repeat at the configured interval;
     cheap when it already is (one read of job storage).
+
+    :param clear_finished_stage_jobs: The registered clearing task (see
+        :mod:`kolibri_sync_extras_plugin.tasks`)
     """
     from kolibri.core.tasks.main import job_storage
 
@@ -140,8 +137,15 @@ def schedule_retention():
         orm_job = job_storage.get_orm_job(RETENTION_JOB_ID)
     except JobNotFound:
         orm_job = None
-    if orm_job is not None and orm_job.interval == interval:
+    if (
+        orm_job is not None
+        and orm_job.interval == interval
+        and orm_job.func == clear_finished_stage_jobs.func_string
+    ):
         return
+    # scheduled anew: missing, at another interval, or stored under the task's
+    # path before 1.1 (``kolibri_sync_extras_plugin.retention``), which no longer
+    # imports
     try:
         clear_finished_stage_jobs.enqueue_in(
             timedelta(seconds=interval), interval=interval, repeat=None

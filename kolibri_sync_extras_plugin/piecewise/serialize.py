@@ -4,13 +4,13 @@ database's write lock for long.
 
 morango serializes (copies the rows the app changed into its store, stamped with
 this instance's counter) in one transaction, which on SQLite keeps every request
-that writes waiting, as deserializing does (see :mod:`.pieces`). Here the same work
+that writes waiting, as deserializing does (see :mod:`.deserialize`). Here the same work
 is committed piece by piece, each piece in a transaction begun as morango begins
 its own (on PostgreSQL, it locks the filter's partitions):
 
 - models in morango's order; within a model, the dirty rows under the filter in
   batches sized so that each batch's transaction lasts about
-  :data:`~.pieces.TARGET_PIECE_SECONDS`. Each batch is morango's per-model step
+  :data:`~.runner.TARGET_PIECE_SECONDS`. Each batch is morango's per-model step
   (``_serialize_into_store`` in morango |version|) applied to it: existing Store
   records updated (a dirty one keeps its old data as conflicting), new ones
   created, the record max counters set, and the dirty bit cleared for exactly the
@@ -36,7 +36,7 @@ once (a job run twice) each read the dirty rows again inside each piece, so a
 row is serialized by one of them, never half by each.
 
 Because this follows morango's internals, it runs only where
-:func:`~.pieces.supports_installed_morango` says so; the test suite compares its
+:func:`~.support.supports_installed_morango` says so; the test suite compares its
 result with morango's on the same data.
 
 .. |version| replace:: 0.8.15
@@ -48,9 +48,12 @@ from morango.models.core import DeletedModels
 from morango.models.core import HardDeletedModels
 from morango.registry import syncable_models
 
-from . import pieces
+from ..errors import UnsupportedMorango
 from . import stamping
-from .errors import UnsupportedMorango
+from . import support
+from .runner import PieceRun
+from .runner import batches
+from .support import SUPPORTED_MORANGO_VERSIONS
 
 __all__ = ["changed_rows", "serialize_in_pieces"]
 
@@ -73,7 +76,7 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     morango would, one short transaction at a time, each piece under a counter of
     its own (see :mod:`.stamping`).
 
-    After each piece of rows it sends :data:`~.pieces.PIECE_COMMITTED` with the
+    After each piece of rows it sends :data:`~.runner.PIECE_COMMITTED` with the
     ``serializing`` stage as sender (the pieces of deletions and counters send 0
     rows).
 
@@ -85,18 +88,18 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
         piece worked on and the seconds its transaction took
     :type on_piece: callable|None
     :param pause: Whether to leave SQLite's write lock free after each piece (see
-        :func:`~.pieces.pause_after_piece`): in a background job, yes; in a request
+        :func:`~.runner.pause_after_piece`): in a background job, yes; in a request
         or a client's own sync, which someone waits for, no
     :return: The longest piece's transaction, in seconds
     :rtype: float
     :raises UnsupportedMorango: on a morango version whose serialization this does
         not mirror; there, let morango serialize in its own one transaction
     """
-    if not pieces.supports_installed_morango():
+    if not support.supports_installed_morango():
         raise UnsupportedMorango(
             "serializing in pieces mirrors morango {} only, and morango {} is "
             "installed: serialize with morango's own _serialize_into_store".format(
-                ", ".join(sorted(pieces.SUPPORTED_MORANGO_VERSIONS)),
+                ", ".join(sorted(SUPPORTED_MORANGO_VERSIONS)),
                 morango.__version__,
             )
         )
@@ -113,13 +116,13 @@ def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     return run.longest
 
 
-class _Run(pieces.PieceRun):
+class _Run(PieceRun):
     """One serialization of a filter, piece by piece."""
 
     stage = transfer_stages.SERIALIZING
 
     def __init__(self, profile, sync_filter, on_piece, pause):
-        super(_Run, self).__init__(profile, sync_filter, on_piece, pause)
+        super().__init__(profile, sync_filter, on_piece, pause)
         #: whether a piece has published a counter for the filter
         self.published = False
 
@@ -143,8 +146,8 @@ class _Run(pieces.PieceRun):
                 "id", flat=True
             )
         )
-        self._size = pieces.FIRST_PIECE_RECORDS
-        for batch in pieces.batches(dirty, self._piece_size):
+        self.restart_sizing()
+        for batch in batches(dirty, self._piece_size):
             self.commit_stamping_piece(
                 lambda counter: self._serialize_batch(model, batch, counter),
                 len(batch),
@@ -178,8 +181,8 @@ class _Run(pieces.PieceRun):
             ).values_list("id", flat=True)
             if id_ not in logged_soft
         )
-        self._size = pieces.FIRST_PIECE_RECORDS
-        for batch in pieces.batches(logged, self._piece_size):
+        self.restart_sizing()
+        for batch in batches(logged, self._piece_size):
             self.commit_stamping_piece(
                 lambda counter: stamping.apply_deletions(self.profile, batch, counter),
                 len(batch),

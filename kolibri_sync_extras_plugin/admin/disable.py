@@ -11,11 +11,8 @@ clears the plugin's jobs.
 
 import logging
 
-from morango.constants import transfer_statuses
-from morango.models.core import TransferSession
-
-from .jobs import SYNC_EXTRAS_QUEUE
-from .jobs import settle_stage
+from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import error_held_stages
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +23,7 @@ def release_background_stages():
     """
     End every stage the plugin holds as ERRORED and clear every job of its queue.
 
-    A stage is held when this instance is the server of its active transfer
-    session and it shows STARTED: morango's own server operations finish a stage
-    within the request, so only the plugin leaves one STARTED. A job still running
+    A job still running
     in a worker goes on until its stage's work is done, but can no longer settle
     the stage; stop Kolibri first to stop it.
 
@@ -37,14 +32,7 @@ def release_background_stages():
     """
     from kolibri.core.tasks.main import job_storage
 
-    held = TransferSession.objects.filter(
-        active=True,
-        sync_session__is_server=True,
-        transfer_stage_status=transfer_statuses.STARTED,
-    ).values_list("id", "transfer_stage")
-    ended = sum(
-        settle_stage(ts_id, stage, transfer_statuses.ERRORED) for ts_id, stage in held
-    )
+    ended = error_held_stages()
     jobs = job_storage.filter_jobs(queue=SYNC_EXTRAS_QUEUE)
     job_storage.clear(queue=SYNC_EXTRAS_QUEUE, force=True)
     logger.info(

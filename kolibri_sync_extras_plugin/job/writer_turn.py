@@ -21,7 +21,8 @@ import os
 import threading
 from datetime import timedelta
 
-from .compat import aware_utc
+from ..compat import aware_utc
+from ..stage_status import waiting_result
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +139,8 @@ def one_writer_at_a_time(task):
         job.retry_in(TURN_RETRY_DELAY)
         logger.debug("Stage job %s waits: another stage job is writing", job.job_id)
         # Kolibri marks the job completed with this result, then queues it again
-        return {
-            "stage": kwargs.get("stage"),
-            "ran": False,
-            "waiting": True,
-            "reason": "waiting for another stage job to finish writing",
-        }
+        return waiting_result(
+            kwargs.get("stage"), "waiting for another stage job to finish writing"
+        )
 
     return run_in_turn

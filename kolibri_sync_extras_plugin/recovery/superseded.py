@@ -19,8 +19,8 @@ from django.utils import timezone
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from .jobs import job_id_for
-from .limits import unfinished_stage_jobs
+from ..request.limits import unfinished_stage_jobs
+from ..stage_status import job_id_for
 
 logger = logging.getLogger(__name__)
 

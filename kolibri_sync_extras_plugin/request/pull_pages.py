@@ -33,9 +33,7 @@ as if the client had asked for the larger page; nothing of morango's is replaced
 for other requests, and the answer's ``next`` link agrees with the page sent.
 """
 
-import json
 import logging
-import re
 import threading
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
@@ -43,23 +41,22 @@ from urllib.parse import urlencode
 from django.core.signals import request_finished
 from django.core.signals import request_started
 
-from .config import get_pull_page_size
+from ..config import get_pull_page_size
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES",
+    "KOLIBRI_ACCEPTING_LARGER_PAGES",
     "accepts_larger_pages",
     "pages_in_flight",
     "page_size_for",
     "connect_pull_pages",
 ]
 
-#: The oldest Kolibri (major, minor) whose morango pull client was read to accept
-#: pages larger than its chunk size, and tested doing so (see the module docstring).
-OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES = (0, 19)
-
-_VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+#: The Kolibri versions whose morango pull client was read to accept pages larger
+#: than its chunk size, and tested doing so (see the module docstring): 0.19 and
+#: later, its pre-releases included.
+KOLIBRI_ACCEPTING_LARGER_PAGES = ">=0.19.0a0"
 
 # pull pages being answered by this process, and whether this thread's is one
 _in_flight = {"pages": 0}
@@ -88,23 +85,23 @@ def _page_finished(**kwargs):
             _this_thread.counted = False
 
 
-def accepts_larger_pages(client_instance_json):
+def accepts_larger_pages(client_instance_data):
     """
-    Whether the client whose instance info is ``client_instance_json`` is known to
+    Whether the client whose instance info is ``client_instance_data`` is known to
     accept pull pages larger than it asked for.
 
-    :param client_instance_json: ``SyncSession.client_instance_json``
+    :param client_instance_data: ``SyncSession.client_instance_data``, what the
+        client said of itself when the sync session began
     :rtype: bool
     """
+    from kolibri.utils.version import version_matches_range
+
+    version = str((client_instance_data or {}).get("kolibri") or "")
     try:
-        instance = json.loads(client_instance_json or "{}")
-    except ValueError:
+        return version_matches_range(version, KOLIBRI_ACCEPTING_LARGER_PAGES)
+    except (AttributeError, TypeError, ValueError):
+        # not a version Kolibri can read
         return False
-    match = _VERSION.match(str(instance.get("kolibri") or ""))
-    if match is None:
-        return False
-    version = (int(match.group(1)), int(match.group(2)))
-    return version >= OLDEST_KOLIBRI_ACCEPTING_LARGER_PAGES
 
 
 def page_size_for(transfer_session_id, requested, pages_at_once=1):
@@ -123,17 +120,24 @@ def page_size_for(transfer_session_id, requested, pages_at_once=1):
         return requested
     from morango.models.core import TransferSession
 
-    client_instance_json = (
+    transfer_session = (
         TransferSession.objects.filter(
             id=transfer_session_id,
             active=True,
             push=False,
             sync_session__is_server=True,
         )
-        .values_list("sync_session__client_instance_json", flat=True)
+        .select_related("sync_session")
+        .only("id", "sync_session__client_instance_json")
         .first()
     )
-    if client_instance_json is None or not accepts_larger_pages(client_instance_json):
+    if transfer_session is None:
+        return requested
+    try:
+        client = transfer_session.sync_session.client_instance_data
+    except ValueError:
+        return requested
+    if not accepts_larger_pages(client):
         return requested
     return page_size
 

@@ -22,14 +22,14 @@ import threading
 
 from kolibri.core.tasks.job import State
 
-from .compat import jobs_in_states
-from .config import FINALIZATION_STAGES
-from .config import INITIALIZATION_STAGES
-from .config import get_stage_job_limits
-from .errors import StageJobLimitReached
-from .jobs import RUN_STAGE_TASK
-from .jobs import SYNC_EXTRAS_QUEUE
-from .jobs import job_id_for
+from ..compat import jobs_in_states
+from ..config import FINALIZATION_STAGES
+from ..config import INITIALIZATION_STAGES
+from ..config import get_stage_job_limits
+from ..errors import StageJobLimitReached
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import job_id_for
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def connect_refusal_signals():
 
 
 #: The middleware that puts a refusal's message in the response's status line.
-REFUSAL_MIDDLEWARE = "kolibri_sync_extras_plugin.limits.RefusalReasonMiddleware"
+REFUSAL_MIDDLEWARE = "kolibri_sync_extras_plugin.request.limits.RefusalReasonMiddleware"
 
 
 class RefusalReasonMiddleware(object):

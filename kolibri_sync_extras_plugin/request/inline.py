@@ -25,10 +25,10 @@ import logging
 
 from morango.constants import transfer_stages
 
-from .config import get_inline_stage_records
-from .serialize_pieces import changed_rows
-from .store import under_filter
-from .store import undeserialized_records
+from ..config import get_inline_stage_records
+from ..piecewise.serialize import changed_rows
+from ..piecewise.store_queries import under_filter
+from ..piecewise.store_queries import undeserialized_records
 
 logger = logging.getLogger(__name__)
 

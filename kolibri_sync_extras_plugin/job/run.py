@@ -1,0 +1,97 @@
+"""
+What a stage job does: run the one stage its transfer session waits on, report
+progress, and settle the stage's status (through :mod:`..stage_status`).
+
+The registered task that Kolibri's workers call is in :mod:`..tasks`, whose
+dotted path job storage keeps.
+"""
+
+import logging
+
+from ..errors import StageNoLongerAwaited
+from ..stage_status import complete_stage
+from ..stage_status import error_stage
+from ..stage_status import not_run_result
+from ..stage_status import ran_result
+from ..stages import stage_signal
+from .context import BackgroundSessionContext
+from .controller import awaited_transfer_session
+from .controller import run_stage_operations
+from .progress import StageProgress
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_stage"]
+
+
+def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
+    """
+    Run one server-side stage of a transfer session, then settle its status.
+
+    The stage must be the one the transfer session is waiting on; otherwise the job
+    ends without touching any data. A failing stage is settled as ERRORED (so the
+    polling client stops with an error) and the exception fails the job.
+
+    :param transfer_session_id: The transfer session's id
+    :param stage: A ``transfer_stages`` constant
+    :param request_data: See :class:`~.context.RecordedRequest`
+    :param capabilities: The capabilities the client advertised
+    :return: A summary for the job's result
+    :rtype: dict
+    """
+    progress = StageProgress(stage)
+    try:
+        transfer_session = awaited_transfer_session(transfer_session_id, stage)
+    except StageNoLongerAwaited as e:
+        logger.warning("Background stage %s not run: %s", stage, e)
+        progress.not_run(str(e))
+        return not_run_result(stage, str(e))
+
+    context = BackgroundSessionContext(
+        transfer_session, request_data=request_data, capabilities=capabilities
+    )
+    signal = stage_signal(stage)
+    records = progress.start(context)
+    logger.info(
+        "Stage %s of transfer session %s started in the background (records: %s)",
+        stage,
+        transfer_session_id,
+        _count_or_unknown(records),
+    )
+    try:
+        with progress.counting():
+            run_stage_operations(context, stage)
+    except Exception as e:
+        logger.exception(
+            "Background stage %s of transfer session %s failed after %.2fs "
+            "(records: %s)",
+            stage,
+            transfer_session_id,
+            progress.duration,
+            _count_or_unknown(records),
+        )
+        progress.fail(e)
+        error_stage(transfer_session_id, stage)
+        context.transfer_session.refresh_from_db()
+        context.error = e
+        signal.completed.fire(context=context)
+        raise
+
+    complete_stage(transfer_session_id, stage)
+    context.transfer_session.refresh_from_db()
+    signal.completed.fire(context=context)
+    records = progress.finish(context)
+    duration = progress.duration
+    logger.info(
+        "Stage %s of transfer session %s completed in the background in %.2fs "
+        "(records: %s)",
+        stage,
+        transfer_session_id,
+        duration,
+        _count_or_unknown(records),
+    )
+    return ran_result(stage, duration, records)
+
+
+def _count_or_unknown(records):
+    return "unknown" if records is None else records

@@ -1,0 +1,215 @@
+"""
+The piece runner that serializing and deserializing in pieces share: each piece
+its own short transaction, sized by time, tried again alone when another writer
+gets in its way, reported, and followed on SQLite by a pause that leaves the
+write lock free.
+"""
+
+import contextlib
+import logging
+import time
+
+from django.db import DatabaseError
+from django.db import connection
+from django.db import transaction
+from django.dispatch import Signal
+
+from ..conflicts import is_transient_database_error
+from .partition_locks import partitions_locked_for_piece
+from .support import _begin_transaction
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PIECE_COMMITTED",
+    "TARGET_PIECE_SECONDS",
+    "PieceRun",
+    "batches",
+    "next_piece_size",
+    "pause_after_piece",
+]
+
+#: Sent after each piece commits, on the thread that ran it, with the stage whose
+#: work it did as sender (``deserializing`` here, ``serializing`` from
+#: :mod:`.serialize`), ``records`` (how many records the piece worked on)
+#: and ``seconds`` (how long its transaction took): the moment to report
+#: progress, with no database transaction open.
+PIECE_COMMITTED = Signal()
+
+#: How long one piece's transaction should hold the write lock, in seconds.
+TARGET_PIECE_SECONDS = 0.1
+#: On SQLite, how long to leave the write lock free after each piece, as a share
+#: of the piece's own time, and its bounds in seconds. SQLite lets a waiting
+#: writer in only when it happens to look while the lock is free (a waiting
+#: connection looks again every 100 ms at most), so a job that began its next
+#: piece at once would keep other requests out as surely as one long transaction.
+PAUSE_SHARE = 1.0
+MIN_PAUSE_SECONDS = 0.02
+MAX_PAUSE_SECONDS = 0.2
+
+#: How many times a piece is tried when another writer gets in its way, and the
+#: pause before each new attempt (growing with the attempts, up to the maximum).
+PIECE_ATTEMPTS = 20
+#: In a request, whose client waits, fewer: the stage is tried again as a whole
+#: (see :mod:`.operations`).
+REQUEST_PIECE_ATTEMPTS = 3
+RETRY_PAUSE_SECONDS = 0.02
+MAX_RETRY_PAUSE_SECONDS = 0.5
+
+#: Records in the first piece of each model, before pieces are sized by time
+#: (models differ tenfold in how long a record takes).
+FIRST_PIECE_RECORDS = 10
+#: Bounds on the records in one piece (the upper one stays below SQLite's limit
+#: on query parameters).
+MIN_PIECE_RECORDS = 5
+MAX_PIECE_RECORDS = 500
+
+
+def next_piece_size(records, seconds):
+    """
+    :return: How many records the next piece should take for its transaction to
+        last about :data:`TARGET_PIECE_SECONDS`, after a piece of ``records`` took
+        ``seconds``: at most twice as many, as one quick piece may be luck
+    :rtype: int
+    """
+    scaled = int(records * TARGET_PIECE_SECONDS / max(seconds, 0.001))
+    scaled = min(scaled, 2 * max(records, MIN_PIECE_RECORDS))
+    return max(MIN_PIECE_RECORDS, min(MAX_PIECE_RECORDS, scaled))
+
+
+def pause_after_piece(seconds):
+    """
+    On SQLite, leave the write lock free for a while after a piece that held it for
+    ``seconds`` (see :data:`PAUSE_SHARE`); elsewhere, go on at once.
+    """
+    if connection.vendor == "sqlite":
+        time.sleep(
+            min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE))
+        )
+
+
+def batches(ids, size):
+    """Yield slices of ``ids``; ``size`` is read again before each slice."""
+    start = 0
+    while start < len(ids):
+        end = start + size()
+        yield ids[start:end]
+        start = end
+
+
+class PieceRun:
+    """
+    What a run in pieces keeps from piece to piece: the counts and the longest
+    piece, and the size of the next one. :meth:`commit_piece` runs one piece in a
+    transaction of its own, as morango begins its own, reports it and then leaves
+    the lock free (see :func:`pause_after_piece`).
+
+    A piece that meets another writer (SQLite's lock still busy, a PostgreSQL
+    serialization conflict with a user's request) is rolled back and tried again
+    on its own, up to :data:`PIECE_ATTEMPTS` times: a conflict costs its piece,
+    never the stage. What the run keeps from piece to piece is put back as it was
+    before the failed attempt (see :meth:`_kept`).
+    """
+
+    #: The stage that :data:`PIECE_COMMITTED` names as its sender
+    stage = None
+
+    def __init__(self, profile, sync_filter, on_piece, pause=True):
+        self.profile = profile
+        self.sync_filter = sync_filter
+        self.on_piece = on_piece
+        self.pause = pause
+        self.records = 0
+        self.pieces = 0
+        self.retries = 0
+        self.longest = 0.0
+        self._size = FIRST_PIECE_RECORDS
+
+    def commit_piece(self, work, records, what, counted=None):
+        """
+        :param work: Does the piece's writes
+        :param records: How many records or rows the piece works on
+        :param what: Names them in the log
+        :param counted: How many of them progress counts; all of them by default
+        :return: What ``work`` returned
+        """
+        attempts = PIECE_ATTEMPTS if self.pause else REQUEST_PIECE_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            kept = self._kept()
+            try:
+                with partitions_locked_for_piece(self.sync_filter):
+                    # timed once the lock is the piece's: sizes follow the work
+                    started = time.monotonic()
+                    with _own_savepoint_if_nested():
+                        with _begin_transaction(self.sync_filter, isolated=True):
+                            result = work()
+                    elapsed = time.monotonic() - started
+            except DatabaseError as e:
+                if attempt == attempts or not is_transient_database_error(e):
+                    raise
+                self._restore(kept)
+                self.retries += 1
+                logger.debug(
+                    "Piece of %d %s records met another writer (%s); trying it again",
+                    records,
+                    what,
+                    e,
+                )
+                time.sleep(min(MAX_RETRY_PAUSE_SECONDS, RETRY_PAUSE_SECONDS * attempt))
+                continue
+            break
+        self.pieces += 1
+        self.records += records
+        self.longest = max(self.longest, elapsed)
+        logger.debug(
+            "Piece of %d %s records held the database %.3fs", records, what, elapsed
+        )
+        self._size = next_piece_size(records, elapsed)
+        PIECE_COMMITTED.send(
+            sender=self.stage,
+            records=records if counted is None else counted,
+            seconds=elapsed,
+        )
+        if self.on_piece is not None:
+            self.on_piece(records, elapsed)
+        if self.pause:
+            pause_after_piece(elapsed)
+        return result
+
+    def log_end(self, done):
+        """One line on the whole run; at INFO if another writer got in its way."""
+        logger.log(
+            logging.INFO if self.retries else logging.DEBUG,
+            "%s %d records in %d pieces (%d tried again after meeting another "
+            "writer); the longest held the database %.3fs",
+            done,
+            self.records,
+            self.pieces,
+            self.retries,
+            self.longest,
+        )
+
+    def _kept(self):
+        """What the run keeps between pieces, as a piece's failed attempt must find it."""
+        return None
+
+    def _restore(self, kept):
+        """Put back what :meth:`_kept` returned."""
+
+    def restart_sizing(self):
+        """Size the next piece afresh: a new model's records take their own time."""
+        self._size = FIRST_PIECE_RECORDS
+
+    def _piece_size(self):
+        return self._size
+
+
+def _own_savepoint_if_nested():
+    """
+    Inside a caller's transaction (a test's), a savepoint of the piece's own, so a
+    failed attempt rolls back the piece alone: morango's transaction joins an
+    outer one without a savepoint. Outside one, as jobs run, nothing more.
+    """
+    if connection.in_atomic_block:
+        return transaction.atomic()
+    return contextlib.nullcontext()

@@ -1,0 +1,163 @@
+"""
+The morango operation that holds a configured server stage for a background job,
+or runs a small one in the request.
+"""
+
+import contextlib
+import logging
+import threading
+
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+from morango.constants.capabilities import ASYNC_OPERATIONS
+from morango.sync.operations import LocalOperation
+
+from ..config import runs_in_background
+from ..conflicts import is_transient_database_error
+from ..piecewise.partition_locks import partitions_held_if_free
+from ..stage_status import job_id_for
+from ..stages import stage_middleware
+from .hooks import schedule_background_stage
+from .inline import runs_inline
+from .limits import refuse_stage_over_limits
+from .limits import release_reservation
+
+__all__ = ["BackgroundStageOperation"]
+
+logger = logging.getLogger(__name__)
+
+
+class BackgroundStageOperation(LocalOperation):
+    """
+    Holds a configured server stage as STARTED and hands it to a Kolibri job.
+
+    Registered ahead of every other Kolibri sync operation (see ``priority``), so the
+    stage's real work, Kolibri's own operations included, runs in the job. It passes
+    (returns ``False``) unless all of these hold:
+
+    - this instance is the server of the transfer,
+    - the client advertised ``ASYNC_OPERATIONS``, so it will poll instead of waiting
+      on the request (a client that cannot poll gets the stage inline, as stock),
+    - the stage is configured to run in the background for this direction,
+    - the context is not already the background job's own, nor the stage's run in
+      the request (see below).
+
+    A stage small enough to run in the request (see :mod:`.inline`) runs there:
+    this operation invokes the stage's operations once, as morango's controller
+    would, and returns what they return. If another writer got in the way (morango
+    answers PENDING after a transaction isolation conflict, or raises one of the
+    errors :func:`~..conflicts.is_transient_database_error` accepts, as two
+    serializations of the same rows on PostgreSQL do), the stage goes to a job
+    after all, which retries it; stock Kolibri would leave it PENDING, and its
+    client would poll a stage nothing runs again.
+
+    Past the caps on unfinished stage jobs (see :mod:`.limits`) the stage is refused.
+
+    STARTED, unlike PENDING, tells morango's controller not to invoke the stage again
+    when the client repeats its request: the job settles the status itself.
+    """
+
+    priority = 1000
+
+    def handle(self, context):
+        """
+        :type context: morango.sync.context.LocalSessionContext
+        :rtype: str|bool
+        """
+        self._assert(context.is_server)
+        self._assert(not getattr(context, "in_background", False))
+        self._assert(context.transfer_session is not None)
+        self._assert(not _running_in_request(context))
+        self._assert(ASYNC_OPERATIONS in context.capabilities)
+        self._assert(runs_in_background(context.stage, context.is_push))
+        if runs_inline(context):
+            result = _run_in_request(context)
+            if result is not None:
+                return result
+        refuse_stage_over_limits(context)
+        try:
+            schedule_background_stage(context)
+        except Exception:
+            release_reservation(job_id_for(context.transfer_session.id, context.stage))
+            raise
+        return transfer_statuses.STARTED
+
+
+# per thread: the transfer session whose stage _run_in_request is invoking (a
+# morango context takes no attributes of ours)
+_stage_in_request = threading.local()
+
+
+def _running_in_request(context):
+    return (
+        getattr(_stage_in_request, "transfer_session_id", None)
+        == context.transfer_session.id
+    )
+
+
+def _run_in_request(context):
+    """
+    Invoke the stage's operations (this one passes) once, in the request.
+
+    :return: Their result, or ``None`` if another writer got in the way and the
+        stage should go to a job instead
+    :rtype: str|None
+    """
+    with _partitions_free_for(context) as free:
+        if not free:
+            logger.info(
+                "Stage %s of transfer session %s would wait in the request for "
+                "another stage of the same data; it goes to a background job",
+                context.stage,
+                context.transfer_session.id,
+            )
+            return None
+        result, reason = _invoke_in_request(context)
+    if result != transfer_statuses.PENDING:
+        return result
+    logger.info(
+        "Stage %s of transfer session %s met another writer in the request (%s); "
+        "it goes to a background job",
+        context.stage,
+        context.transfer_session.id,
+        reason,
+    )
+    return None
+
+
+#: The stages whose work takes the facility's partition locks on PostgreSQL.
+_PARTITION_LOCKING_STAGES = frozenset(
+    (
+        transfer_stages.SERIALIZING,
+        transfer_stages.DEQUEUING,
+        transfer_stages.DESERIALIZING,
+    )
+)
+
+
+def _partitions_free_for(context):
+    """
+    For a stage whose work locks the facility's partitions, hold them if they are
+    free (see :func:`~..piecewise.partition_locks.partitions_held_if_free`); for any other, go on.
+    """
+    if context.stage in _PARTITION_LOCKING_STAGES:
+        return partitions_held_if_free(context.filter)
+    return contextlib.nullcontext(True)
+
+
+def _invoke_in_request(context):
+    """
+    :return: The stage's result, and what to name if it is PENDING
+    :rtype: tuple
+    """
+    _stage_in_request.transfer_session_id = context.transfer_session.id
+    try:
+        return stage_middleware(context.stage)(context), (
+            "a transaction isolation conflict"
+        )
+    except Exception as e:
+        if not is_transient_database_error(e):
+            raise
+        return transfer_statuses.PENDING, e
+    finally:
+        _stage_in_request.transfer_session_id = None

@@ -1,0 +1,283 @@
+"""
+Which Kolibri job serves which background stage, what a stage job's result says,
+and the one writer of a held stage's status.
+
+Nothing is stored beside Kolibri's job storage: a stage's job id is derived from
+the transfer session and the stage, so at most one job serves a stage however
+often, or however concurrently, the client asks for it; the job's kwargs name the
+session it serves.
+
+Every write of ``transfer_stage_status`` the plugin makes is here, whoever asks
+for it: the stage job when it ends (:mod:`.job.run`), the job hook when job
+storage fails, cancels or clears a job (:mod:`.kolibri_plugin`), the check on a
+client's poll (:mod:`.request.poll`), an enqueue that failed
+(:mod:`.request.hooks`) and the release before the plugin is disabled
+(:mod:`.admin.disable`). Settling is a conditional UPDATE, so a late or repeated
+report never rewrites a stage that is already settled.
+"""
+
+import logging
+import uuid
+
+from django.utils import timezone
+from kolibri.core.tasks.job import State
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SYNC_EXTRAS_QUEUE",
+    "RUN_STAGE_TASK",
+    "FINISHED_JOB_STATES",
+    "job_id_for",
+    "ran_result",
+    "not_run_result",
+    "waiting_result",
+    "is_waiting",
+    "reason_not_run",
+    "stage_status_for_job_state",
+    "complete_stage",
+    "error_stage",
+    "error_held_stages",
+    "settle_for_job_state",
+    "settle_from_completed_job",
+    "settle_from_job",
+]
+
+#: The Kolibri job queue the plugin's stage jobs run in.
+SYNC_EXTRAS_QUEUE = "sync_extras"
+#: The registered name of the task that runs a stage (see :mod:`.tasks`).
+RUN_STAGE_TASK = "kolibri_sync_extras_plugin.tasks.run_background_stage"
+
+# a fixed namespace, so a stage's job id is the same in every process and release
+_JOB_ID_NAMESPACE = uuid.UUID("5c1f2a47-3b1e-4a55-9d0c-7f0a2b6e9c41")
+
+#: The keys of a stage job's result (what the task returns, kept by job storage).
+RESULT_STAGE = "stage"
+RESULT_RAN = "ran"
+RESULT_WAITING = "waiting"
+RESULT_REASON = "reason"
+RESULT_DURATION = "duration"
+RESULT_RECORDS = "records"
+
+#: Job states after which the job will not touch the stage again.
+FINISHED_JOB_STATES = frozenset((State.COMPLETED, State.FAILED, State.CANCELED))
+
+# A COMPLETED job has already settled its stage itself, or found that the stage was
+# no longer waiting on it (a closed session, a stage moved on): either way the job's
+# state says nothing more about the stage.
+_STAGE_STATUS_BY_JOB_STATE = {
+    State.FAILED: transfer_statuses.ERRORED,
+    State.CANCELED: transfer_statuses.ERRORED,
+    # the job is gone from job storage before it finished
+    None: transfer_statuses.ERRORED,
+}
+
+
+def job_id_for(transfer_session_id, stage):
+    """
+    :param transfer_session_id: A transfer session id (hex)
+    :param stage: A ``transfer_stages`` constant
+    :return: The id of the one job that runs this stage of this transfer session
+    :rtype: str
+    """
+    return uuid.uuid5(_JOB_ID_NAMESPACE, "{}:{}".format(transfer_session_id, stage)).hex
+
+
+def stage_status_for_job_state(job_state):
+    """
+    The one mapping from a Kolibri job state to the status its stage should end in.
+
+    :param job_state: A ``kolibri.core.tasks.job.State`` value, or ``None`` for a job
+        that is no longer in job storage
+    :return: A ``transfer_statuses`` constant, or ``None`` when the job's state leaves
+        the stage to the job (still waiting or running, or completed)
+    :rtype: str|None
+    """
+    return _STAGE_STATUS_BY_JOB_STATE.get(job_state)
+
+
+def ran_result(stage, duration, records):
+    """The result of a job that ran its stage."""
+    return {
+        RESULT_STAGE: stage,
+        RESULT_RAN: True,
+        RESULT_DURATION: round(duration, 3),
+        RESULT_RECORDS: records,
+    }
+
+
+def not_run_result(stage, reason):
+    """The result of a job that found its stage no longer waiting on it."""
+    return {RESULT_STAGE: stage, RESULT_RAN: False, RESULT_REASON: reason}
+
+
+def waiting_result(stage, reason):
+    """
+    The result of a job that gave its worker back to wait for its writer's turn:
+    Kolibri marks it completed with this result and queues it again a moment later.
+    """
+    return dict(not_run_result(stage, reason), **{RESULT_WAITING: True})
+
+
+def _as_dict(result):
+    return result if isinstance(result, dict) else {}
+
+
+def is_waiting(result):
+    """Whether a job's result says it only waits for its writer's turn."""
+    return bool(_as_dict(result).get(RESULT_WAITING))
+
+
+def has_run(result):
+    """Whether a job's result says it ran its stage."""
+    return _as_dict(result).get(RESULT_RAN) is True
+
+
+def reason_not_run(result):
+    """Why a job did not run its stage, if its result says it did not."""
+    result = _as_dict(result)
+    if result.get(RESULT_RAN) is False:
+        return result.get(RESULT_REASON)
+    return None
+
+
+def complete_stage(transfer_session_id, stage):
+    """A stage job ran the stage: its client goes on to the next one."""
+    return _settle(transfer_session_id, stage, transfer_statuses.COMPLETED)
+
+
+def error_stage(transfer_session_id, stage):
+    """The stage failed, or nothing will run it: its client stops with an error."""
+    return _settle(transfer_session_id, stage, transfer_statuses.ERRORED)
+
+
+def _held_stages():
+    """
+    The stages the plugin holds: this instance is the server of an active
+    transfer session that shows STARTED. morango's own server operations finish a
+    stage within the request, so only the plugin leaves one STARTED.
+    """
+    return TransferSession.objects.filter(
+        active=True,
+        sync_session__is_server=True,
+        transfer_stage_status=transfer_statuses.STARTED,
+    )
+
+
+def held_stage(transfer_session_id):
+    """
+    :return: The stage and last activity of the transfer session, if it is one
+        the plugin holds (see :func:`_held_stages`), or ``None``
+    :rtype: dict|None
+    """
+    return (
+        _held_stages()
+        .filter(id=transfer_session_id)
+        .values("transfer_stage", "last_activity_timestamp")
+        .first()
+    )
+
+
+def error_held_stages():
+    """
+    End every stage the plugin holds as ERRORED, before its jobs are cleared: their
+    clients stop with an error and sync again later.
+
+    :return: How many stages were ended
+    :rtype: int
+    """
+    held = _held_stages().values_list("id", "transfer_stage")
+    return sum(error_stage(ts_id, stage) for ts_id, stage in held)
+
+
+def _settle(transfer_session_id, stage, stage_status):
+    """
+    Finish a background stage with ``stage_status``, but only while the transfer
+    session is still at that stage and waiting on it: a late or repeated report
+    never rewrites a stage that has already been settled or left behind.
+
+    :return: Whether the transfer session was updated
+    :rtype: bool
+    """
+    updated = TransferSession.objects.filter(
+        id=transfer_session_id,
+        transfer_stage=stage,
+        transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
+    ).update(transfer_stage_status=stage_status, last_activity_timestamp=timezone.now())
+    return bool(updated)
+
+
+def settle_for_job_state(transfer_session_id, stage, job_id, job_state):
+    """
+    Settle a stage from the state of the job that serves it, if that state is final
+    for the stage, and log it.
+
+    :param job_state: The job's state, or ``None`` if it is gone from job storage
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    stage_status = stage_status_for_job_state(job_state)
+    if stage_status is None or not _settle(transfer_session_id, stage, stage_status):
+        return None
+    logger.error(
+        "Stage %s of transfer session %s is %s: its job %s is %s",
+        stage,
+        transfer_session_id,
+        stage_status,
+        job_id,
+        job_state or "gone from job storage",
+    )
+    return stage_status
+
+
+def settle_from_completed_job(transfer_session_id, stage, job_id, result):
+    """
+    Settle a stage still STARTED although its job COMPLETED: a repeated request
+    from the client saved the row it had read before the job settled the stage.
+    The stage gets the job's outcome: COMPLETED if the job ran it, ERRORED if the
+    job found it no longer waiting (nothing else will run it); a job that only
+    gave its worker back to wait for its writer's turn is left alone.
+
+    :param result: The completed job's result
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    if is_waiting(result):
+        return None
+    stage_status = (
+        transfer_statuses.COMPLETED if has_run(result) else transfer_statuses.ERRORED
+    )
+    if not _settle(transfer_session_id, stage, stage_status):
+        return None
+    logger.warning(
+        "Stage %s of transfer session %s was STARTED again after its job %s had "
+        "ended; settled it as %s",
+        stage,
+        transfer_session_id,
+        job_id,
+        stage_status,
+    )
+    return stage_status
+
+
+def settle_from_job(job, job_state):
+    """
+    Settle the stage a job serves from the job's state, if that state is final.
+
+    Called by the plugin's job hook whenever job storage changes a job of ours, so a
+    job that failed, was cancelled, or was cleared before finishing ends its stage
+    as ERRORED and the polling client stops instead of waiting forever.
+
+    :type job: kolibri.core.tasks.job.Job
+    :param job_state: The job's new state, or ``None`` if it was removed unfinished
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    return settle_for_job_state(
+        job.kwargs.get("transfer_session_id"),
+        job.kwargs.get("stage"),
+        job.job_id,
+        job_state,
+    )
