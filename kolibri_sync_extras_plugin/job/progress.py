@@ -41,15 +41,15 @@ from django.utils import timezone
 from kolibri.core.tasks.job import State
 from kolibri.core.tasks.utils import get_current_job
 from morango.constants import transfer_stages
-from morango.models.core import Buffer
 from morango.models.core import Store
 
 from ..compat import COUNTS_DESERIALIZED_RECORDS
 from ..compat import update_job_progress
 from ..piecewise import support
 from ..piecewise.runner import PIECE_COMMITTED
-from ..piecewise.serialize import changed_rows
-from ..piecewise.store_queries import dirty_store_records
+from ..stage_records import buffered_records
+from ..stage_records import changed_rows_to_serialize
+from ..stage_records import records_to_deserialize
 from .task_list import describe
 
 logger = logging.getLogger(__name__)
@@ -62,41 +62,9 @@ RECORDS = "records"
 STAGE = "stage"
 
 
-def _dirty_store_records(context):
-    """
-    :return: How many Store records a deserialization under the sync filter would
-        work on: the dirty ones (an upper bound: morango may find it has none to do)
-    :rtype: int
-    """
-    return (
-        dirty_store_records(context.filter)
-        .filter(profile=context.sync_session.profile)
-        .count()
-    )
-
-
-def _changed_rows(context):
-    """
-    :return: How many rows a pull's serializing writes into the store, or ``None``
-        for a push, whose server serializes nothing
-    :rtype: int|None
-    """
-    if not context.is_producer:
-        return None
-    return changed_rows(context.sync_session.profile, context.filter)
-
-
 def _serializes_in_pieces(context):
-    """Whether the stage's serializing commits in pieces (see :mod:`.operations`)."""
+    """Whether the stage's serializing commits in pieces (see :mod:`kolibri_sync_extras_plugin.piecewise.operations`)."""
     return context.is_producer and support.supports_installed_morango()
-
-
-def _buffered_records(context):
-    """
-    :return: How many records the client pushed, which morango's dequeuing merges
-    :rtype: int
-    """
-    return Buffer.objects.filter(transfer_session=context.transfer_session).count()
 
 
 def _queued_records(context):
@@ -112,13 +80,17 @@ def _queued_records(context):
 #: and whether records are counted while it runs (or a function of the context
 #: that tells).
 _COUNTS = {
-    transfer_stages.SERIALIZING: (_changed_rows, None, _serializes_in_pieces),
+    transfer_stages.SERIALIZING: (
+        changed_rows_to_serialize,
+        None,
+        _serializes_in_pieces,
+    ),
     transfer_stages.DESERIALIZING: (
-        _dirty_store_records,
+        records_to_deserialize,
         None,
         COUNTS_DESERIALIZED_RECORDS,
     ),
-    transfer_stages.DEQUEUING: (_buffered_records, None, False),
+    transfer_stages.DEQUEUING: (buffered_records, None, False),
     transfer_stages.QUEUING: (None, _queued_records, False),
 }
 

@@ -12,7 +12,9 @@ reaches the client through morango's controller as it does without the plugin,
 and no job is ever enqueued for it, so it cannot run twice.
 
 The estimates count rows with one query each, and are upper bounds of the
-records the stage will touch, so a stage is never taken for smaller than it is.
+records the stage will touch (every dirty record in the filter, those that failed
+before included, and on a push the server's own changes serialized first), so a
+stage is never taken for smaller than it is.
 Stages differ widely in what a record costs them; each stage's records are
 weighed against deserializing's (see :data:`RECORDS_PER_DESERIALIZED_RECORD`).
 
@@ -27,8 +29,7 @@ from morango.constants import transfer_stages
 
 from ..config import get_inline_stage_records
 from ..piecewise.serialize import changed_rows
-from ..piecewise.store_queries import under_filter
-from ..piecewise.store_queries import undeserialized_records
+from ..stage_records import records_before
 
 logger = logging.getLogger(__name__)
 
@@ -52,38 +53,21 @@ RECORDS_PER_DESERIALIZED_RECORD = {
 }
 
 
-def _store_records_within(sync_filter):
-    """
-    :return: Store records within the filter: at most what queuing will buffer
-    :rtype: int
-    """
-    from morango.models.core import Store
-
-    return Store.objects.filter(under_filter(sync_filter)).count()
-
-
 def estimated_stage_records(context):
     """
-    An upper bound of the records the context's current stage will touch.
+    An upper bound of the records the context's current stage will touch (see
+    :mod:`kolibri_sync_extras_plugin.stage_records`). Deserializing a push first
+    serializes the server's own changes under the filter, so those rows count
+    too.
 
     :type context: morango.sync.context.LocalSessionContext
     :return: The estimate, or ``None`` when the stage has no estimate here
     :rtype: int|None
     """
-    stage = context.stage
-    transfer_session = context.transfer_session
-    if stage == transfer_stages.SERIALIZING:
-        return changed_rows(context.sync_session.profile, context.filter)
-    if stage == transfer_stages.QUEUING:
-        return _store_records_within(context.filter)
-    transferred = transfer_session.records_transferred or 0
-    if stage == transfer_stages.DEQUEUING:
-        return transferred
-    if stage == transfer_stages.DESERIALIZING:
-        # what was dequeued, plus what an interrupted push left waiting (see
-        # operations.DeserializeLeftoversOperation), both within the filter
-        return max(transferred, undeserialized_records(context.filter).count())
-    return None
+    records = records_before(context)
+    if records is not None and context.stage == transfer_stages.DESERIALIZING:
+        records += changed_rows(context.sync_session.profile, context.filter)
+    return records
 
 
 def estimated_stage_cost(context):
