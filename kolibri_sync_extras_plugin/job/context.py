@@ -9,7 +9,7 @@ transfer session and the parts of the client's request the stage reads.
 from morango.sync.context import LocalSessionContext
 
 
-class RecordedRequest(object):
+class RecordedRequest:
     """
     The parts of the client's request that a deferred stage still needs.
 
@@ -47,7 +47,7 @@ class BackgroundSessionContext(LocalSessionContext):
         :param capabilities: The capabilities the client advertised
         :type capabilities: list|set|None
         """
-        super(BackgroundSessionContext, self).__init__(
+        super().__init__(
             request=RecordedRequest(request_data),
             transfer_session=transfer_session,
             capabilities=capabilities,

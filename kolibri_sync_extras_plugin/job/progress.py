@@ -106,7 +106,7 @@ def transaction_depth():
     return 1 + len(connection.savepoint_ids)
 
 
-class _DeserializedRecordCounter(object):
+class _DeserializedRecordCounter:
     """
     Counts the Store records morango saves back as it deserializes them on this
     thread: each one deserialized (its dirty bit cleared) or failed (its error
@@ -151,7 +151,7 @@ class _DeserializedRecordCounter(object):
         return "kolibri_sync_extras_progress_{}".format(id(self))
 
 
-class StageProgress(object):
+class StageProgress:
     """
     Reports one background stage's progress through the Kolibri job running it.
 

@@ -225,7 +225,7 @@ def apply_deletions(profile, ids, counter):
     return len(set(soft) | set(hard))
 
 
-class CounterForPiece(object):
+class CounterForPiece:
     """
     The counter of one piece, taken the first time the piece stamps a record (a
     piece with nothing to stamp spends none) and published when the piece ends.

@@ -184,7 +184,7 @@ def connect_refusal_signals():
 REFUSAL_MIDDLEWARE = "kolibri_sync_extras_plugin.request.limits.RefusalReasonMiddleware"
 
 
-class RefusalReasonMiddleware(object):
+class RefusalReasonMiddleware:
     """
     Puts a refusal's message in the 503's status line as well as its body: a
     morango client logs the body of an error response only when the response is
