@@ -227,7 +227,7 @@ def get_retention_settings(options=None):
 def get_inline_stage_records(options=None):
     """
     The largest estimated stage, in records, that runs in the request although it
-    is configured for the background (see :mod:`.fast_path`); 0 for none.
+    is configured for the background (see :mod:`.request.inline`); 0 for none.
 
     :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
     :rtype: int
@@ -239,7 +239,7 @@ def get_inline_stage_records(options=None):
 def get_pull_page_size(options=None):
     """
     The records per page the server sends a pull client known to accept larger
-    pages (see :mod:`.pull_pages`); 0 to send what the client asks for.
+    pages (see :mod:`.request.pull_pages`); 0 to send what the client asks for.
 
     :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
     :rtype: int

@@ -3,7 +3,7 @@ What the background is doing, read from the plugin's bookkeeping: the stage jobs
 Kolibri's job storage, and the transfer sessions waiting on a background stage.
 
 It only reads; settling a stage that cannot finish is left to the job hook and to
-the check on each client poll (:func:`.health.check_background_stage`).
+the check on each client poll (:func:`kolibri_sync_extras_plugin.request.poll.check_background_stage`).
 """
 
 import datetime

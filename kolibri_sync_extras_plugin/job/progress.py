@@ -7,9 +7,9 @@ What each stage lets us count:
 - ``deserializing``: the dirty Store records under the sync filter are known when
   the stage starts, and morango saves each Store record back as it deserializes
   it, so records are counted one by one (before Kolibri 0.19, morango marks them
-  clean in bulk: 0 of them until all are done; see :mod:`.compat`). In a
+  clean in bulk: 0 of them until all are done; see :mod:`kolibri_sync_extras_plugin.compat`). In a
   background job on Kolibri 0.19 the plugin commits them in pieces (see
-  :mod:`.pieces`), and progress is saved after each piece.
+  :mod:`kolibri_sync_extras_plugin.piecewise.deserialize`), and progress is saved after each piece.
 - ``dequeuing``: the records the client pushed (the transfer session's Buffer rows)
   are known when the stage starts, but morango merges them in one SQL transaction,
   so progress is 0 of them until all are done.
@@ -17,7 +17,7 @@ What each stage lets us count:
   (``records_total``), so progress is one step.
 - ``serializing`` for a pull: the rows changed under the sync filter are known when
   the stage starts; on Kolibri 0.19 the plugin serializes them in pieces (see
-  :mod:`.serialize_pieces`) and progress is saved after each piece. Elsewhere, and
+  :mod:`kolibri_sync_extras_plugin.piecewise.serialize`) and progress is saved after each piece. Elsewhere, and
   for a push (the server serializes nothing), progress is one step.
 - ``cleanup``: morango exposes no count, so progress is one step.
 
@@ -63,7 +63,7 @@ STAGE = "stage"
 
 
 def _serializes_in_pieces(context):
-    """Whether the stage's serializing commits in pieces (see :mod:`kolibri_sync_extras_plugin.piecewise.operations`)."""
+    """Whether the stage's serializing commits in pieces."""
     return context.is_producer and support.supports_installed_morango()
 
 
@@ -173,7 +173,7 @@ class StageProgress:
         self.counted_live = False
         # records morango saved back (counted inside its transactions)
         self._counted = 0
-        # records of the pieces that committed (see :mod:`.pieces`)
+        # records of the pieces that committed (see :mod:`kolibri_sync_extras_plugin.piecewise.deserialize`)
         self._committed = 0
         self._started = None
         # transactions open when the stage started are not the stage's own

@@ -1,8 +1,8 @@
 """
 What a stage job does: run the one stage its transfer session waits on, report
-progress, and settle the stage's status (through :mod:`..stage_status`).
+progress, and settle the stage's status (through :mod:`kolibri_sync_extras_plugin.stage_status`).
 
-The registered task that Kolibri's workers call is in :mod:`..tasks`, whose
+The registered task that Kolibri's workers call is in :mod:`kolibri_sync_extras_plugin.tasks`, whose
 dotted path job storage keeps.
 """
 

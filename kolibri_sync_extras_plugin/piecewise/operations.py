@@ -24,7 +24,7 @@ __all__ = ["PiecewiseDeserializeOperation", "PiecewiseSerializeOperation"]
 class PiecewiseDeserializeOperation(LocalOperation):
     """
     Serializes and then deserializes a push one short transaction at a time (see
-    :mod:`.serialize_pieces` and :mod:`.pieces`), wherever this server receives
+    :mod:`.serialize` and :mod:`.deserialize`), wherever this server receives
     one: in a background job, so the job never holds the database's write lock for
     long, and in a request, so that every serialization on the server takes its
     counters as the pieces do (see :mod:`.stamping`) and a local change made
@@ -39,7 +39,7 @@ class PiecewiseDeserializeOperation(LocalOperation):
     already applied on the context's transfer session (in memory only; the job
     reads the session again when the stage ends). Only a background job leaves
     SQLite's lock free between pieces; elsewhere someone waits for the stage. It
-    passes at once on a morango version :mod:`.pieces` does not mirror, and when
+    passes at once on a morango version the pieces do not mirror (see :mod:`.support`), and when
     there is nothing waiting to be deserialized.
     """
 
@@ -73,7 +73,7 @@ class PiecewiseDeserializeOperation(LocalOperation):
 class PiecewiseSerializeOperation(LocalOperation):
     """
     Serializes for a pull (on the server) or a push (on the client) one short
-    transaction at a time (see :mod:`.serialize_pieces`), wherever this instance
+    transaction at a time (see :mod:`.serialize`), wherever this instance
     sends data: in a background job, so the job never holds the database's write
     lock for long, and in a request or a client's own sync, so that every
     serialization on this instance takes its counters as the pieces do: each

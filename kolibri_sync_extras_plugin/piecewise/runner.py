@@ -51,7 +51,7 @@ MAX_PAUSE_SECONDS = 0.2
 #: pause before each new attempt (growing with the attempts, up to the maximum).
 PIECE_ATTEMPTS = 20
 #: In a request, whose client waits, fewer: the stage is tried again as a whole
-#: (see :mod:`.operations`).
+#: (see :mod:`kolibri_sync_extras_plugin.request.operation`).
 REQUEST_PIECE_ATTEMPTS = 3
 RETRY_PAUSE_SECONDS = 0.02
 MAX_RETRY_PAUSE_SECONDS = 0.5

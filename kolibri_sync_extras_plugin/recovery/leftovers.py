@@ -38,7 +38,7 @@ class DeserializeLeftoversOperation(LocalOperation):
 
     It passes to morango's own operation unless every waiting record within the
     filter came from an earlier push of the same client that no stage job is still
-    working on (see :func:`~.sessions.own_earlier_pushes`): it never applies
+    working on (see :func:`~.superseded.own_earlier_pushes`): it never applies
     another client's records, nor records a job is about to deserialize.
     On morango 0.8.15 it leaves them to :class:`PiecewiseDeserializeOperation`,
     which applies the same rule.
@@ -112,7 +112,7 @@ class CloseSupersededTransfersOperation(LocalOperation):
     """
     Closes the transfer sessions an interrupted sync of the same client left open,
     when the server cleans up a transfer that completed the same work again (see
-    :mod:`.sessions`). It passes, so the stage's own operations then close this
+    :mod:`.superseded`). It passes, so the stage's own operations then close this
     transfer session as usual.
     """
 

@@ -7,7 +7,7 @@ stays active, with any buffered records, until Kolibri's own clean-up closes it 
 hour after its last activity at the earliest. Once the same client has completed
 the same transfer again, the old one has nothing left to do: the new transfer
 carried everything the old one would have, and what the old one had already
-received was applied (see :class:`~.operations.DeserializeLeftoversOperation`).
+received was applied (see :class:`~.leftovers.DeserializeLeftoversOperation`).
 """
 
 import datetime

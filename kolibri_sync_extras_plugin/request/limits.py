@@ -11,7 +11,7 @@ the client's request fails with HTTP 503 whose detail, and status line, name the
 cap.
 
 A stage that passes is enqueued only when its request ends (see
-:mod:`.request_boundary`), so until then it holds a place of its own: a
+:mod:`.hooks`), so until then it holds a place of its own: a
 reservation in this process, counted with the jobs in job storage. Requests of
 one client that arrive together are counted one after another, and cannot all
 pass the same count.

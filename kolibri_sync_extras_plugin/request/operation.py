@@ -46,7 +46,7 @@ class BackgroundStageOperation(LocalOperation):
     this operation invokes the stage's operations once, as morango's controller
     would, and returns what they return. If another writer got in the way (morango
     answers PENDING after a transaction isolation conflict, or raises one of the
-    errors :func:`~..conflicts.is_transient_database_error` accepts, as two
+    errors :func:`~kolibri_sync_extras_plugin.conflicts.is_transient_database_error` accepts, as two
     serializations of the same rows on PostgreSQL do), the stage goes to a job
     after all, which retries it; stock Kolibri would leave it PENDING, and its
     client would poll a stage nothing runs again.
@@ -138,7 +138,7 @@ _PARTITION_LOCKING_STAGES = frozenset(
 def _partitions_free_for(context):
     """
     For a stage whose work locks the facility's partitions, hold them if they are
-    free (see :func:`~..piecewise.partition_locks.partitions_held_if_free`); for any other, go on.
+    free (see :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`); for any other, go on.
     """
     if context.stage in _PARTITION_LOCKING_STAGES:
         return partitions_held_if_free(context.filter)
