@@ -19,6 +19,7 @@ from ..stage_status import error_stage
 from .enqueue import enqueue_stage_job
 from .enqueue import stage_job_request
 from .limits import release_reservation
+from .morango_urls import morango_endpoint
 from .poll import check_background_stage
 
 logger = logging.getLogger(__name__)
@@ -47,19 +48,8 @@ def _polled_transfer_session_id(environ):
         ``GET`` of morango's transfer session endpoint
     :rtype: str|None
     """
-    path = environ.get("PATH_INFO", "")
-    if environ.get("REQUEST_METHOD") != "GET" or "/transfersessions/" not in path:
-        return None
-    from django.urls import Resolver404
-    from django.urls import resolve
-
-    try:
-        match = resolve(path)
-    except Resolver404:
-        return None
-    if match.url_name != "transfersessions-detail":
-        return None
-    return _transfer_session_id(match.kwargs.get("pk"))
+    kwargs = morango_endpoint(environ, "GET", "transfersessions-detail")
+    return None if kwargs is None else _transfer_session_id(kwargs.get("pk"))
 
 
 def _transfer_session_id(pk):

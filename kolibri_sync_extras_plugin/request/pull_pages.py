@@ -42,6 +42,7 @@ from django.core.signals import request_finished
 from django.core.signals import request_started
 
 from ..config import get_pull_page_size
+from .morango_urls import morango_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -143,16 +144,7 @@ def page_size_for(transfer_session_id, requested, pages_at_once=1):
 
 
 def _is_buffer_list(environ):
-    path = environ.get("PATH_INFO", "")
-    if environ.get("REQUEST_METHOD") != "GET" or "/buffers/" not in path:
-        return False
-    from django.urls import Resolver404
-    from django.urls import resolve
-
-    try:
-        return resolve(path).url_name == "buffers-list"
-    except Resolver404:
-        return False
+    return morango_endpoint(environ, "GET", "buffers-list") is not None
 
 
 def _on_request_started(environ=None, **kwargs):
