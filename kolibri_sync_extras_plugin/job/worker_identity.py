@@ -125,7 +125,28 @@ def is_gone(identity):
         return False
     if not (same_boot and same_namespace):
         return False
-    return _start_time(pid) != started
+    return _process_ended(pid, started)
+
+
+def _process_ended(pid, started):
+    """
+    Whether the process that had ``pid`` and started at ``started`` has ended.
+
+    Asking the kernel to signal nothing tells whether any process has the pid, even
+    where ``/proc`` hides other users' processes (``hidepid``); only then is its
+    start time read, to tell a reused pid. A ``/proc`` entry that cannot be read
+    means "cannot tell", and so "not ended".
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a process of another user has the pid
+    except OSError:
+        return False
+    now_started = _start_time(pid)
+    return now_started is not None and now_started != started
 
 
 def record_current_worker(job_id):
