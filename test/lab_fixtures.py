@@ -2,10 +2,10 @@
 Session-wide starting points for the tests that run real Kolibri processes.
 
 Provisioning a server takes tens of seconds, so each kind of home is made once per
-run and every test module starts from copies: a server on SQLite, a server on
-PostgreSQL (a database of a throw-away cluster, copied per server), and a fresh
-client. Registered as a pytest plugin by the suite's root ``conftest.py``; the
-servers made from them come from :mod:`test.helpers.lab`.
+run and every test module starts from copies (:mod:`sync_lab.harness.templates`):
+a server on SQLite, a server on PostgreSQL (a database of a throw-away cluster,
+copied per server), and a fresh client; and the same made by another Kolibri line.
+Registered as a pytest plugin by the suite's root ``conftest.py``.
 """
 
 import contextlib
@@ -14,12 +14,11 @@ import sys
 
 import pytest
 
-from sync_lab.instances import KolibriInstance
-from sync_lab.lines import line_python
-from sync_lab.lines import venv_dir
-from sync_lab.postgres import PostgresServer
-from sync_lab.postgres import postgres_installed
-from sync_lab.scenario import provision_server
+from sync_lab.harness.lines import line_python
+from sync_lab.harness.lines import venv_dir
+from sync_lab.harness.postgres import PostgresServer
+from sync_lab.harness.postgres import postgres_installed
+from sync_lab.harness.templates import Templates
 
 #: Set (as CI does) to fail, rather than skip, when PostgreSQL is not installed.
 REQUIRE_POSTGRES_ENV = "SYNC_LAB_REQUIRE_POSTGRES"
@@ -58,24 +57,6 @@ def lab_templates_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def server_template(lab_templates_root):
-    """A provisioned SQLite server home with a facility's activity, never started."""
-    with KolibriInstance(
-        "server-template", root=lab_templates_root, plugin=True
-    ) as template:
-        facility = provision_server(template, SERVER_RECORDS)
-        yield template, facility
-
-
-@pytest.fixture(scope="session")
-def client_template(lab_templates_root):
-    """A migrated, unprovisioned home: a fresh device about to pull its facility."""
-    with KolibriInstance("client-template", root=lab_templates_root) as template:
-        template.migrate()
-        yield template
-
-
-@pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL cluster on 127.0.0.1, for the whole run."""
     if not postgres_installed() and not os.environ.get(REQUIRE_POSTGRES_ENV):
@@ -89,22 +70,25 @@ def postgres():
 
 
 @pytest.fixture(scope="session")
-def postgres_server_template(postgres, lab_templates_root):
+def lab_templates(request, lab_templates_root):
     """
-    A server home provisioned into its own PostgreSQL database, never started:
-    ``(home, database, facility)``. :func:`test.helpers.lab.new_server` copies
-    both.
+    The run's template homes, each made when a test first asks for it: a server
+    with the plugin enabled and :data:`SERVER_RECORDS` records of activity, on
+    SQLite or on PostgreSQL (in the :func:`postgres` cluster: the tests that ask
+    for it are skipped when PostgreSQL is not installed), and a fresh client.
+    Tests sync copies: ``lab_templates.new_server("sqlite", name, root=...,
+    plugin=True, sync_options=...)`` and ``lab_templates.new_client(name,
+    root=...)``.
+
+    :rtype: sync_lab.harness.templates.Templates
     """
-    database = "kolibri_template"
-    postgres.create_database(database)
-    with KolibriInstance(
-        "pg-server-template",
-        root=lab_templates_root,
+    with Templates(
+        lab_templates_root,
+        SERVER_RECORDS,
         plugin=True,
-        options=postgres.kolibri_options(database),
-    ) as template:
-        facility = provision_server(template, SERVER_RECORDS)
-        yield template, database, facility
+        postgres=lambda: request.getfixturevalue("postgres"),
+    ) as templates:
+        yield templates
 
 
 #: Set (as CI does) to fail, rather than skip, when a Kolibri line a test syncs
@@ -133,37 +117,30 @@ def python_of_line(line):
 
 
 @pytest.fixture(scope="session")
-def line_template(request, lab_templates_root):
+def line_templates(lab_templates, lab_templates_root):
     """
-    ``line_template(kind, line)``: the run's ``"server"`` or ``"client"`` template
-    home made by Kolibri ``line``, each made once; the running line's are the
-    :func:`server_template` and :func:`client_template` fixtures. A server template
-    is ``(home, facility)``, a client template the home.
+    ``line_templates(line)``: the run's template homes made by Kolibri ``line``, as
+    :func:`lab_templates` makes them (SQLite only); the running line's are
+    :func:`lab_templates` itself. A line that is not installed skips the test (see
+    :func:`python_of_line`).
     """
     made = {}
     with contextlib.ExitStack() as stack:
 
-        def template(kind, line):
+        def templates(line):
             python = python_of_line(line)
             if python == sys.executable:
-                return request.getfixturevalue(kind + "_template")
-            if (kind, line) not in made:
-                instance = stack.enter_context(
-                    KolibriInstance(
-                        "{}-template-{}".format(kind, line),
-                        root=lab_templates_root,
-                        plugin=kind == "server",
+                return lab_templates
+            if line not in made:
+                made[line] = stack.enter_context(
+                    Templates(
+                        lab_templates_root,
+                        SERVER_RECORDS,
+                        plugin=True,
                         python=python,
+                        label="-" + line,
                     )
                 )
-                if kind == "server":
-                    made[kind, line] = (
-                        instance,
-                        provision_server(instance, SERVER_RECORDS),
-                    )
-                else:
-                    instance.migrate()
-                    made[kind, line] = instance
-            return made[kind, line]
+            return made[line]
 
-        yield template
+        yield templates

@@ -1,10 +1,20 @@
 """Values several test modules agree on, defined once."""
 
+# the FSIC of a client that holds no facility data yet
+from sync_lab.harness.flood import EMPTY_FSIC
+
+__all__ = [
+    "ALL_DATABASES",
+    "EMPTY_FSIC",
+    "FACILITY_NAME",
+    "LEARNERS",
+    "PULL_STAGES",
+    "PUSH_STAGES",
+    "BACKGROUND_EVERYTHING",
+]
+
 #: For ``pytest.mark.django_db``: Kolibri keeps job storage in a database of its own.
 ALL_DATABASES = "__all__"
-
-#: The FSIC of a client that holds no facility data yet.
-EMPTY_FSIC = '{"super": {}, "sub": {}}'
 
 #: The facility every in-process test syncs, and how many learners it has.
 FACILITY_NAME = "Riverside School"

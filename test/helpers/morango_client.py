@@ -12,11 +12,13 @@ from morango.constants.capabilities import ASYNC_OPERATIONS
 from morango.constants.capabilities import FSIC_V2_FORMAT
 from morango.utils import CAPABILITIES_CLIENT_HEADER
 
-TRANSFER_SESSIONS_PATH = "/api/morango/v1/transfersessions/"
-BUFFERS_PATH = "/api/morango/v1/buffers/"
+from sync_lab.harness.proxy import BUFFERS_PATH
+from sync_lab.harness.proxy import TRANSFER_SESSIONS_PATH
+
+__all__ = ["BUFFERS_PATH", "TRANSFER_SESSIONS_PATH", "MorangoHttpClient"]
 
 
-class MorangoHttpClient(object):
+class MorangoHttpClient:
     """
     Speaks morango's transfer session API with or without the
     ``ASYNC_OPERATIONS`` capability.

@@ -1,6 +1,7 @@
 """
 What every end-to-end round trip must show, whichever instances ran it: the
-lab's round trip outcome (:func:`sync_lab.scenario.round_trip`) checked once here.
+lab's round trip outcome (:func:`sync_lab.harness.scenario.round_trip`) checked
+once here.
 """
 
 

@@ -1,0 +1,597 @@
+"""
+Many stock clients syncing with one server at the same time: the demo's
+``--clients K`` mode.
+
+Every client is a fresh device of its own. All of them pull the server's facility
+at once; each then records activity of its own; then all of them push at once,
+through a timing proxy. The run reports the longest request of each phase, each
+client's pull and push time, and checks the data: every sync completed, the server
+holds every client's records exactly once and nothing twice, nothing is left
+half-received or open, and every stage job completed.
+
+With ``--churn RATE`` the server's own users write meanwhile: a
+:class:`~sync_lab.harness.churn.Churn` process changes learners, lessons and logs
+on the server from before the pulls until the pushes are over. Counts no longer say
+whether a client is up to date then, so once the churn has stopped each client
+syncs once more and its facility data is compared with the server's, record by
+record (:func:`~sync_lab.harness.checks.compare_digests`).
+"""
+
+import contextlib
+
+from ..harness.checks import compare_digests
+from ..harness.checks import expected_server_counts
+from ..harness.checks import sync_states
+from ..harness.churn import KINDS as CHURN_KINDS
+from ..harness.churn import Churn
+from ..harness.dataset import COUNTED
+from ..harness.dataset import generate_activity
+from ..harness.jobs import wait_for_stage_jobs
+from ..harness.proxy import TimingProxy
+from ..harness.scenario import DEFAULT_CREDENTIALS
+from ..harness.scenario import all_at_once
+from .write_lock import WriteLockProbe
+from .write_lock import background_stage_spans
+from .write_lock import describe_wait
+
+__all__ = [
+    "ManyClientsRun",
+    "run_many_clients",
+    "render_many_clients",
+]
+
+_PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
+
+
+class ManyClientsRun:
+    """What happened when ``clients`` clients synced with one server at once."""
+
+    def __init__(self, mode, database, clients, churn_rate=None):
+        self.mode = mode
+        self.database = database
+        self.clients = clients
+        #: Writes per second the churn aimed at on the server, or ``None``: no churn
+        self.churn_rate = churn_rate
+        #: :class:`~sync_lab.harness.instances.CommandResult` of each client's pull
+        #: and push, and, with the churn, of each client's sync once it had stopped
+        self.pulls = []
+        self.pushes = []
+        self.final_syncs = []
+        #: What each client generated between its pull and its push
+        self.created = []
+        #: Every :class:`~sync_lab.harness.proxy.Exchange` of each phase
+        self.pull_exchanges = []
+        self.push_exchanges = []
+        self.final_exchanges = []
+        self.server_state = None
+        #: With the churn: its report (see :func:`sync_lab.harness.churn.churn`), how
+        #: many records the server's facility data held at the end and how many of
+        #: its rows were changed since morango last serialized them, and each
+        #: client's :class:`~sync_lab.harness.checks.Differences` from it
+        self.churn = None
+        self.server_records = None
+        self.server_dirty = None
+        self.differences = None
+        self.client_states = []
+        #: On SQLite, every :class:`~sync_lab.bench.write_lock.LockWait` of the run, and
+        #: the stage jobs the server logged (``None`` on PostgreSQL)
+        self.lock_waits = None
+        self.stage_spans = []
+
+    @property
+    def syncs(self):
+        return self.pulls + self.pushes + self.final_syncs
+
+    @property
+    def planned_syncs(self):
+        """How many syncs a complete run makes."""
+        return self.clients * (3 if self.churn_rate else 2)
+
+    @property
+    def exchanges(self):
+        return self.pull_exchanges + self.push_exchanges + self.final_exchanges
+
+    @property
+    def longest(self):
+        """The longest request of every phase, or ``None``."""
+        exchanges = self.exchanges
+        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def longest_lock_wait(self):
+        """The longest wait for SQLite's write lock, or ``None``."""
+        return (
+            max(self.lock_waits, key=lambda w: w.seconds) if self.lock_waits else None
+        )
+
+    def longest_of(self, phase):
+        exchanges = getattr(self, phase + "_exchanges")
+        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def refused(self):
+        """Requests the server answered 503, as when a stage job cap is reached."""
+        return [e for e in self.exchanges if e.status == 503 and not e.error]
+
+    def checks(self):
+        """
+        :return: ``(what, passed, detail)`` for each data check
+        :rtype: list
+        """
+        results = []
+        failed = [n for n, sync in enumerate(self.pulls) if not sync.ok]
+        results.append(("every pull completed", not failed, _clients(failed)))
+        failed = [n for n, sync in enumerate(self.pushes) if not sync.ok]
+        results.append(
+            (
+                "every push completed",
+                len(self.pushes) == self.clients and not failed,
+                _clients(failed) or ("" if self.pushes else "no push ran"),
+            )
+        )
+        if self.churn_rate:
+            results.extend(self._churn_checks())
+        if self.server_state is None:
+            return results
+        if self.churn_rate:
+            results.append(self._same_data_check())
+        else:
+            results.append(self._counts_check())
+        results.extend(self._server_checks())
+        return results
+
+    def _churn_checks(self):
+        failed = [n for n, sync in enumerate(self.final_syncs) if not sync.ok]
+        churn = self.churn or {}
+        return [
+            (
+                "every sync after the churn completed",
+                len(self.final_syncs) == self.clients and not failed,
+                _clients(failed) or ("" if self.final_syncs else "none ran"),
+            ),
+            (
+                "the churn wrote on the server while the clients synced",
+                churn.get("total", 0) > 0 and "failed" not in churn,
+                churn.get("failed", "") if churn else "no report",
+            ),
+        ]
+
+    def _same_data_check(self):
+        what = "every client holds the server's data, record by record"
+        if self.differences is None:
+            return (what, False, "not compared")
+        wrong = [
+            "client-{}: {} records differ, e.g. {}".format(
+                number, differences.count, "; ".join(differences.listed[:3])
+            )
+            for number, differences in enumerate(self.differences)
+            if differences.count
+        ]
+        if not wrong:
+            return (what, True, "{} records each".format(self.server_records))
+        if self.server_dirty:
+            wrong.append(
+                "the server holds {} rows changed since it last serialized".format(
+                    self.server_dirty
+                )
+            )
+        return (what, False, " | ".join(wrong))
+
+    def _counts_check(self):
+        wrong = []
+        for kind in COUNTED:
+            server = self.server_state["counts"][kind]
+            expected = expected_server_counts(kind, self.client_states, self.created)
+            if expected != [server] * len(expected):
+                wrong.append(
+                    "{}: server {}, expected {}".format(kind, server, expected)
+                )
+        return (
+            "server holds every client's records and its own",
+            not wrong,
+            "; ".join(wrong),
+        )
+
+    def _server_checks(self):
+        results = []
+        duplicates = {k: v for k, v in self.server_state["duplicates"].items() if v}
+        results.append(("no row twice on the server", not duplicates, duplicates or ""))
+        open_sessions = self.server_state["open_transfer_sessions"]
+        results.append(
+            (
+                "no transfer session left open on the server",
+                not open_sessions,
+                len(open_sessions) or "",
+            )
+        )
+        undeserialized = [self.server_state["undeserialized"]] + [
+            state["undeserialized"] for state in self.client_states
+        ]
+        results.append(
+            (
+                "nothing received and left unapplied on any side",
+                not any(undeserialized),
+                undeserialized if any(undeserialized) else "",
+            )
+        )
+        jobs = self.server_state.get("jobs", [])
+        unfinished = [job for job in jobs if job["job_state"] != "COMPLETED"]
+        results.append(
+            (
+                "every stage job completed",
+                not unfinished,
+                ", ".join(
+                    "{} {}".format(job["stage"], job["job_state"]) for job in unfinished
+                ),
+            )
+        )
+        return results
+
+    @property
+    def ok(self):
+        return all(passed for _, passed, _ in self.checks())
+
+
+def _clients(numbers):
+    return ", ".join("client-{}".format(n) for n in numbers)
+
+
+def run_many_clients(
+    mode, database, templates, clients, client_records, args, expected_jobs, progress
+):
+    """
+    One many-clients run with the server in ``mode`` on ``database``.
+
+    :type mode: sync_lab.bench.demo.Mode
+    :type templates: sync_lab.harness.templates.Templates
+    :param clients: How many clients sync at once
+    :param client_records: Records each client creates before pushing
+    :param expected_jobs: ``(direction, stage)`` pairs the server surely runs in
+        jobs (see :func:`sync_lab.bench.demo.certain_jobs`)
+    :param args: The demo's options: ``sync_timeout``, ``job_timeout``, ``seed``
+        and ``churn`` (writes per second on the server, or ``None``); the homes
+        are kept as ``templates`` keeps its own
+    :rtype: ManyClientsRun
+    """
+    run = ManyClientsRun(mode.name, database, clients, churn_rate=args.churn)
+    progress(
+        "== {} clients, plugin {}, {}{}: {}".format(
+            clients,
+            mode.name,
+            database,
+            ", churn {:g}/s".format(args.churn) if args.churn else "",
+            mode.description,
+        )
+    )
+    server, facility = templates.new_server(
+        database,
+        "server-{}-{}-{}".format(mode.name, database, clients),
+        plugin=mode.plugin,
+        sync_options=mode.sync_options,
+    )
+    devices = [
+        templates.new_client(
+            "client-{}-{}-{}-{}".format(mode.name, database, clients, number)
+        )
+        for number in range(clients)
+    ]
+    with contextlib.ExitStack() as stack:
+        for instance in [server] + devices:
+            stack.enter_context(instance)
+        progress("{}: starting the server and its job workers".format(server.name))
+        server.start()
+        proxy = stack.enter_context(TimingProxy(server.base_url))
+        probe = None
+        if database == "sqlite":
+            probe = stack.enter_context(WriteLockProbe(server.home / "db.sqlite3"))
+        sync_args = (
+            proxy.url,
+            facility["id"],
+            DEFAULT_CREDENTIALS.username,
+            DEFAULT_CREDENTIALS.password,
+        )
+        churn = None
+        if run.churn_rate:
+            progress(
+                "{}: its users start writing, {:g} rows/s".format(
+                    server.name, run.churn_rate
+                )
+            )
+            churn = stack.enter_context(
+                Churn(server, facility["id"], rate=run.churn_rate, seed=args.seed)
+            )
+
+        progress("{} clients pulling at once".format(clients))
+        run.pulls = all_at_once(
+            lambda device: device.sync(
+                *sync_args, push=False, timeout=args.sync_timeout, check=False
+            ),
+            devices,
+        )
+        run.pull_exchanges = proxy.exchanges
+        proxy.clear()
+        progress(_phase_line("pull", run.pulls))
+        if not all(pull.ok for pull in run.pulls):
+            _say_failures(run.pulls, progress)
+        else:
+            progress("each client records about {} new records".format(client_records))
+            run.created = all_at_once(
+                lambda numbered: numbered[1].call(
+                    generate_activity,
+                    records=client_records,
+                    facility_id=facility["id"],
+                    prefix="client{}".format(numbered[0]),
+                    seed=args.seed + 10 + numbered[0],
+                    existing_share=0.5,
+                ),
+                enumerate(devices),
+            )
+            progress("{} clients pushing at once".format(clients))
+            run.pushes = all_at_once(
+                lambda device: device.sync(
+                    *sync_args, pull=False, timeout=args.sync_timeout, check=False
+                ),
+                devices,
+            )
+            run.push_exchanges = proxy.exchanges
+            progress(_phase_line("push", run.pushes))
+            _say_failures(run.pushes, progress)
+            if churn is not None:
+                run.churn = churn.stop()
+                progress("{}: {}".format(server.name, churn_line(run.churn)))
+            progress("{}: waiting for background stage jobs".format(server.name))
+            wait_for_stage_jobs(
+                server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
+            )
+            if churn is not None:
+                _sync_after_churn(run, devices, proxy, sync_args, args, progress)
+                wait_for_stage_jobs(
+                    server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
+                )
+            if probe is not None:
+                run.lock_waits = list(probe.waits)
+                run.stage_spans = background_stage_spans(server.log_path)
+            progress("checking the data on every side")
+            run.server_state, run.client_states = sync_states(
+                server, devices, facility["id"], digest=churn is not None
+            )
+            if churn is not None:
+                _compare_data(run)
+        if churn is not None:
+            run.churn = churn.stop()
+        progress("{}: stopping the server".format(server.name))
+    for what, passed, detail in run.checks():
+        progress(
+            "  {} {}{}".format(
+                "ok  " if passed else "FAIL",
+                what,
+                ": {}".format(detail) if detail else "",
+            )
+        )
+    return run
+
+
+def _sync_after_churn(run, devices, proxy, sync_args, args, progress):
+    """Every client pulls and pushes once more, all at once, the churn stopped."""
+    proxy.clear()
+    progress("{} clients syncing once more at once".format(len(devices)))
+    run.final_syncs = all_at_once(
+        lambda device: device.sync(*sync_args, timeout=args.sync_timeout, check=False),
+        devices,
+    )
+    run.final_exchanges = proxy.exchanges
+    progress(_phase_line("sync after the churn", run.final_syncs))
+    _say_failures(run.final_syncs, progress)
+
+
+def _compare_data(run):
+    """Each client's digest against the server's; the digests are let go."""
+    server = run.server_state.pop("digest")
+    run.server_records = sum(len(rows) for rows in server["records"].values())
+    run.server_dirty = server["dirty_count"]
+    run.differences = [
+        compare_digests(
+            server, state.pop("digest"), names=("server", "client-{}".format(number))
+        )
+        for number, state in enumerate(run.client_states)
+    ]
+
+
+def churn_line(report):
+    """
+    What the churn wrote, in one line.
+
+    :param report: See :func:`sync_lab.harness.churn.churn`
+    :rtype: str
+    """
+    if not report:
+        return "churn: no report"
+    if "failed" in report:
+        return "churn: failed; its last output:\n" + report["failed"]
+    writes = report["writes"]
+    kinds = ", ".join(
+        "{} {}".format(writes.get(kind, 0), kind.replace("_", " "))
+        for kind in CHURN_KINDS + ("lesson_creations",)
+    )
+    line = "churn: {} writes in {:.0f} s, {:.1f}/s of {:g} aimed at ({})".format(
+        report["total"], report["seconds"], report["rate"], report["target_rate"], kinds
+    )
+    errors = sum(report["errors"].values())
+    if errors:
+        line += "; {} failed, e.g. {}".format(errors, report["error_messages"][0])
+    return line
+
+
+def _phase_line(direction, syncs):
+    return "{}: {} of {} exited 0, {:.1f}-{:.1f}s each".format(
+        direction,
+        sum(1 for sync in syncs if sync.ok),
+        len(syncs),
+        min(sync.duration for sync in syncs),
+        max(sync.duration for sync in syncs),
+    )
+
+
+def _say_failures(syncs, progress):
+    for number, sync in enumerate(syncs):
+        if not sync.ok:
+            progress(
+                "client-{} failed; its last output:\n{}".format(number, sync.tail(8))
+            )
+
+
+def _exchange_line(exchange):
+    if exchange is None:
+        return "-"
+    return "{:.3f} s ({} {}, stage {})".format(
+        exchange.duration,
+        exchange.method,
+        exchange.path.split("?")[0],
+        exchange.stage or exchange.requested_stage or "-",
+    )
+
+
+def _over(run, seconds):
+    return sum(1 for e in run.exchanges if e.duration > seconds)
+
+
+def render_many_clients(runs):
+    """
+    :param runs: :class:`ManyClientsRun` objects
+    :rtype: str
+    """
+    lines = []
+    for run in runs:
+        lines.append(
+            "== {} clients at once, plugin {}, {}{}".format(
+                run.clients,
+                run.mode,
+                run.database,
+                ", the server's users writing {:g} rows/s".format(run.churn_rate)
+                if run.churn_rate
+                else "",
+            )
+        )
+        lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
+        lines.append("longest push request: " + _exchange_line(run.longest_of("push")))
+        if run.churn_rate:
+            lines.append(
+                "longest request after the churn: "
+                + _exchange_line(run.longest_of("final"))
+            )
+            lines.append(churn_line(run.churn))
+        if run.lock_waits:
+            exchanges = run.exchanges
+            lines.append(
+                "write lock: {} looks, {} waited over 0.2 s; the longest:".format(
+                    len(run.lock_waits),
+                    sum(1 for w in run.lock_waits if w.seconds > 0.2),
+                )
+            )
+            for wait in sorted(run.lock_waits, key=lambda w: -w.seconds)[:3]:
+                lines.append(
+                    "  {:.3f} s, while: {}".format(
+                        wait.seconds,
+                        describe_wait(wait, run.stage_spans, exchanges) or "-",
+                    )
+                )
+        lines.append(
+            "requests: {}; over 1 s: {}; refused (503): {}".format(
+                len(run.exchanges),
+                _over(run, 1.0),
+                len(run.refused()),
+            )
+        )
+        header = "client   pull       push       records pushed"
+        if run.churn_rate:
+            header += "  sync after   same data as the server"
+        lines.append(header)
+        for number in range(run.clients):
+            pull = _nth(run.pulls, number)
+            push = _nth(run.pushes, number)
+            created = run.created[number]["total"] if run.created else "-"
+            line = "{:<8} {:<10} {:<10} {:<15}".format(
+                number, _sync_cell(pull), _sync_cell(push), created
+            )
+            if run.churn_rate:
+                line += " {:<12} {}".format(
+                    _sync_cell(_nth(run.final_syncs, number)),
+                    _same_data_cell(_nth(run.differences or [], number)),
+                )
+            lines.append(line.rstrip())
+        for what, passed, detail in run.checks():
+            lines.append(
+                "{} {}{}".format(
+                    "ok  " if passed else "FAIL",
+                    what,
+                    ": {}".format(detail) if detail else "",
+                )
+            )
+        lines.append("")
+    lines.append("== summary")
+    lines.append(
+        "clients  database    plugin  longest request  over 1 s  longest lock wait  "
+        "slowest pull  slowest push  syncs ok  same data  churn rows/s  data checks"
+    )
+    for run in runs:
+        longest = run.longest
+        lines.append(
+            "{:<8} {:<11} {:<7} {:<16} {:<9} {:<18} {:<13} {:<13} {:<9} {:<10} "
+            "{:<13} {}".format(
+                run.clients,
+                run.database,
+                run.mode,
+                "{:.3f} s".format(longest.duration) if longest else "-",
+                _over(run, 1.0),
+                _lock_cell(run),
+                _slowest(run.pulls),
+                _slowest(run.pushes),
+                "{}/{}".format(
+                    sum(1 for sync in run.syncs if sync.ok), run.planned_syncs
+                ),
+                _same_data_summary(run),
+                _churn_rate_cell(run),
+                "pass" if run.ok else "FAIL",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _nth(items, number):
+    return items[number] if number < len(items) else None
+
+
+def _same_data_cell(differences):
+    if differences is None:
+        return "-"
+    return "yes" if not differences.count else "no, {} differ".format(differences.count)
+
+
+def _same_data_summary(run):
+    if run.differences is None:
+        return "-"
+    return "{}/{}".format(
+        sum(1 for differences in run.differences if not differences.count),
+        run.clients,
+    )
+
+
+def _churn_rate_cell(run):
+    if not run.churn:
+        return "-"
+    return "{:.0f} of {:g}".format(run.churn.get("rate", 0), run.churn_rate)
+
+
+def _sync_cell(sync):
+    if sync is None:
+        return "-"
+    return "{:.1f} s{}".format(sync.duration, "" if sync.ok else " FAIL")
+
+
+def _slowest(syncs):
+    if not syncs:
+        return "-"
+    return "{:.1f} s".format(max(sync.duration for sync in syncs))
+
+
+def _lock_cell(run):
+    wait = run.longest_lock_wait()
+    return "{:.3f} s".format(wait.seconds) if wait else "-"

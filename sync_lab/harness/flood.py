@@ -1,0 +1,231 @@
+"""
+A client that asks a server for stages in a loop, and what the lab needs to watch
+the server bound it.
+
+A certificate is all a client needs to open sync sessions; :func:`open_sync_sessions`
+opens them directly in the server's database, as morango's server does after the
+certificate exchange, and :func:`ask_for_stages` then drives morango's transfer
+session API over HTTP the way a client would, one new pull per sync session (morango
+resumes the open pull of a sync session rather than opening another).
+
+The functions taking no ``server`` argument run inside the server instance (see
+:meth:`~sync_lab.harness.instances.KolibriInstance.call`).
+"""
+
+import contextlib
+import time
+import uuid
+
+__all__ = [
+    "EMPTY_FSIC",
+    "new_server_sync_session",
+    "open_sync_sessions",
+    "ask_for_stages",
+    "holding_the_writers_turn",
+    "enqueue_kolibri_job",
+    "wait_for_job",
+    "wait_for_unfinished_stage_jobs",
+    "stage_jobs_of_sessions",
+]
+
+_TRANSFER_SESSIONS = "/api/morango/v1/transfersessions/"
+#: What a client with no facility data sends as its FSIC.
+EMPTY_FSIC = '{"super": {}, "sub": {}}'
+
+
+def new_server_sync_session(facility, client_instance_id):
+    """
+    Inside a server: a sync session as morango's server opens it, after the
+    certificate exchange, with a full-facility client.
+
+    :type facility: kolibri.core.auth.models.Facility
+    :param client_instance_id: The client's morango instance id; a client may
+        open many sync sessions
+    :rtype: morango.models.core.SyncSession
+    """
+    from django.utils import timezone
+    from morango.models.core import SyncSession
+
+    certificate = facility.dataset.get_root_certificate()
+    return SyncSession.objects.create(
+        id=uuid.uuid4().hex,
+        is_server=True,
+        active=True,
+        profile=certificate.profile,
+        client_certificate=certificate,
+        server_certificate=certificate,
+        connection_kind="network",
+        connection_path="http://127.0.0.1",
+        client_instance_id=client_instance_id,
+        last_activity_timestamp=timezone.now(),
+    )
+
+
+def open_sync_sessions(count, client_instance_id, facility_id=None):
+    """
+    Inside the server: open ``count`` sync sessions of one full-facility client.
+
+    :return: The sync session ids, and the filter a full-facility pull asks for
+    :rtype: dict
+    """
+    from kolibri.core.auth.models import Facility
+
+    facility = (
+        Facility.objects.get(id=facility_id)
+        if facility_id
+        else Facility.get_default_facility()
+    )
+    ids = [
+        new_server_sync_session(facility, client_instance_id).id for _ in range(count)
+    ]
+    return {
+        "sync_session_ids": ids,
+        "filter": facility.dataset.get_root_certificate().id,
+    }
+
+
+def ask_for_stages(base_url, sync_session_ids, sync_filter):
+    """
+    For each sync session, open a pull and ask the server to serialize it, as fast
+    as the server answers, advertising ``ASYNC_OPERATIONS`` as current clients do.
+
+    :return: For each pull: ``{"transfer_session_id", "status", "stage_status",
+        "detail"}`` of the serializing request
+    :rtype: list
+    """
+    import requests
+    from morango.constants.capabilities import ASYNC_OPERATIONS
+    from morango.constants.capabilities import FSIC_V2_FORMAT
+    from morango.utils import CAPABILITIES_CLIENT_HEADER
+
+    http = requests.Session()
+    http.headers[CAPABILITIES_CLIENT_HEADER] = " ".join(
+        (ASYNC_OPERATIONS, FSIC_V2_FORMAT)
+    )
+    url = base_url.rstrip("/") + _TRANSFER_SESSIONS
+    answers = []
+    for sync_session_id in sync_session_ids:
+        created = http.post(
+            url,
+            json={
+                "id": uuid.uuid4().hex,
+                "filter": sync_filter,
+                "push": False,
+                "sync_session_id": sync_session_id,
+                "client_fsic": EMPTY_FSIC,
+            },
+        )
+        created.raise_for_status()
+        transfer_session_id = created.json()["id"]
+        response = http.patch(
+            "{}{}/".format(url, transfer_session_id),
+            json={"transfer_stage": "serializing", "client_fsic": EMPTY_FSIC},
+        )
+        body = response.json() if response.content else {}
+        answers.append(
+            {
+                "transfer_session_id": transfer_session_id,
+                "status": response.status_code,
+                "stage_status": body.get("transfer_stage_status"),
+                "detail": body.get("detail"),
+            }
+        )
+    return answers
+
+
+@contextlib.contextmanager
+def holding_the_writers_turn(server):
+    """
+    Hold the plugin's writer lock of a SQLite ``server`` from the lab, so its stage
+    jobs wait for their turn: they pile up queued, as behind a long stage.
+
+    :type server: sync_lab.harness.instances.KolibriInstance
+    """
+    import fcntl
+
+    from kolibri_sync_extras_plugin.job.writer_turn import LOCK_FILE_NAME
+
+    with open(str(server.home / LOCK_FILE_NAME), "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def enqueue_kolibri_job():
+    """
+    Inside the server: queue one of Kolibri's own jobs, unrelated to syncing (the
+    clean-up of streamed content files).
+
+    :return: The job's id
+    :rtype: str
+    """
+    from kolibri.core.deviceadmin.tasks import streamed_cache_cleanup
+
+    return streamed_cache_cleanup.enqueue()
+
+
+def wait_for_job(job_id, wait, interval=0.25):
+    """
+    Inside the server: wait until the job has finished, ``wait`` seconds at most.
+
+    :return: The job's state at the end of the wait
+    :rtype: str
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    deadline = time.monotonic() + wait
+    while True:
+        state = job_storage.get_orm_job(job_id).state
+        if state in ("COMPLETED", "FAILED", "CANCELED") or time.monotonic() > deadline:
+            return state
+        time.sleep(interval)
+
+
+def wait_for_unfinished_stage_jobs(count, wait, interval=0.25):
+    """
+    Inside the server: wait until at least ``count`` stage jobs wait or run.
+
+    :return: The client instance id of each unfinished stage job
+    :rtype: list
+    """
+    from kolibri_sync_extras_plugin.request.limits import unfinished_stage_jobs
+
+    deadline = time.monotonic() + wait
+    while True:
+        jobs = unfinished_stage_jobs()
+        if len(jobs) >= count or time.monotonic() > deadline:
+            return [
+                (job.extra_metadata or {}).get("client_instance_id") for job in jobs
+            ]
+        time.sleep(interval)
+
+
+def stage_jobs_of_sessions(wait=0, interval=0.5):
+    """
+    Inside the server: how many stage jobs belong to closed (or deleted) transfer
+    sessions and how many to open ones, after waiting up to ``wait`` seconds for
+    the closed sessions' jobs to be cleared.
+
+    :rtype: dict
+    """
+    from kolibri.core.tasks.main import job_storage
+    from morango.models.core import TransferSession
+
+    from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
+
+    deadline = time.monotonic() + wait
+    while True:
+        jobs = job_storage.filter_jobs(func=RUN_STAGE_TASK)
+        ids = {job.kwargs.get("transfer_session_id") for job in jobs}
+        open_ids = set(
+            TransferSession.objects.filter(id__in=ids, active=True).values_list(
+                "id", flat=True
+            )
+        )
+        of_open = [j for j in jobs if j.kwargs.get("transfer_session_id") in open_ids]
+        counts = {"closed": len(jobs) - len(of_open), "open": len(of_open)}
+        if not counts["closed"] or time.monotonic() > deadline:
+            return counts
+        time.sleep(interval)

@@ -1,0 +1,248 @@
+"""
+Small background stages run in the request that asks for them, so a small sync
+waits no polling interval; larger ones still go to a job.
+"""
+
+import time
+
+import pytest
+from django.db import IntegrityError
+from django.db import OperationalError
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+from morango.models.core import TransferSession
+
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
+from kolibri_sync_extras_plugin.request.inline import estimated_stage_records
+
+from ..helpers.constants import ALL_DATABASES
+from ..helpers.constants import EMPTY_FSIC
+from ..helpers.jobs import no_stage_jobs_after
+from ..helpers.jobs import queued_stage_jobs
+from ..helpers.jobs import run_stage_jobs
+from ..helpers.jobs import stage_jobs
+from ..helpers.options import sync_options
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+
+#: Far above the suite's facility (about 30 records), far below a large one.
+GENEROUS = 500
+
+
+def _pull_to_serializing(client, sync_session):
+    transfer = client.create(sync_session, push=False)
+    return transfer, client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+    )
+
+
+def test_pull_serializing__tiny_stage__answered_completed_by_the_request_itself(
+    background_everything, async_client, server_sync_session
+):
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    # the client has its answer without sleeping before a poll
+    assert response["transfer_stage"] == transfer_stages.SERIALIZING
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert (
+        server_sync_session.server_certificate.get_root().id in response["server_fsic"]
+    )
+    assert no_stage_jobs_after()
+
+
+def test_pull_serializing__stage_above_the_threshold__still_runs_in_a_job(
+    background_everything, async_client, server_sync_session
+):
+    with sync_options(INLINE_STAGE_RECORDS=1):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.SERIALIZING
+
+
+def test_pull__tiny_stages__whole_initialization_inline_and_records_queued(
+    background_everything, async_client, server_sync_session
+):
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, _ = _pull_to_serializing(async_client, server_sync_session)
+        response = async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    assert response["transfer_stage"] == transfer_stages.QUEUING
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert response["records_total"] >= 27
+    assert no_stage_jobs_after()
+
+
+def test_pull_queuing__inline_stage_fails__error_reaches_the_client(
+    background_everything, async_client, server_sync_session
+):
+    transfer = async_client.create(server_sync_session, push=False)
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        # a client_fsic that is not JSON makes queuing raise
+        async_client.proceed_to(
+            transfer["id"], transfer_stages.SERIALIZING, client_fsic="not json"
+        )
+        response = async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    assert response["transfer_stage"] == transfer_stages.QUEUING
+    assert response["transfer_stage_status"] == transfer_statuses.ERRORED
+    assert no_stage_jobs_after()
+
+
+def test_push_deserializing__tiny_push__deserialized_in_the_request(
+    pushed_learner_edits, async_client
+):
+    run_stage_jobs()  # the fixture's dequeuing, in a job
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        response = async_client.proceed_to(
+            pushed_learner_edits["id"], transfer_stages.DESERIALIZING
+        )
+
+    assert response["transfer_stage"] == transfer_stages.DESERIALIZING
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    time.sleep(1)  # a job would be enqueued once the request had finished
+    assert [job.kwargs["stage"] for job in stage_jobs()] == [transfer_stages.DEQUEUING]
+
+
+def test_push_cleanup__tiny_push__still_runs_in_a_job(
+    pushed_learner_edits, async_client
+):
+    # the client never waits for cleanup, so a job costs it nothing
+    run_stage_jobs()  # the fixture's dequeuing, in a job
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        async_client.proceed_to(
+            pushed_learner_edits["id"], transfer_stages.DESERIALIZING
+        )
+        async_client.close(pushed_learner_edits["id"])
+
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.CLEANUP
+
+
+def test_estimated_stage_records__push__counts_what_was_transferred(
+    pushed_learner_edits,
+):
+    from morango.sync.context import LocalSessionContext
+
+    transfer_session = TransferSession.objects.get(id=pushed_learner_edits["id"])
+    context = LocalSessionContext(transfer_session=transfer_session)
+
+    assert context.stage == transfer_stages.DEQUEUING
+    assert estimated_stage_records(context) == transfer_session.records_transferred
+    assert transfer_session.records_transferred == 12
+
+
+def test_pull_queuing__cheap_records__inline_where_serializing_as_many_is_not(
+    background_everything, async_client, server_sync_session
+):
+    # the facility's ~30 records weigh 4 deserialized records when serialized, and
+    # less than one when queued
+    with sync_options(INLINE_STAGE_RECORDS=1):
+        transfer, serializing = _pull_to_serializing(async_client, server_sync_session)
+        run_stage_jobs()
+        queuing = async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    assert serializing["transfer_stage_status"] == transfer_statuses.STARTED
+    assert queuing["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert queuing["records_total"] >= 27
+    time.sleep(1)  # a job would be enqueued once the request had finished
+    assert [job.kwargs["stage"] for job in stage_jobs()] == [
+        transfer_stages.SERIALIZING
+    ]
+
+
+def test_inline_stage_records__zero__every_configured_stage_goes_to_a_job(
+    background_everything, async_client, server_sync_session
+):
+    with sync_options(INLINE_STAGE_RECORDS=0):
+        _, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    assert len(queued_stage_jobs()) == 1
+
+
+def _unique_violation_on_postgresql():
+    """What a second serialization meets on PostgreSQL when a concurrent one has
+    just committed the same store records: Django's error, psycopg2's as its cause."""
+    from psycopg2.errors import UniqueViolation
+
+    message = 'duplicate key value violates unique constraint "morango_store_pkey"'
+    error = IntegrityError(message)
+    error.__cause__ = UniqueViolation(message)
+    return error
+
+
+@pytest.fixture
+def serializing_meets_once(monkeypatch):
+    """
+    The stage's serialization (in pieces, or morango's own where the pieces do not
+    mirror morango), whose next run meets ``error`` before writing.
+    """
+    from morango.sync import operations as morango_operations
+
+    from kolibri_sync_extras_plugin.piecewise import operations
+
+    if supports_installed_morango():
+        module, name = operations, "serialize_in_pieces"
+    else:
+        module, name = morango_operations, "_serialize_into_store"
+
+    def install(error):
+        serialize = getattr(module, name)
+        calls = []
+
+        def meets_error_once(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise error
+            return serialize(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, meets_error_once)
+        return calls
+
+    return install
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(
+            _unique_violation_on_postgresql(), id="postgresql-concurrent-insert"
+        ),
+        pytest.param(OperationalError("database is locked"), id="sqlite-busy"),
+    ],
+)
+def test_pull_serializing__tiny_stage_meets_another_writer__goes_to_a_job(
+    background_everything,
+    async_client,
+    server_sync_session,
+    serializing_meets_once,
+    error,
+):
+    calls = serializing_meets_once(error)
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert len(calls) == 1
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = run_stage_jobs()
+    assert job.state == "COMPLETED"
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+def test_pull_serializing__tiny_stage_meets_a_real_error__errored_in_the_request(
+    background_everything, async_client, server_sync_session, serializing_meets_once
+):
+    # on SQLite a unique violation is a real one, not another writer's
+    serializing_meets_once(IntegrityError("UNIQUE constraint failed: morango_store.id"))
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.ERRORED
+    assert no_stage_jobs_after()

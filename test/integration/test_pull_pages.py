@@ -1,0 +1,231 @@
+"""
+A pulling client known to accept larger pages gets them, and ends with exactly the
+server's records; any other client gets the page size it asked for. A stock
+client's whole pull, against a real server, is in
+``test/e2e/test_pull_pages_stock_client.py``.
+"""
+
+import json
+import threading
+from contextlib import contextmanager
+from urllib.parse import parse_qs
+from urllib.parse import urlparse
+
+import pytest
+from django.core.signals import request_finished
+from django.core.signals import request_started
+from morango.constants import transfer_stages
+
+from kolibri_sync_extras_plugin.request.pull_pages import accepts_larger_pages
+from kolibri_sync_extras_plugin.request.pull_pages import pages_in_flight
+
+from ..helpers.constants import ALL_DATABASES
+from ..helpers.constants import EMPTY_FSIC
+from ..helpers.morango_client import BUFFERS_PATH
+from ..helpers.options import sync_options
+
+#: What the client asks for per page in these tests, and what the server sends.
+ASKED = 5
+PAGE = 20
+
+
+@pytest.mark.parametrize(
+    "kolibri_version, accepted",
+    [
+        ("0.19.5", True),
+        ("0.19.0b3", True),
+        ("0.20.1", True),
+        ("1.0.0", True),
+        ("0.18.3", False),
+        ("0.15.12", False),
+        (None, False),
+        ("unknown", False),
+    ],
+)
+def test_accepts_larger_pages__by_the_clients_kolibri_version(
+    kolibri_version, accepted
+):
+    instance = {"id": "c0ffee"}
+    if kolibri_version is not None:
+        instance["kolibri"] = kolibri_version
+    assert accepts_larger_pages(instance) is accepted
+
+
+def test_accepts_larger_pages__no_instance_info__refused():
+    assert accepts_larger_pages(None) is False
+
+
+@pytest.fixture
+def queued_pull(async_client, server_sync_session):
+    """
+    A pull of the facility, queued on the server (stages in the requests), whose
+    client said at the start of its sync session that it runs ``kolibri_version``.
+    """
+
+    def queue(kolibri_version):
+        server_sync_session.client_instance_json = json.dumps(
+            {
+                "id": server_sync_session.client_instance_id.hex,
+                "kolibri": kolibri_version,
+            }
+        )
+        server_sync_session.save(update_fields=["client_instance_json"])
+        pull = async_client.create(server_sync_session, push=False)
+        async_client.proceed_to(
+            pull["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+        )
+        queued = async_client.proceed_to(pull["id"], transfer_stages.QUEUING)
+        assert queued["records_total"] > PAGE
+        return pull["id"]
+
+    return queue
+
+
+def _page(client, transfer_session_id, limit, offset=0):
+    response = client.client.get(
+        BUFFERS_PATH,
+        {"limit": limit, "offset": offset, "transfer_session_id": transfer_session_id},
+        **client.extra,
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_known_to_accept__gets_the_configured_page(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE
+    # the link to the next page agrees with the page sent
+    assert parse_qs(urlparse(page["next"]).query)["offset"] == [str(PAGE)]
+
+
+@contextmanager
+def other_pages_in_flight(count):
+    """
+    ``count`` other request threads answering pull pages meanwhile: each has
+    started its page (as Django's handler signals it) and not finished it. They
+    ask for pages as large as the configured size, so they never look anything up.
+    """
+    started = threading.Semaphore(0)
+    release = threading.Event()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": BUFFERS_PATH,
+        "QUERY_STRING": "limit=5000&offset=0&transfer_session_id=" + "a" * 32,
+    }
+
+    def answer_a_page():
+        request_started.send(sender=None, environ=dict(environ))
+        started.release()
+        release.wait(30)
+        request_finished.send(sender=None)
+
+    threads = [threading.Thread(target=answer_a_page) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert started.acquire(timeout=30)
+    try:
+        yield
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__other_pages_in_flight__shares_the_configured_page(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(1):
+        assert pages_in_flight() == 1
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE // 2
+    assert pages_in_flight() == 0
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__many_pages_in_flight__never_fewer_than_asked(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(7):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__after_the_other_pages_finish__gets_the_whole_page_again(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(3):
+        pass
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_not_known_to_accept__gets_what_it_asked_for(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.18.3")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__page_size_zero__client_gets_what_it_asked_for(
+    queued_pull, async_client
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=0):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__client_asks_for_more__never_gets_fewer(queued_pull, async_client):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=ASKED):
+        page = _page(async_client, transfer_session_id, PAGE)
+
+    assert len(page["results"]) == PAGE
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_pages__offsets_of_the_records_received__cover_every_record_once(
+    queued_pull, async_client
+):
+    # the client's way: ask at the offset of what it has received so far
+    transfer_session_id = queued_pull("0.19.5")
+    received = []
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        while True:
+            page = _page(async_client, transfer_session_id, ASKED, len(received))
+            if not page["results"]:
+                break
+            received.extend(record["model_uuid"] for record in page["results"])
+
+    assert len(received) == page["count"]
+    assert len(set(received)) == len(received)

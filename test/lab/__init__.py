@@ -1,0 +1,1 @@
+"""Tests of the lab itself (``sync_lab``): its checks, reports, proxy and demo."""

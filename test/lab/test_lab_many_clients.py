@@ -1,0 +1,166 @@
+"""
+How the demo's many-clients mode judges a run: its data checks and its report.
+"""
+
+from sync_lab.bench.many_clients import ManyClientsRun
+from sync_lab.bench.many_clients import render_many_clients
+from sync_lab.harness.checks import Differences
+from sync_lab.harness.dataset import COUNTED
+from sync_lab.harness.instances import CommandResult
+from sync_lab.harness.proxy import Exchange
+
+CREATED = {
+    "users": 10,
+    "memberships": 10,
+    "summary_logs": 40,
+    "session_logs": 80,
+    "total": 140,
+}
+
+
+def _sync(returncode=0, duration=30.0):
+    return CommandResult(["sync"], returncode, duration, "")
+
+
+def _state(counts, jobs=()):
+    return {
+        "counts": counts,
+        "duplicates": {kind: 0 for kind in ("users", "memberships")},
+        "open_transfer_sessions": [],
+        "undeserialized": 0,
+        "jobs": list(jobs),
+    }
+
+
+def _client_counts():
+    """A client that pulled a facility of 100 learners and added its own."""
+    counts = {kind: 1000 for kind in COUNTED}
+    counts.update(classrooms=2)
+    for kind, key in (
+        ("users", "users"),
+        ("memberships", "memberships"),
+        ("summary_logs", "summary_logs"),
+        ("session_logs", "session_logs"),
+        ("store", "total"),
+    ):
+        counts[kind] += CREATED[key]
+    return counts
+
+
+def _clean_run(clients=2):
+    run = ManyClientsRun("on", "sqlite", clients)
+    run.pulls = [_sync() for _ in range(clients)]
+    run.pushes = [_sync() for _ in range(clients)]
+    run.created = [dict(CREATED) for _ in range(clients)]
+    run.client_states = [_state(_client_counts()) for _ in range(clients)]
+    server = {kind: value for kind, value in _client_counts().items()}
+    for kind, key in (
+        ("users", "users"),
+        ("memberships", "memberships"),
+        ("summary_logs", "summary_logs"),
+        ("session_logs", "session_logs"),
+        ("store", "total"),
+    ):
+        server[kind] += CREATED[key] * (clients - 1)
+    run.server_state = _state(
+        server, jobs=[{"stage": "cleanup", "job_state": "COMPLETED"}]
+    )
+    exchange = Exchange("PATCH", "/api/morango/v1/transfersessions/abc/", 0.0)
+    exchange.duration = 0.4
+    exchange.status = 200
+    run.push_exchanges = [exchange]
+    return run
+
+
+def test_many_clients_run__every_client_counted__passes():
+    run = _clean_run()
+
+    assert run.ok, run.checks()
+
+
+def test_many_clients_run__server_missing_one_clients_logs__fails():
+    run = _clean_run()
+    run.server_state["counts"]["session_logs"] -= 1
+
+    failed = [what for what, passed, _ in run.checks() if not passed]
+
+    assert failed == ["server holds every client's records and its own"]
+
+
+def test_many_clients_run__one_push_failed__fails_naming_the_client():
+    run = _clean_run()
+    run.pushes[1] = _sync(returncode=1)
+
+    [(what, detail)] = [(w, d) for w, passed, d in run.checks() if not passed]
+
+    assert (what, detail) == ("every push completed", "client-1")
+
+
+def test_many_clients_run__unfinished_stage_job__fails():
+    run = _clean_run()
+    run.server_state["jobs"].append({"stage": "deserializing", "job_state": "QUEUED"})
+
+    assert not run.ok
+
+
+CHURN_REPORT = {
+    "writes": {"learner_renames": 30, "log_updates": 50},
+    "total": 80,
+    "errors": {},
+    "error_messages": [],
+    "seconds": 4.0,
+    "rate": 20.0,
+    "target_rate": 20.0,
+}
+
+
+def _churned_run(clients=2):
+    """A clean run with the server's users writing: every count moved."""
+    run = _clean_run(clients)
+    run.churn_rate = 20.0
+    run.churn = dict(CHURN_REPORT)
+    run.final_syncs = [_sync() for _ in range(clients)]
+    run.server_state["counts"]["session_logs"] += 37
+    run.server_records = 900
+    run.server_dirty = 0
+    run.differences = [Differences(0, []) for _ in range(clients)]
+    return run
+
+
+def test_many_clients_run__churn_and_same_data_everywhere__passes():
+    run = _churned_run()
+
+    assert run.ok, run.checks()
+
+
+def test_many_clients_run__churn_and_one_client_differs__fails_naming_it():
+    run = _churned_run()
+    run.differences[1] = Differences(1, ["facilityuser u1: only on the server"])
+
+    [(what, detail)] = [(w, d) for w, passed, d in run.checks() if not passed]
+
+    assert what == "every client holds the server's data, record by record"
+    assert detail.startswith("client-1: 1 records differ")
+
+
+def test_many_clients_run__churn_and_a_failed_last_sync__fails():
+    run = _churned_run()
+    run.final_syncs[0] = _sync(returncode=1)
+
+    failed = [what for what, passed, _ in run.checks() if not passed]
+
+    assert failed == ["every sync after the churn completed"]
+
+
+def test_render__churn__syncs_same_data_and_rate_in_the_summary():
+    text = render_many_clients([_churned_run()])
+
+    assert "churn: 80 writes in 4 s, 20.0/s of 20 aimed at" in text
+    assert text.rstrip().endswith("6/6       2/2        20 of 20      pass")
+
+
+def test_render__summary_line__longest_request_and_verdict():
+    text = render_many_clients([_clean_run()])
+
+    assert "2        sqlite      on      0.400 s" in text
+    assert text.rstrip().endswith("pass")

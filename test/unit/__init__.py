@@ -1,0 +1,1 @@
+"""In-process tests of pure code: no database, no Kolibri process."""
