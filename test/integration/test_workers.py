@@ -4,6 +4,10 @@ same pid namespace, and the pid gone or reused. A worker in a container of its o
 (a pid namespace of its own, maybe the same host name) is never called dead.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_statuses
@@ -73,3 +77,38 @@ def test_job_running_in_own_pid_namespace_same_host_name__client_polls__still_st
 
     assert polled["transfer_stage_status"] == transfer_statuses.STARTED
     assert job_storage.get_orm_job(job.job_id).state == "RUNNING"
+
+
+@pytest.fixture
+def proc_stat_unreadable(monkeypatch):
+    """``/proc/<pid>/stat`` of other processes cannot be read (``hidepid``, users)."""
+    from kolibri_sync_extras_plugin.job import worker_identity
+
+    read = worker_identity._read
+    own = "/proc/{}/stat".format(os.getpid())
+
+    def unreadable_stat(path):
+        if path.endswith("/stat") and path != own:
+            return None
+        return read(path)
+
+    monkeypatch.setattr(worker_identity, "_read", unreadable_stat)
+
+
+def test_is_gone__live_process_whose_proc_entry_cannot_be_read__not_gone(
+    proc_stat_unreadable,
+):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        identity = dict(live_identity(), pid=child.pid, start_time=1)
+
+        assert not is_gone(identity)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_is_gone__ended_process_whose_proc_entry_cannot_be_read__gone(
+    proc_stat_unreadable,
+):
+    assert is_gone(ended_process_identity())
