@@ -25,6 +25,8 @@ __all__ = [
     "MAX_PULL_PAGE_SIZE",
     "get_inline_stage_records",
     "get_pull_page_size",
+    "MAX_STAGE_JOB_START_TIMEOUT",
+    "get_stage_job_start_timeout",
     "validate_sync_options",
 ]
 
@@ -36,6 +38,9 @@ MAX_INLINE_STAGE_RECORDS = 1000
 #: The largest pull page the server builds: a page is held whole in memory, as
 #: model rows and as JSON (about 1 KB per record), while it is answered.
 MAX_PULL_PAGE_SIZE = 5000
+
+#: The longest a stage job may wait for its first worker, in seconds: a day.
+MAX_STAGE_JOB_START_TIMEOUT = 86400
 
 #: Stages the server runs before sending data, when a client pulls (server = producer).
 INITIALIZATION_STAGES = (transfer_stages.SERIALIZING, transfer_stages.QUEUING)
@@ -248,6 +253,21 @@ def get_pull_page_size(options=None):
     return _whole_number(options, "PULL_PAGE_SIZE", 0, MAX_PULL_PAGE_SIZE)
 
 
+def get_stage_job_start_timeout(options=None):
+    """
+    How long a stage job may wait for its first worker while no stage job runs,
+    before the stage is ended as errored (see :mod:`.request.poll`).
+
+    :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
+    :rtype: int
+    :raises InvalidSyncOption: for a value outside 10 to
+        :data:`MAX_STAGE_JOB_START_TIMEOUT`
+    """
+    return _whole_number(
+        options, "STAGE_JOB_START_TIMEOUT", 10, MAX_STAGE_JOB_START_TIMEOUT
+    )
+
+
 def validate_sync_options(options=None):
     """
     Read every ``[Sync]`` option once, so a bad value stops Kolibri at start-up with
@@ -260,3 +280,4 @@ def validate_sync_options(options=None):
     get_retention_settings(options)
     get_inline_stage_records(options)
     get_pull_page_size(options)
+    get_stage_job_start_timeout(options)

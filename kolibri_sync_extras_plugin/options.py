@@ -90,6 +90,17 @@ option_spec = {
                 their retention.
             """,
         },
+        "STAGE_JOB_START_TIMEOUT": {
+            "type": "integer",
+            "default": 300,
+            "envvars": ("KOLIBRI_SYNC_STAGE_JOB_START_TIMEOUT",),
+            "description": """
+                Seconds a stage job may wait for its first worker while no stage job
+                runs on the server; past it the client's next poll ends the stage as
+                errored, saying that no background worker is running, instead of
+                polling for ever.
+            """,
+        },
         "INLINE_STAGE_RECORDS": {
             "type": "integer",
             "default": 100,

@@ -30,6 +30,7 @@ __all__ = [
     "SYNC_EXTRAS_QUEUE",
     "RUN_STAGE_TASK",
     "FINISHED_JOB_STATES",
+    "FIRST_ENQUEUED_KEY",
     "job_id_for",
     "ran_result",
     "not_run_result",
@@ -40,6 +41,7 @@ __all__ = [
     "complete_stage",
     "error_stage",
     "error_held_stages",
+    "error_unstarted_stage",
     "settle_for_job_state",
     "settle_from_completed_job",
     "settle_from_job",
@@ -60,6 +62,10 @@ RESULT_WAITING = "waiting"
 RESULT_REASON = "reason"
 RESULT_DURATION = "duration"
 RESULT_RECORDS = "records"
+
+#: The job metadata that keeps when a waiting job was first enqueued: each retry
+#: moves the job's scheduled time, which the status command counts its age from.
+FIRST_ENQUEUED_KEY = "first_enqueued_at"
 
 #: Job states after which the job will not touch the stage again.
 FINISHED_JOB_STATES = frozenset((State.COMPLETED, State.FAILED, State.CANCELED))
@@ -260,6 +266,30 @@ def settle_from_completed_job(transfer_session_id, stage, job_id, result):
         stage_status,
     )
     return stage_status
+
+
+def error_unstarted_stage(transfer_session_id, stage, job_id, waited_seconds):
+    """
+    End a stage whose job no worker picked up within the bound
+    (``STAGE_JOB_START_TIMEOUT``), saying what to start, so its client stops
+    instead of polling for ever.
+
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    if not error_stage(transfer_session_id, stage):
+        return None
+    logger.error(
+        "Stage %s of transfer session %s is errored: its job %s waited %d s and no "
+        "background worker picked it up, nor any other stage job. Start Kolibri's "
+        "workers (`kolibri start`, or `kolibri services` beside a separate web "
+        "server) so background stages run; the client syncs again later.",
+        stage,
+        transfer_session_id,
+        job_id,
+        waited_seconds,
+    )
+    return transfer_statuses.ERRORED
 
 
 def settle_from_job(job, job_state):

@@ -11,16 +11,20 @@ from collections import namedtuple
 
 from django.utils import timezone
 from kolibri.core.tasks.job import Job
+from kolibri.core.tasks.job import State
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from ..compat import job_rows
 from ..compat import parse_time
+from ..config import get_stage_job_start_timeout
 from ..job.task_list import describe_job
-from ..job.writer_turn import FIRST_ENQUEUED_KEY
 from ..request.poll import MISSING_JOB_GRACE_SECONDS
+from ..request.poll import never_picked_up
+from ..request.poll import stage_job_running
 from ..request.poll import worker_is_gone
 from ..stage_status import FINISHED_JOB_STATES
+from ..stage_status import FIRST_ENQUEUED_KEY
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
 from ..stage_status import job_id_for
@@ -139,6 +143,17 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
         return ERRORED, detail
     if worker_is_gone(orm_job):
         return STUCK, "worker process {} is gone".format(orm_job.worker_process)
+    if (
+        job.state == State.QUEUED
+        and age is not None
+        and age > get_stage_job_start_timeout()
+        and never_picked_up(orm_job)
+        and not stage_job_running()
+    ):
+        return STUCK, (
+            "no background worker has taken a stage job for {:.0f}s: start "
+            "Kolibri's workers (kolibri start, or kolibri services)".format(age)
+        )
     if age is not None and age > stuck_after:
         return STUCK, "job {} for {:.0f}s, over {:.0f}s".format(
             job.state, age, stuck_after

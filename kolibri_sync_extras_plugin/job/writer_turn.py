@@ -22,6 +22,7 @@ import threading
 from datetime import timedelta
 
 from ..compat import aware_utc
+from ..stage_status import FIRST_ENQUEUED_KEY
 from ..stage_status import waiting_result
 
 logger = logging.getLogger(__name__)
@@ -100,11 +101,6 @@ def writer_turn():
         return
     with _file_turn() if fcntl is not None else _thread_turn() as turn:
         yield turn
-
-
-#: The job metadata that keeps when a waiting job was first enqueued: each retry
-#: moves the job's scheduled time, which the status command counts its age from.
-FIRST_ENQUEUED_KEY = "first_enqueued_at"
 
 
 def _remember_first_enqueued(job):

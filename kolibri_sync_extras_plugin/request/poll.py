@@ -15,9 +15,16 @@ from kolibri.core.tasks.exceptions import JobNotFound
 from kolibri.core.tasks.job import Job
 from kolibri.core.tasks.job import State
 
+from ..compat import aware_utc
+from ..compat import jobs_in_states
+from ..config import get_stage_job_start_timeout
 from ..errors import WorkerGone
 from ..job.worker_identity import identity_of
 from ..job.worker_identity import is_gone
+from ..stage_status import FIRST_ENQUEUED_KEY
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import error_unstarted_stage
 from ..stage_status import held_stage
 from ..stage_status import job_id_for
 from ..stage_status import settle_for_job_state
@@ -29,6 +36,8 @@ __all__ = [
     "MISSING_JOB_GRACE_SECONDS",
     "worker_is_gone",
     "check_background_stage",
+    "never_picked_up",
+    "stage_job_running",
 ]
 
 #: How long a stage may show STARTED with no job in job storage before it errors:
@@ -64,6 +73,9 @@ def check_background_stage(transfer_session_id):
     - the job is RUNNING in a worker process that certainly no longer exists (see
       :func:`worker_is_gone`): the job is marked FAILED, so it is not requeued
       behind the client's back,
+    - the job is still QUEUED, no worker ever picked it up, no other stage job
+      runs, and it has waited longer than ``STAGE_JOB_START_TIMEOUT`` (see
+      :func:`_settle_if_no_worker`),
     - the job COMPLETED but the stage still shows STARTED (see
       :func:`~kolibri_sync_extras_plugin.stage_status.settle_from_completed_job`).
 
@@ -99,7 +111,55 @@ def check_background_stage(transfer_session_id):
             job_state = State.FAILED
         else:
             job_state = orm_job.state
+        if job_state == State.QUEUED:
+            return _settle_if_no_worker(transfer_session_id, stage, orm_job)
         if job_state == State.COMPLETED:
             result = Job.from_json(orm_job.saved_job).result
             return settle_from_completed_job(transfer_session_id, stage, job_id, result)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
+
+
+def never_picked_up(orm_job):
+    """
+    Whether no worker has taken the job yet: it records no worker, and it never
+    gave a worker back to wait for its writer's turn.
+    """
+    if identity_of(orm_job.worker_extra) is not None:
+        return False
+    metadata = Job.from_json(orm_job.saved_job).extra_metadata or {}
+    return not metadata.get(FIRST_ENQUEUED_KEY)
+
+
+def stage_job_running():
+    """Whether a worker is running any stage job now."""
+    return bool(
+        jobs_in_states([State.RUNNING], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
+    )
+
+
+def _settle_if_no_worker(transfer_session_id, stage, orm_job):
+    """
+    A stage job that waits for its first worker past ``STAGE_JOB_START_TIMEOUT``
+    while no stage job runs on the server waits for workers that are not there
+    (the web server runs without ``kolibri services``, the workers crashed):
+    the job is cancelled, so it counts against no cap and never runs late, and
+    the stage is ended as errored with what to start. A job queued behind others
+    that a worker is running waits on.
+
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    enqueued = aware_utc(orm_job.scheduled_time)
+    if enqueued is None:
+        return None
+    waited = (timezone.now() - enqueued).total_seconds()
+    if waited < get_stage_job_start_timeout():
+        return None
+    if not never_picked_up(orm_job) or stage_job_running():
+        return None
+    status = error_unstarted_stage(transfer_session_id, stage, orm_job.id, waited)
+    if status is not None:
+        job_storage.mark_job_as_canceled(orm_job.id)
+    return status

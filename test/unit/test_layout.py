@@ -114,7 +114,13 @@ def _reachable(graph, start):
 #: What runs a stage in a job: the request side only holds a stage and enqueues.
 JOB_RUN_PATH = frozenset(
     "{}.{}".format(PACKAGE, name)
-    for name in ("tasks", "job.run", "job.controller", "job.progress")
+    for name in (
+        "tasks",
+        "job.run",
+        "job.controller",
+        "job.progress",
+        "job.writer_turn",
+    )
 )
 
 
