@@ -9,6 +9,7 @@ from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.decorators import register_task
 from kolibri.core.tasks.job import JobStatus
 from kolibri.core.tasks.permissions import IsAdminForJob
+from kolibri.core.tasks.permissions import IsSuperAdmin
 
 from .admin.retention import RETENTION_JOB_ID
 from .admin.retention import RETENTION_QUEUE
@@ -61,7 +62,12 @@ def run_background_stage(
 
 
 @register_task(
-    job_id=RETENTION_JOB_ID, queue=RETENTION_QUEUE, priority=Priority.REGULAR
+    job_id=RETENTION_JOB_ID,
+    queue=RETENTION_QUEUE,
+    priority=Priority.REGULAR,
+    # a task with no permission classes is open to every signed-in user of the
+    # tasks API, who could reschedule it to the year 9999: only superusers may
+    permission_classes=[IsSuperAdmin],
 )
 def clear_finished_stage_jobs():
     """Clear finished stage jobs past their retention (see :mod:`.admin.retention`)."""

@@ -22,6 +22,7 @@ from kolibri.core.tasks.exceptions import JobRunning
 from kolibri.core.tasks.job import State
 from morango.models.core import TransferSession
 
+from ..compat import aware_utc
 from ..compat import job_rows
 from ..compat import jobs_in_states
 from ..compat import parse_time
@@ -141,6 +142,7 @@ def schedule_retention(clear_finished_stage_jobs):
         orm_job is not None
         and orm_job.interval == interval
         and orm_job.func == clear_finished_stage_jobs.func_string
+        and not _put_off(orm_job, interval)
     ):
         return
     # scheduled anew: missing, at another interval, or stored under the task's
@@ -153,6 +155,17 @@ def schedule_retention(clear_finished_stage_jobs):
     except JobRunning:
         # it is clearing right now; its next run is scheduled when it ends
         pass
+
+
+def _put_off(orm_job, interval):
+    """
+    Whether the clearing job's next run was moved further off than its interval
+    (through the tasks API, say), which would stop clearing until then.
+    """
+    scheduled = aware_utc(orm_job.scheduled_time)
+    if scheduled is None:
+        return False
+    return scheduled > timezone.now() + timedelta(seconds=interval + 60)
 
 
 def _clear_job_under_old_id(job_storage):
