@@ -10,6 +10,11 @@ the stage is refused instead of queued: it ends ERRORED, the server logs why, an
 the client's request fails with HTTP 503 whose detail, and status line, name the
 cap.
 
+The closing ``cleanup`` of a push is never refused: the push's data is applied by
+then, and a refusal would leave the client reporting a failed sync and Kolibri's
+post-sync work undone. It still counts, and is counted, like any stage job; the
+stages before it were capped already.
+
 A stage that passes is enqueued only when its request ends (see
 :mod:`.hooks`), so until then it holds a place of its own: a
 reservation in this process, counted with the jobs in job storage. Requests of
@@ -21,6 +26,7 @@ import logging
 import threading
 
 from kolibri.core.tasks.job import State
+from morango.constants import transfer_stages
 
 from ..compat import jobs_in_states
 from ..config import FINALIZATION_STAGES
@@ -131,6 +137,10 @@ def refuse_stage_over_limits(context):
     own_job_id = job_id_for(context.transfer_session.id, context.stage)
     client = _client_instance_id(context)
     with _reservations_lock:
+        if context.stage == transfer_stages.CLEANUP:
+            # never refused: the data is in (see the module's docstring)
+            _reserved[own_job_id] = client
+            return
         clients_by_job = {
             job.job_id: (job.extra_metadata or {}).get("client_instance_id")
             for job in unfinished_stage_jobs()

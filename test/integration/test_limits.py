@@ -205,3 +205,27 @@ def test_per_client_cap__accepted_stage__reservation_ends_when_its_job_is_queued
     assert queued_stage_jobs(expected=1)[0].job_id == job_id_for(
         transfer_id, transfer_stages.SERIALIZING
     )
+
+
+def test_per_client_cap__push_cleanup_past_it__never_refused(
+    client_at_its_cap, async_client, facility
+):
+    # the push's data is applied: refusing its cleanup would fail a complete sync
+    sync_session = new_server_sync_session(facility, CLIENT)
+    transfer = async_client.create(sync_session, push=True)
+    TransferSession.objects.filter(id=transfer["id"]).update(
+        transfer_stage=transfer_stages.DESERIALIZING,
+        transfer_stage_status=transfer_statuses.COMPLETED,
+    )
+
+    response = async_client.client.delete(
+        async_client._url(transfer["id"]), **async_client.extra
+    )
+
+    assert response.status_code == 204, response.content
+    cleanup = [
+        job
+        for job in queued_stage_jobs(expected=3)
+        if job.kwargs["stage"] == transfer_stages.CLEANUP
+    ]
+    assert len(cleanup) == 1
