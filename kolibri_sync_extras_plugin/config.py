@@ -171,12 +171,16 @@ def _sync_section(options):
     return options[SECTION]
 
 
-def _whole_number(options, option, minimum, maximum=None):
+def _whole_number(options, option):
     """
-    :return: The option's value, a whole number from ``minimum`` (to ``maximum``)
+    :return: The option's value, a whole number within the ``range`` its spec
+        declares (see :mod:`.options`)
     :rtype: int
     :raises InvalidSyncOption: naming the option, its value and what is allowed
     """
+    from .options import option_spec
+
+    minimum, maximum = option_spec[SECTION][option]["range"]
     raw_value = _sync_section(options)[option]
     try:
         # a quoted value in options.ini, or an environment variable, arrives as text
@@ -209,8 +213,8 @@ def get_stage_job_limits(options=None):
     :raises InvalidSyncOption: when a cap is not a whole number of 1 or more
     """
     return StageJobLimits(
-        per_client=_whole_number(options, "MAX_STAGE_JOBS_PER_CLIENT", 1),
-        total=_whole_number(options, "MAX_STAGE_JOBS", 1),
+        per_client=_whole_number(options, "MAX_STAGE_JOBS_PER_CLIENT"),
+        total=_whole_number(options, "MAX_STAGE_JOBS"),
     )
 
 
@@ -223,9 +227,9 @@ def get_retention_settings(options=None):
     :raises InvalidSyncOption: when a period is negative, or the interval below 1
     """
     return RetentionSettings(
-        completed_seconds=_whole_number(options, "COMPLETED_STAGE_JOB_RETENTION", 0),
-        failed_seconds=_whole_number(options, "FAILED_STAGE_JOB_RETENTION", 0),
-        interval_seconds=_whole_number(options, "STAGE_JOB_CLEANUP_INTERVAL", 1),
+        completed_seconds=_whole_number(options, "COMPLETED_STAGE_JOB_RETENTION"),
+        failed_seconds=_whole_number(options, "FAILED_STAGE_JOB_RETENTION"),
+        interval_seconds=_whole_number(options, "STAGE_JOB_CLEANUP_INTERVAL"),
     )
 
 
@@ -238,7 +242,7 @@ def get_inline_stage_records(options=None):
     :rtype: int
     :raises InvalidSyncOption: for a value outside 0 to :data:`MAX_INLINE_STAGE_RECORDS`
     """
-    return _whole_number(options, "INLINE_STAGE_RECORDS", 0, MAX_INLINE_STAGE_RECORDS)
+    return _whole_number(options, "INLINE_STAGE_RECORDS")
 
 
 def get_pull_page_size(options=None):
@@ -250,7 +254,7 @@ def get_pull_page_size(options=None):
     :rtype: int
     :raises InvalidSyncOption: for a value outside 0 to :data:`MAX_PULL_PAGE_SIZE`
     """
-    return _whole_number(options, "PULL_PAGE_SIZE", 0, MAX_PULL_PAGE_SIZE)
+    return _whole_number(options, "PULL_PAGE_SIZE")
 
 
 def get_stage_job_start_timeout(options=None):
@@ -263,9 +267,7 @@ def get_stage_job_start_timeout(options=None):
     :raises InvalidSyncOption: for a value outside 10 to
         :data:`MAX_STAGE_JOB_START_TIMEOUT`
     """
-    return _whole_number(
-        options, "STAGE_JOB_START_TIMEOUT", 10, MAX_STAGE_JOB_START_TIMEOUT
-    )
+    return _whole_number(options, "STAGE_JOB_START_TIMEOUT")
 
 
 def validate_sync_options(options=None):

@@ -4,6 +4,12 @@ The ``[Sync]`` options this plugin adds to ``$KOLIBRI_HOME/options.ini``.
 Data only: Kolibri reads this spec to validate types and apply defaults and
 environment variables. Stage names are checked by :mod:`.config`, since the
 option types Kolibri offers cannot express "a list drawn from these names".
+
+A whole number's ``range`` (lowest, highest or ``None``) is declared here and
+checked by :mod:`.config`, which names the option, its value and the range when
+a value is outside it. Kolibri's own bounds (``"options": (min, max)``) would stop
+Kolibri with configobj's "the value is too big", which does not say what is
+allowed.
 """
 
 option_spec = {
@@ -46,6 +52,7 @@ option_spec = {
         },
         "MAX_STAGE_JOBS_PER_CLIENT": {
             "type": "integer",
+            "range": (1, None),
             "default": 4,
             "envvars": ("KOLIBRI_SYNC_MAX_STAGE_JOBS_PER_CLIENT",),
             "description": """
@@ -56,6 +63,7 @@ option_spec = {
         },
         "MAX_STAGE_JOBS": {
             "type": "integer",
+            "range": (1, None),
             "default": 100,
             "envvars": ("KOLIBRI_SYNC_MAX_STAGE_JOBS",),
             "description": """
@@ -65,6 +73,7 @@ option_spec = {
         },
         "COMPLETED_STAGE_JOB_RETENTION": {
             "type": "integer",
+            "range": (0, None),
             "default": 3600,
             "envvars": ("KOLIBRI_SYNC_COMPLETED_STAGE_JOB_RETENTION",),
             "description": """
@@ -74,6 +83,7 @@ option_spec = {
         },
         "FAILED_STAGE_JOB_RETENTION": {
             "type": "integer",
+            "range": (0, None),
             "default": 259200,
             "envvars": ("KOLIBRI_SYNC_FAILED_STAGE_JOB_RETENTION",),
             "description": """
@@ -83,6 +93,7 @@ option_spec = {
         },
         "STAGE_JOB_CLEANUP_INTERVAL": {
             "type": "integer",
+            "range": (1, None),
             "default": 600,
             "envvars": ("KOLIBRI_SYNC_STAGE_JOB_CLEANUP_INTERVAL",),
             "description": """
@@ -92,6 +103,7 @@ option_spec = {
         },
         "STAGE_JOB_START_TIMEOUT": {
             "type": "integer",
+            "range": (10, 86400),
             "default": 300,
             "envvars": ("KOLIBRI_SYNC_STAGE_JOB_START_TIMEOUT",),
             "description": """
@@ -103,6 +115,7 @@ option_spec = {
         },
         "INLINE_STAGE_RECORDS": {
             "type": "integer",
+            "range": (0, 1000),
             "default": 100,
             "envvars": ("KOLIBRI_SYNC_INLINE_STAGE_RECORDS",),
             "description": """
@@ -113,6 +126,7 @@ option_spec = {
         },
         "PULL_PAGE_SIZE": {
             "type": "integer",
+            "range": (0, 5000),
             "default": 2000,
             "envvars": ("KOLIBRI_SYNC_PULL_PAGE_SIZE",),
             "description": """
