@@ -105,10 +105,10 @@ def parse_time(value):
 
     :rtype: datetime.datetime|None
     """
-    if not value:
-        return None
+    from django.utils.dateparse import parse_datetime
+
     try:
-        return aware_utc(datetime.datetime.fromisoformat(value))
+        return aware_utc(parse_datetime(value)) if value else None
     except (TypeError, ValueError):
         return None
 

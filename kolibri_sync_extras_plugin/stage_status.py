@@ -13,7 +13,9 @@ storage fails, cancels or clears a job (:mod:`.kolibri_plugin`), the check on a
 client's poll (:mod:`.request.poll`), an enqueue that failed
 (:mod:`.request.hooks`) and the release before the plugin is disabled
 (:mod:`.admin.disable`). Settling is a conditional UPDATE, so a late or repeated
-report never rewrites a stage that is already settled.
+report never rewrites a stage that is already settled. (A full save of a
+transfer session by another writer puts back the status it finds in the database,
+never one of its own: see :mod:`.session_saves`.)
 """
 
 import logging

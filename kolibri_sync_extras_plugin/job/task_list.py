@@ -6,6 +6,8 @@ background stage: one place, so every view of a stage says the same thing.
 from kolibri.core.tasks.job import State
 from morango.constants import transfer_stages
 
+from ..stage_status import reason_not_run
+
 __all__ = ["facility_label", "describe", "describe_job"]
 
 _STAGE_LABELS = dict(transfer_stages.CHOICES)
@@ -53,8 +55,8 @@ def describe(metadata, state, progress=0, total_progress=0, result=None):
     if state not in (State.RUNNING, State.COMPLETED):
         return "{} for {}: waiting for a worker".format(stage, facility)
     not_run = metadata.get("not_run")
-    if not not_run and state == State.COMPLETED and result:
-        not_run = result.get("ran") is False and result.get("reason")
+    if not not_run and state == State.COMPLETED:
+        not_run = reason_not_run(result)
     if not_run:
         return "{} not run for {}: {}".format(stage, facility, not_run)
     if state == State.COMPLETED or metadata.get("finished_at"):

@@ -11,7 +11,7 @@ Kolibri runs it: the client gets its result in the answer to the request that as
 reaches the client through morango's controller as it does without the plugin,
 and no job is ever enqueued for it, so it cannot run twice.
 
-The estimates count rows with one query each, and are upper bounds of the
+The estimates count rows with a query or two, and are upper bounds of the
 records the stage will touch (every dirty record in the filter, those that failed
 before included, and on a push the server's own changes serialized first), so a
 stage is never taken for smaller than it is.
