@@ -4,8 +4,12 @@ and the one writer of a held stage's status.
 
 Nothing is stored beside Kolibri's job storage: a stage's job id is derived from
 the transfer session and the stage, so at most one job serves a stage however
-often, or however concurrently, the client asks for it; the job's kwargs name the
-session it serves.
+often, or however concurrently, the client asks for it. The job names its stage
+but not its session: morango's transfer session and buffer endpoints accept
+anyone who knows a session id, and Kolibri's tasks API lists the kwargs and
+metadata of jobs whose task is not registered (the plugin disabled or removed)
+to any user. A job finds its session again by its own id, which is derived one
+way from the session's (see :func:`open_sessions_by_job_id`).
 
 Every write of ``transfer_stage_status`` the plugin makes is here, whoever asks
 for it: the stage job when it ends (:mod:`.job.run`), the job hook when job
@@ -23,6 +27,7 @@ import uuid
 
 from django.utils import timezone
 from kolibri.core.tasks.job import State
+from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
@@ -34,6 +39,9 @@ __all__ = [
     "FINISHED_JOB_STATES",
     "FIRST_ENQUEUED_KEY",
     "job_id_for",
+    "BACKGROUND_STAGES",
+    "open_sessions_by_job_id",
+    "transfer_session_of_job",
     "ran_result",
     "not_run_result",
     "waiting_result",
@@ -91,6 +99,73 @@ def job_id_for(transfer_session_id, stage):
     :rtype: str
     """
     return uuid.uuid5(_JOB_ID_NAMESPACE, "{}:{}".format(transfer_session_id, stage)).hex
+
+
+#: Every stage the plugin can hold, in the order a sync reaches them.
+BACKGROUND_STAGES = (
+    transfer_stages.SERIALIZING,
+    transfer_stages.QUEUING,
+    transfer_stages.DEQUEUING,
+    transfer_stages.DESERIALIZING,
+    transfer_stages.CLEANUP,
+)
+
+
+def open_sessions_by_job_id(stages=BACKGROUND_STAGES, closed_since=None):
+    """
+    The job id of each stage of each transfer session this server serves and
+    has not closed, with the session and the stage. Open sessions are the syncs in
+    progress, so deriving their job ids costs little.
+
+    :param stages: The stages to derive job ids for
+    :param closed_since: Also the sessions closed since this time (for reports on
+        jobs that have finished)
+    :type closed_since: datetime.datetime|None
+    :return: job id -> ``(transfer session id, stage)``
+    :rtype: dict
+    """
+    from django.db.models import Q
+
+    served = TransferSession.objects.filter(sync_session__is_server=True)
+    wanted = Q(active=True)
+    if closed_since is not None:
+        wanted |= Q(last_activity_timestamp__gte=closed_since)
+    session_ids = served.filter(wanted).values_list("id", flat=True)
+    return {
+        job_id_for(session_id, stage): (session_id, stage)
+        for session_id in session_ids
+        for stage in stages
+    }
+
+
+def transfer_session_of_job(job):
+    """
+    The transfer session a stage job serves, if it is still open.
+
+    A job enqueued by release 1.0.0 names its session in its kwargs; a
+    newer one is matched by its id against the open sessions' (see the module's
+    docstring).
+
+    :type job: kolibri.core.tasks.job.Job
+    :return: The transfer session id, or ``None`` if no open session has this job
+    :rtype: str|None
+    """
+    named = (job.kwargs or {}).get("transfer_session_id")
+    if named:
+        return named
+    stage = (job.kwargs or {}).get("stage")
+    stages = (stage,) if stage else BACKGROUND_STAGES
+    session_id, _ = open_sessions_by_job_id(stages).get(job.job_id, (None, None))
+    return session_id
+
+
+# what a deployer looks at when a stage ended with its job in this state
+_WHAT_TO_CHECK = {
+    State.FAILED: "its traceback is in the workers' log and Kolibri's task list",
+    State.CANCELED: "it was cancelled through Kolibri (the task list, or the "
+    "plugin's release before it was disabled)",
+    None: "something removed it from job storage, or it was never enqueued",
+}
 
 
 def stage_status_for_job_state(job_state):
@@ -230,12 +305,14 @@ def settle_for_job_state(transfer_session_id, stage, job_id, job_state):
     if stage_status is None or not _settle(transfer_session_id, stage, stage_status):
         return None
     logger.error(
-        "Stage %s of transfer session %s is %s: its job %s is %s",
+        "Stage %s of transfer session %s is %s: its job %s is %s; %s; the client "
+        "syncs again later",
         stage,
         transfer_session_id,
         stage_status,
         job_id,
         job_state or "gone from job storage",
+        _WHAT_TO_CHECK.get(job_state, "see Kolibri's log"),
     )
     return stage_status
 
@@ -307,8 +384,12 @@ def settle_from_job(job, job_state):
     :return: The status the stage was settled with, or ``None``
     :rtype: str|None
     """
+    transfer_session_id = transfer_session_of_job(job)
+    if transfer_session_id is None:
+        # the session is closed or gone: there is no stage left to settle
+        return None
     return settle_for_job_state(
-        job.kwargs.get("transfer_session_id"),
+        transfer_session_id,
         job.kwargs.get("stage"),
         job.job_id,
         job_state,

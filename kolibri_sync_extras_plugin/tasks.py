@@ -24,7 +24,8 @@ __all__ = ["clear_finished_stage_jobs", "run_background_stage"]
 def background_stage_status(job):
     """
     What Kolibri's task list says about a background stage: a client is polling
-    for it, which is why it runs at high priority.
+    for it, which is why it runs at high priority (while it waits for its
+    writer's turn, only the longest-waiting one does: see :mod:`.job.writer_turn`).
 
     :type job: kolibri.core.tasks.job.Job
     :rtype: JobStatus
@@ -43,21 +44,24 @@ def background_stage_status(job):
     priority=Priority.HIGH,
     status_fn=background_stage_status,
     track_progress=True,
-    # the jobs name facilities and sync sessions: only their admins may see them
+    # the jobs name facilities and their progress: only their admins may see them
     permission_classes=[IsAdminForJob],
 )
 @one_writer_at_a_time
 def run_background_stage(
-    transfer_session_id, stage, request_data=None, capabilities=None
+    stage, request_data=None, capabilities=None, transfer_session_id=None
 ):
-    """Run one server-side stage of a transfer session (see :mod:`.job.run`)."""
-    from .job.run import run_stage
+    """
+    Run one server-side stage of the transfer session this job serves (see
+    :mod:`.job.run`). ``transfer_session_id`` is given only by jobs of 1.0.0.
+    """
+    from .job.run import run_stage_of_current_job
 
-    return run_stage(
-        transfer_session_id,
+    return run_stage_of_current_job(
         stage,
         request_data=request_data,
         capabilities=capabilities,
+        transfer_session_id=transfer_session_id,
     )
 
 

@@ -30,6 +30,7 @@ from ..config import get_retention_settings
 from ..stage_status import FINISHED_JOB_STATES
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import open_sessions_by_job_id
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +75,24 @@ def expired_stage_jobs(now=None):
     )
     if not finished:
         return []
-    session_ids = {job.kwargs.get("transfer_session_id") for job in finished}
-    open_sessions = set(
-        TransferSession.objects.filter(id__in=session_ids, active=True).values_list(
+    # jobs of 1.0.0 name their session; newer ones match an open session's job ids
+    named = {job.kwargs.get("transfer_session_id") for job in finished} - {None}
+    open_named = set(
+        TransferSession.objects.filter(id__in=named, active=True).values_list(
             "id", flat=True
         )
     )
+    jobs_of_open_sessions = open_sessions_by_job_id()
     scheduled = {
         row.id: row.scheduled_time
         for row in job_rows(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
     }
     expired = []
     for job in finished:
-        if job.kwargs.get("transfer_session_id") in open_sessions:
+        if (
+            job.job_id in jobs_of_open_sessions
+            or job.kwargs.get("transfer_session_id") in open_named
+        ):
             continue
         retention = (
             settings.completed_seconds

@@ -15,6 +15,7 @@ from kolibri.core.tasks.job import State
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from ..compat import aware_utc
 from ..compat import job_rows
 from ..compat import parse_time
 from ..config import get_stage_job_start_timeout
@@ -28,6 +29,7 @@ from ..stage_status import FIRST_ENQUEUED_KEY
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
 from ..stage_status import job_id_for
+from ..stage_status import open_sessions_by_job_id
 from ..stage_status import stage_status_for_job_state
 
 __all__ = [
@@ -164,7 +166,22 @@ def _job_problem(job, orm_job, age, stuck_after, errors_since):
 def _job_reports(now, stuck_after, errors_since):
     orm_jobs = job_rows(queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
     jobs = [(Job.from_json(orm_job.saved_job), orm_job) for orm_job in orm_jobs]
-    session_ids = {job.kwargs.get("transfer_session_id") for job, _ in jobs}
+    # a session is active at least until its last job was first enqueued
+    enqueued = [
+        parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY))
+        or aware_utc(orm_job.scheduled_time)
+        for job, orm_job in jobs
+    ]
+    enqueued = [time for time in enqueued if time is not None]
+    open_sessions = open_sessions_by_job_id(
+        closed_since=min(enqueued) - datetime.timedelta(minutes=1) if enqueued else None
+    )
+    session_of_job = {
+        job.job_id: job.kwargs.get("transfer_session_id")
+        or open_sessions.get(job.job_id, (None, None))[0]
+        for job, _ in jobs
+    }
+    session_ids = set(session_of_job.values()) - {None}
     sessions = {
         session["id"]: session
         for session in TransferSession.objects.filter(id__in=session_ids).values(
@@ -173,7 +190,7 @@ def _job_reports(now, stuck_after, errors_since):
     }
     for job, orm_job in jobs:
         metadata = job.extra_metadata
-        transfer_session_id = job.kwargs.get("transfer_session_id")
+        transfer_session_id = session_of_job[job.job_id]
         stage = job.kwargs.get("stage")
         # a job waiting for the writers' turn is rescheduled each time it looks
         enqueued_at = (

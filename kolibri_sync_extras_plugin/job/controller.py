@@ -35,25 +35,24 @@ def awaited_transfer_session(transfer_session_id, stage):
     """
     :return: The transfer session, if it is active and still waiting on ``stage``
     :rtype: TransferSession
-    :raises StageNoLongerAwaited: otherwise, saying why
+    :raises StageNoLongerAwaited: otherwise, saying why (without the session's id,
+        which the job's result would keep, see :mod:`~kolibri_sync_extras_plugin.stage_status`)
     """
+    if not transfer_session_id:
+        # a job finds its session among the open ones (see stage_status)
+        raise StageNoLongerAwaited("the transfer session was closed, or is gone")
     transfer_session = TransferSession.objects.filter(id=transfer_session_id).first()
     if transfer_session is None:
-        raise StageNoLongerAwaited(
-            "transfer session {} no longer exists".format(transfer_session_id)
-        )
+        raise StageNoLongerAwaited("the transfer session no longer exists")
     if not transfer_session.active:
-        raise StageNoLongerAwaited(
-            "transfer session {} was closed".format(transfer_session_id)
-        )
+        raise StageNoLongerAwaited("the transfer session was closed")
     if (
         transfer_session.transfer_stage != stage
         or transfer_session.transfer_stage_status
         not in transfer_statuses.IN_PROGRESS_STATES
     ):
         raise StageNoLongerAwaited(
-            "transfer session {} is at {}:{}, not waiting on {}".format(
-                transfer_session_id,
+            "the transfer session is at {}:{}, not waiting on {}".format(
                 transfer_session.transfer_stage,
                 transfer_session.transfer_stage_status,
                 stage,

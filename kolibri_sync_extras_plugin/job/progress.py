@@ -290,10 +290,11 @@ class StageProgress:
         Note why the stage failed, for the task list; the job itself fails once the
         exception leaves the task.
 
-        :type error: BaseException
+        :param error: What went wrong, as people should read it
+        :type error: str
         """
         self._save_metadata(
-            error="{}: {}".format(type(error).__name__, error),
+            error=str(error),
             finished_at=timezone.now().isoformat(),
         )
 

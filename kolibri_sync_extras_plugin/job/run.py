@@ -8,6 +8,7 @@ dotted path job storage keeps.
 
 import logging
 
+from ..errors import BackgroundStageError
 from ..errors import StageNoLongerAwaited
 from ..stage_status import complete_stage
 from ..stage_status import error_stage
@@ -21,7 +22,36 @@ from .progress import StageProgress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_stage"]
+__all__ = ["run_stage", "run_stage_of_current_job"]
+
+
+def run_stage_of_current_job(
+    stage, request_data=None, capabilities=None, transfer_session_id=None
+):
+    """
+    Run the stage of the transfer session that the running Kolibri job serves.
+
+    The job's kwargs name only the stage (see
+    :mod:`~kolibri_sync_extras_plugin.stage_status`): its session is found by the
+    job's id. A job enqueued by 1.0.0 still names its session.
+
+    :return: See :func:`run_stage`
+    :rtype: dict
+    """
+    if transfer_session_id is None:
+        from kolibri.core.tasks.utils import get_current_job
+
+        from ..stage_status import transfer_session_of_job
+
+        job = get_current_job()
+        if job is not None:
+            transfer_session_id = transfer_session_of_job(job)
+    return run_stage(
+        transfer_session_id,
+        stage,
+        request_data=request_data,
+        capabilities=capabilities,
+    )
 
 
 def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
@@ -43,7 +73,12 @@ def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
     try:
         transfer_session = awaited_transfer_session(transfer_session_id, stage)
     except StageNoLongerAwaited as e:
-        logger.warning("Background stage %s not run: %s", stage, e)
+        logger.warning(
+            "Background stage %s of transfer session %s not run: %s",
+            stage,
+            transfer_session_id,
+            e,
+        )
         progress.not_run(str(e))
         return not_run_result(stage, str(e))
 
@@ -70,12 +105,17 @@ def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
             progress.duration,
             _count_or_unknown(records),
         )
-        progress.fail(e)
+        message = _without_session_ids(
+            "{}: {}".format(type(e).__name__, e), context.transfer_session
+        )
+        progress.fail(message)
         error_stage(transfer_session_id, stage)
         context.transfer_session.refresh_from_db()
         context.error = e
         signal.completed.fire(context=context)
-        raise
+        # job storage keeps the failure's message and traceback, which Kolibri's
+        # tasks API shows; the full ones are in the server's log above
+        raise BackgroundStageError(message) from None
 
     complete_stage(transfer_session_id, stage)
     context.transfer_session.refresh_from_db()
@@ -91,6 +131,17 @@ def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
         _count_or_unknown(records),
     )
     return ran_result(stage, duration, records)
+
+
+def _without_session_ids(text, transfer_session):
+    """
+    ``text`` with the ids of the transfer session and its sync session left out:
+    they open morango's session endpoints to whoever reads them.
+    """
+    for session_id in (transfer_session.id, transfer_session.sync_session_id):
+        if session_id:
+            text = str(text).replace(str(session_id), "<session>")
+    return text
 
 
 def _count_or_unknown(records):

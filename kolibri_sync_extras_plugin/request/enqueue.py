@@ -2,6 +2,12 @@
 How a held stage's job is enqueued: its id, its arguments and what Kolibri's task
 list shows about it, inserted into job storage once the request has ended (see
 :mod:`.hooks`).
+
+Neither the arguments nor the metadata name a transfer or sync session, or the
+client's instance: the job finds its session by its own id (see
+:func:`~kolibri_sync_extras_plugin.stage_status.transfer_session_of_job`), and
+the client is counted by a digest of the identity its certificates prove (see
+:mod:`.identity`).
 """
 
 from kolibri.core.tasks.job import State
@@ -10,12 +16,14 @@ from ..compat import insert_job
 from ..job.task_list import describe
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import job_id_for
+from .identity import CLIENT_METADATA_KEY
+from .identity import client_key
 
 __all__ = ["enqueue_stage_job", "stage_job_request"]
 
 
-def _hex_or_none(value):
-    return getattr(value, "hex", value)
+#: The fields of a job request that Kolibri's ``_ready_job`` takes.
+_JOB_FIELDS = ("job_id", "facility_id", "extra_metadata", "kwargs")
 
 
 def _job_metadata(context):
@@ -37,12 +45,10 @@ def _job_metadata(context):
         "type": "SYNC_BACKGROUND_STAGE",
         "stage": context.stage,
         "direction": "push" if context.is_push else "pull",
-        "transfer_session_id": context.transfer_session.id,
-        "sync_session_id": context.sync_session.id,
         "dataset_id": dataset_id,
         "facility_id": facility.get("id"),
         "facility_name": facility.get("name"),
-        "client_instance_id": _hex_or_none(context.sync_session.client_instance_id),
+        CLIENT_METADATA_KEY: client_key(context.sync_session),
     }
     # the tasks API shows no status_fn text, so the job carries its own
     metadata["status_text"] = describe(metadata, State.QUEUED)
@@ -60,18 +66,19 @@ def _request_data_for_stage(context):
 
 def stage_job_request(context):
     """
-    The arguments to enqueue the job for the context's current stage with.
+    The arguments to enqueue the job for the context's current stage with, and the
+    transfer session it serves (kept out of the job itself).
 
     :type context: morango.sync.context.LocalSessionContext
     :rtype: dict
     """
     metadata = _job_metadata(context)
     return dict(
+        transfer_session_id=context.transfer_session.id,
         job_id=job_id_for(context.transfer_session.id, context.stage),
         facility_id=metadata["facility_id"],
         extra_metadata=metadata,
         kwargs=dict(
-            transfer_session_id=context.transfer_session.id,
             stage=context.stage,
             request_data=_request_data_for_stage(context),
             capabilities=sorted(context.capabilities),
@@ -98,7 +105,9 @@ def enqueue_stage_job(job_request):
 
     # the registered task, by the name job storage knows it under
     run_background_stage = TaskRegistry[RUN_STAGE_TASK]
-    job = run_background_stage._ready_job(**job_request)
+    job = run_background_stage._ready_job(
+        **{field: job_request[field] for field in _JOB_FIELDS}
+    )
     return insert_job(
         job, priority=run_background_stage.priority, queue=run_background_stage.queue
     )

@@ -78,12 +78,14 @@ def _enqueue_or_fail_stage(job_request):
         enqueue_stage_job(job_request)
     except Exception:
         logger.exception(
-            "Could not enqueue job %s for stage %s of transfer session %s",
+            "Could not enqueue job %s for stage %s of transfer session %s; the "
+            "stage is errored and the client syncs again later: check that job "
+            "storage's database is writable",
             job_request["job_id"],
             stage_kwargs["stage"],
-            stage_kwargs["transfer_session_id"],
+            job_request["transfer_session_id"],
         )
-        error_stage(stage_kwargs["transfer_session_id"], stage_kwargs["stage"])
+        error_stage(job_request["transfer_session_id"], stage_kwargs["stage"])
     finally:
         # the job is in job storage now (or will never be): it counts from there
         release_reservation(job_request["job_id"])

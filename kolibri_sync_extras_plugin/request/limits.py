@@ -35,7 +35,11 @@ from ..config import get_stage_job_limits
 from ..errors import StageJobLimitReached
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import is_waiting
 from ..stage_status import job_id_for
+from ..stage_status import open_sessions_by_job_id
+from .identity import CLIENT_METADATA_KEY
+from .identity import client_key
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +68,44 @@ UNFINISHED_JOB_STATES = [
 _PER_CLIENT_OPTION = "MAX_STAGE_JOBS_PER_CLIENT"
 _TOTAL_OPTION = "MAX_STAGE_JOBS"
 
-# job id -> client instance id of each stage that passed the caps and whose job is
-# not in job storage yet; counting and reserving happen under the lock
+# job id -> client key of each stage that passed the caps and whose job is not in
+# job storage yet; counting and reserving happen under the lock
 _reserved = {}
 _reservations_lock = threading.Lock()
 
 
 def unfinished_stage_jobs():
     """
-    :return: The stage jobs in job storage that are waiting or running
+    The stage jobs in job storage that are waiting or running, counting a job
+    that gave its worker back to wait for its writer's turn: Kolibri marks it
+    COMPLETED, then queues it again in a transaction of its own, and between the
+    two it still serves an open session's stage.
+
     :rtype: list[kolibri.core.tasks.job.Job]
     """
-    return jobs_in_states(
+    unfinished = jobs_in_states(
         UNFINISHED_JOB_STATES, queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
     )
+    between_turns = [
+        job
+        for job in jobs_in_states(
+            [State.COMPLETED], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
+        )
+        if is_waiting(job.result)
+    ]
+    if between_turns:
+        of_open_sessions = open_sessions_by_job_id()
+        unfinished += [job for job in between_turns if job.job_id in of_open_sessions]
+    return unfinished
 
 
-def _client_instance_id(context):
-    value = context.sync_session.client_instance_id
-    return getattr(value, "hex", value)
+def _client_of_job(job):
+    """The client key of an unfinished stage job (1.0.0 kept the instance id)."""
+    metadata = job.extra_metadata or {}
+    key = metadata.get(CLIENT_METADATA_KEY)
+    if key:
+        return key
+    return "instance:{}".format(metadata.get("client_instance_id"))
 
 
 def _refusal(context, option, count, cap, whose):
@@ -93,11 +116,16 @@ def _refusal(context, option, count, cap, whose):
         "options.ini."
     ).format(stage=context.stage, count=count, whose=whose, option=option, cap=cap)
     logger.warning(
-        "Refused stage %s of transfer session %s for client instance %s: %d stage "
-        "jobs waiting or running %s, [Sync] %s = %d",
+        "Refused stage %s of transfer session %s for client %s (instance %s): %d "
+        "stage jobs waiting or running %s, [Sync] %s = %d",
         context.stage,
         context.transfer_session.id,
-        _client_instance_id(context),
+        client_key(context.sync_session),
+        getattr(
+            context.sync_session.client_instance_id,
+            "hex",
+            context.sync_session.client_instance_id,
+        ),
         count,
         whose,
         option,
@@ -109,7 +137,7 @@ def _refusal(context, option, count, cap, whose):
 def reserved_stage_jobs():
     """
     :return: The stage jobs that passed the caps in this process and are not
-        enqueued yet, as job id -> client instance id
+        enqueued yet, as job id -> client key (see :mod:`.identity`)
     :rtype: dict
     """
     with _reservations_lock:
@@ -135,15 +163,14 @@ def refuse_stage_over_limits(context):
     """
     limits = get_stage_job_limits()
     own_job_id = job_id_for(context.transfer_session.id, context.stage)
-    client = _client_instance_id(context)
+    client = client_key(context.sync_session)
     with _reservations_lock:
         if context.stage == transfer_stages.CLEANUP:
             # never refused: the data is in (see the module's docstring)
             _reserved[own_job_id] = client
             return
         clients_by_job = {
-            job.job_id: (job.extra_metadata or {}).get("client_instance_id")
-            for job in unfinished_stage_jobs()
+            job.job_id: _client_of_job(job) for job in unfinished_stage_jobs()
         }
         clients_by_job.update(_reserved)
         clients_by_job.pop(own_job_id, None)

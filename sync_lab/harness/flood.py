@@ -18,6 +18,7 @@ import uuid
 
 __all__ = [
     "EMPTY_FSIC",
+    "issue_certificate",
     "new_server_sync_session",
     "open_sync_sessions",
     "ask_for_stages",
@@ -33,14 +34,61 @@ _TRANSFER_SESSIONS = "/api/morango/v1/transfersessions/"
 EMPTY_FSIC = '{"super": {}, "sub": {}}'
 
 
-def new_server_sync_session(facility, client_instance_id):
+def issue_certificate(parent, user_id=None, keep_private_key=False, key=None):
+    """
+    Inside a server: sign a new certificate below ``parent`` as morango's
+    certificate endpoint does for a client that asks with a user's credentials:
+    full-facility, or single-user for ``user_id``. The private key stays with the
+    client, so the server keeps none unless ``keep_private_key`` (a test that
+    plays the client too, and signs certificates below this one). ``key`` is the
+    client's key pair, a new one by default (generating one takes seconds where
+    morango signs in pure Python).
+
+    :type parent: morango.models.certificates.Certificate
+    :rtype: morango.models.certificates.Certificate
+    """
+    import json
+
+    from kolibri.core.auth.constants.morango_sync import ScopeDefinitions
+    from morango.models.certificates import Certificate
+    from morango.models.certificates import Key
+
+    params = json.loads(parent.scope_params)
+    dataset_id = params["dataset_id"]
+    if user_id is None:
+        scope, scope_params = ScopeDefinitions.FULL_FACILITY, {"dataset_id": dataset_id}
+    else:
+        scope = ScopeDefinitions.SINGLE_USER
+        scope_params = {"dataset_id": dataset_id, "user_id": user_id}
+    certificate = Certificate(
+        parent=parent,
+        profile=parent.profile,
+        scope_definition_id=scope,
+        scope_version=1,
+        scope_params=json.dumps(scope_params),
+        salt=uuid.uuid4().hex,
+    )
+    key = key or Key()
+    certificate.public_key = Key(public_key_string=key.get_public_key_string())
+    if keep_private_key:
+        certificate.private_key = key
+    certificate.id = certificate.calculate_uuid()
+    parent.sign_certificate(certificate)
+    certificate.check_certificate()
+    certificate.save()
+    return certificate
+
+
+def new_server_sync_session(facility, client_instance_id, client_certificate=None):
     """
     Inside a server: a sync session as morango's server opens it, after the
     certificate exchange, with a full-facility client.
 
     :type facility: kolibri.core.auth.models.Facility
-    :param client_instance_id: The client's morango instance id; a client may
-        open many sync sessions
+    :param client_instance_id: The instance id the client claims; a client may
+        open many sync sessions, and claim any id in each
+    :param client_certificate: The certificate the client signed the session
+        with; the facility's root certificate by default
     :rtype: morango.models.core.SyncSession
     """
     from django.utils import timezone
@@ -52,7 +100,7 @@ def new_server_sync_session(facility, client_instance_id):
         is_server=True,
         active=True,
         profile=certificate.profile,
-        client_certificate=certificate,
+        client_certificate=client_certificate or certificate,
         server_certificate=certificate,
         connection_kind="network",
         connection_path="http://127.0.0.1",
@@ -65,7 +113,8 @@ def open_sync_sessions(count, client_instance_id, facility_id=None):
     """
     Inside the server: open ``count`` sync sessions of one full-facility client.
 
-    :return: The sync session ids, and the filter a full-facility pull asks for
+    :return: The sync session ids, the filter a full-facility pull asks for, and
+        the client's key as the caps count it
     :rtype: dict
     """
     from kolibri.core.auth.models import Facility
@@ -75,12 +124,15 @@ def open_sync_sessions(count, client_instance_id, facility_id=None):
         if facility_id
         else Facility.get_default_facility()
     )
-    ids = [
-        new_server_sync_session(facility, client_instance_id).id for _ in range(count)
+    from kolibri_sync_extras_plugin.request.identity import client_key
+
+    sessions = [
+        new_server_sync_session(facility, client_instance_id) for _ in range(count)
     ]
     return {
-        "sync_session_ids": ids,
+        "sync_session_ids": [session.id for session in sessions],
         "filter": facility.dataset.get_root_certificate().id,
+        "client_key": client_key(sessions[0]) if sessions else None,
     }
 
 
@@ -187,18 +239,18 @@ def wait_for_unfinished_stage_jobs(count, wait, interval=0.25):
     """
     Inside the server: wait until at least ``count`` stage jobs wait or run.
 
-    :return: The client instance id of each unfinished stage job
+    :return: The client key (see :mod:`kolibri_sync_extras_plugin.request.identity`)
+        of each unfinished stage job
     :rtype: list
     """
+    from kolibri_sync_extras_plugin.request.identity import CLIENT_METADATA_KEY
     from kolibri_sync_extras_plugin.request.limits import unfinished_stage_jobs
 
     deadline = time.monotonic() + wait
     while True:
         jobs = unfinished_stage_jobs()
         if len(jobs) >= count or time.monotonic() > deadline:
-            return [
-                (job.extra_metadata or {}).get("client_instance_id") for job in jobs
-            ]
+            return [(job.extra_metadata or {}).get(CLIENT_METADATA_KEY) for job in jobs]
         time.sleep(interval)
 
 
@@ -211,20 +263,14 @@ def stage_jobs_of_sessions(wait=0, interval=0.5):
     :rtype: dict
     """
     from kolibri.core.tasks.main import job_storage
-    from morango.models.core import TransferSession
 
     from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
+    from kolibri_sync_extras_plugin.stage_status import transfer_session_of_job
 
     deadline = time.monotonic() + wait
     while True:
         jobs = job_storage.filter_jobs(func=RUN_STAGE_TASK)
-        ids = {job.kwargs.get("transfer_session_id") for job in jobs}
-        open_ids = set(
-            TransferSession.objects.filter(id__in=ids, active=True).values_list(
-                "id", flat=True
-            )
-        )
-        of_open = [j for j in jobs if j.kwargs.get("transfer_session_id") in open_ids]
+        of_open = [j for j in jobs if transfer_session_of_job(j) is not None]
         counts = {"closed": len(jobs) - len(of_open), "open": len(of_open)}
         if not counts["closed"] or time.monotonic() > deadline:
             return counts

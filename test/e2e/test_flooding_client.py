@@ -88,7 +88,7 @@ def flood(tmp_path_factory, lab_templates):
                 if "Refused stage serializing" in line
                 and "MAX_STAGE_JOBS_PER_CLIENT = {}".format(PER_CLIENT_CAP) in line
             ]
-    outcome.flooder = flooder
+    outcome.flooder = sessions["client_key"]
     return outcome
 
 

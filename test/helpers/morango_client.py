@@ -35,10 +35,13 @@ class MorangoHttpClient:
             url += "{}/".format(transfer_session_id)
         return url
 
-    def create(self, sync_session, push, records_total=None, client_fsic="{}"):
+    def create(
+        self, sync_session, push, records_total=None, client_fsic="{}", sync_filter=None
+    ):
+        """Open a transfer session; a full-facility one unless ``sync_filter`` says."""
         data = {
             "id": uuid.uuid4().hex,
-            "filter": sync_session.server_certificate.get_root().id,
+            "filter": sync_filter or sync_session.server_certificate.get_root().id,
             "push": push,
             "sync_session_id": sync_session.id,
             "client_fsic": client_fsic,

@@ -6,6 +6,7 @@ past its cap, with a message naming the option, while other clients go on.
 import uuid
 
 import pytest
+from kolibri.core.auth.models import FacilityUser
 from kolibri.core.tasks.main import job_storage
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
@@ -23,19 +24,28 @@ from ..helpers.constants import EMPTY_FSIC
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
 from ..helpers.options import sync_options
+from ..helpers.sync_sessions import device_certificate
+from ..helpers.sync_sessions import issue_test_certificate
+from ..helpers.sync_sessions import learner_certificate
 from ..helpers.sync_sessions import new_server_sync_session
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
 
-def _ask_for_serializing(client, facility, client_instance_id):
+def _ask_for_serializing(client, facility, client_instance_id, certificate=None):
     """
     A new pull of the client, asked to serialize: the server answers, and may queue
     a job. Each pull gets its own sync session, as morango resumes the open pull of
     a sync session instead of creating another.
     """
-    sync_session = new_server_sync_session(facility, client_instance_id)
-    transfer = client.create(sync_session, push=False)
+    sync_session = new_server_sync_session(
+        facility, client_instance_id, client_certificate=certificate
+    )
+    # what the client's certificate may read: a learner's own data, or the facility
+    sync_filter = (
+        str(certificate.get_scope().read_filter) if certificate is not None else None
+    )
+    transfer = client.create(sync_session, push=False, sync_filter=sync_filter)
     response = client.ask_for_stage(
         transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
     )
@@ -229,3 +239,93 @@ def test_per_client_cap__push_cleanup_past_it__never_refused(
         if job.kwargs["stage"] == transfer_stages.CLEANUP
     ]
     assert len(cleanup) == 1
+
+
+def test_per_client_cap__one_certificate_claiming_fresh_instance_ids__refused_past_it(
+    two_per_client, async_client, facility
+):
+    """morango records whatever instance id a client claims; the signature is the client's."""
+    certificate = device_certificate(facility)
+    statuses = [
+        _ask_for_serializing(
+            async_client, facility, uuid.uuid4().hex, certificate=certificate
+        )[1].status_code
+        for _ in range(4)
+    ]
+
+    assert statuses == [200, 200, 503, 503]
+
+
+def test_per_client_cap__another_certificate_claiming_the_clients_instance_id__accepted(
+    client_at_its_cap, async_client, facility
+):
+    impostor = device_certificate(facility)
+
+    transfer_id, response = _ask_for_serializing(
+        async_client, facility, CLIENT, certificate=impostor
+    )
+
+    assert response.status_code == 200, response.content
+    assert _stage_status(transfer_id) == transfer_statuses.STARTED
+
+
+def test_per_client_cap__learners_new_certificates__counted_as_that_learner(
+    two_per_client, async_client, facility
+):
+    learner = FacilityUser.objects.filter(facility=facility).first()
+    statuses = [
+        _ask_for_serializing(
+            async_client,
+            facility,
+            uuid.uuid4().hex,
+            certificate=learner_certificate(facility, learner),
+        )[1].status_code
+        for _ in range(3)
+    ]
+
+    assert statuses == [200, 200, 503]
+
+
+def test_per_client_cap__certificate_a_learner_signed_below_theirs__counted_as_them(
+    two_per_client, async_client, facility
+):
+    learner = FacilityUser.objects.filter(facility=facility).first()
+    own = issue_test_certificate(
+        facility.dataset.get_root_certificate(),
+        user_id=learner.id,
+        keep_private_key=True,
+    )
+    for _ in range(2):
+        _, response = _ask_for_serializing(
+            async_client, facility, uuid.uuid4().hex, certificate=own
+        )
+        assert response.status_code == 200, response.content
+
+    signed_below = issue_test_certificate(own, user_id=learner.id)
+    _, response = _ask_for_serializing(
+        async_client, facility, uuid.uuid4().hex, certificate=signed_below
+    )
+
+    assert response.status_code == 503
+
+
+def test_per_client_cap__another_learner__still_accepted(
+    two_per_client, async_client, facility
+):
+    first, second = FacilityUser.objects.filter(facility=facility)[:2]
+    for _ in range(2):
+        _ask_for_serializing(
+            async_client,
+            facility,
+            uuid.uuid4().hex,
+            certificate=learner_certificate(facility, first),
+        )
+
+    _, response = _ask_for_serializing(
+        async_client,
+        facility,
+        uuid.uuid4().hex,
+        certificate=learner_certificate(facility, second),
+    )
+
+    assert response.status_code == 200, response.content

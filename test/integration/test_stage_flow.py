@@ -3,6 +3,8 @@ The server side of a sync over real HTTP: which stages leave the request, what t
 client sees while they run, and what the background job leaves behind.
 """
 
+import json
+
 import pytest
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
@@ -10,6 +12,7 @@ from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.stage_status import job_id_for
+from kolibri_sync_extras_plugin.stage_status import transfer_session_of_job
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
@@ -42,8 +45,21 @@ def test_pull_serializing__background_on__request_returns_started_and_queues_one
     assert job.kwargs["request_data"] == {"client_fsic": EMPTY_FSIC}
     assert job.extra_metadata["stage"] == transfer_stages.SERIALIZING
     assert job.extra_metadata["direction"] == "pull"
-    assert job.extra_metadata["transfer_session_id"] == transfer["id"]
     assert job.extra_metadata["facility_name"] == "Riverside School"
+    assert transfer_session_of_job(job) == transfer["id"]
+
+
+def test_pull_serializing__job_queued__names_no_session_in_job_storage(
+    background_everything, async_client, server_sync_session
+):
+    """Kolibri's tasks API shows kwargs and metadata; session ids open morango's API."""
+    transfer, _ = _pull_to_serializing(async_client, server_sync_session)
+
+    [job] = queued_stage_jobs()
+    stored = json.dumps([job.kwargs, job.extra_metadata, job.args])
+    assert transfer["id"] not in stored
+    assert server_sync_session.id not in stored
+    assert server_sync_session.client_instance_id.hex not in stored
 
 
 def test_pull_serializing__job_runs__serializes_with_the_clients_fsic(

@@ -3,12 +3,16 @@ Kolibri's tasks API lists the plugin's stage jobs, with their facility and a
 readable status, to the admins who may see them and to no one else.
 """
 
+import json
+
 import pytest
 from django.test import Client
 from kolibri.core.auth.constants import role_kinds
 from kolibri.core.auth.models import FacilityUser
+from kolibri.core.tasks.registry import TaskRegistry
 from morango.constants import transfer_stages
 
+from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
 from kolibri_sync_extras_plugin.stage_status import SYNC_EXTRAS_QUEUE
 
 from ..helpers.constants import ALL_DATABASES
@@ -66,7 +70,7 @@ def test_task_list__superuser__lists_stage_jobs_with_facility_and_status(
     assert serializing["facility_id"] == facility.id
     metadata = serializing["extra_metadata"]
     assert metadata["facility_name"] == "Riverside School"
-    assert metadata["transfer_session_id"] == serialized_and_queuing["id"]
+    assert serialized_and_queuing["id"] not in json.dumps(serializing)
     # the suite's facility was created unserialized: every row of it is changed
     assert metadata["records"] >= 27
     assert metadata["status_text"] == (
@@ -99,3 +103,34 @@ def test_task_list__learner_of_the_facility__lists_none(
 
 def test_task_list__not_signed_in__lists_none(serialized_and_queuing):
     assert _listed_stage_jobs() == {}
+
+
+@pytest.fixture
+def plugin_removed_unclean():
+    """
+    The plugin's task no longer registered, its jobs left in job storage: the
+    plugin removed without being disabled, or disabled with its release failed.
+    Kolibri's tasks API lists such jobs, kwargs and metadata included, to anyone.
+    """
+    registered = TaskRegistry.pop(RUN_STAGE_TASK)
+    try:
+        yield
+    finally:
+        TaskRegistry[RUN_STAGE_TASK] = registered
+
+
+def test_task_list__plugin_removed_unclean__learner_reads_no_session_id(
+    serialized_and_queuing, facility, server_sync_session, plugin_removed_unclean
+):
+    learner = _user(facility, "learner")
+    client = Client()
+    client.force_login(learner)
+
+    response = client.get(TASKS_URL, {"queue": SYNC_EXTRAS_QUEUE})
+
+    assert response.status_code == 200, response.content
+    listed = response.content.decode()
+    # the stage jobs are listed, as Kolibri lists any unregistered job
+    assert listed.count('"' + RUN_STAGE_TASK + '"') == 2
+    for session_id in (serialized_and_queuing["id"], server_sync_session.id):
+        assert session_id not in listed
