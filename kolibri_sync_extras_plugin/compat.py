@@ -7,7 +7,9 @@ for, so a difference between lines is handled here once:
 
 - Kolibri 0.19 keeps job storage in a Django model; 0.16 to 0.18 keep it in an
   SQLAlchemy table of a database of its own, which a test's transaction does not
-  roll back, and whose ``scheduled_time`` is a naive UTC time.
+  roll back, and whose ``scheduled_time`` is a naive UTC time; so a queued job is
+  made due now (:func:`run_queued_job_now`) by a Django UPDATE on 0.19 and an
+  SQLAlchemy one before.
 - The job storage hook is ``JobHook`` on 0.19 and ``StorageHook`` before it.
 - ``Job.update_progress`` takes ``extra_metadata`` from 0.18 on.
 - morango before Kolibri 0.19 marks most store records clean in bulk while
@@ -49,6 +51,7 @@ __all__ = [
     "COUNTS_DESERIALIZED_RECORDS",
     "BaseCommand",
     "CommandError",
+    "run_queued_job_now",
 ]
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
@@ -298,3 +301,36 @@ else:
                     raise
                 self.stderr.write("CommandError: {}".format(e))
                 sys.exit(e.returncode)
+
+
+def run_queued_job_now(job_id, priority):
+    """
+    Make a job that is still QUEUED due now, at ``priority``: one conditional
+    UPDATE, so a job a worker has meanwhile selected or started is left alone
+    (Kolibri's ``schedule`` would set a selected job back to QUEUED, to be run
+    twice). Only the row's place in the queue changes, so Kolibri's scheduled-job
+    hooks are not run.
+
+    :param priority: A ``kolibri.core.tasks.constants.Priority`` value
+    :return: Whether the job was still queued and now is due
+    :rtype: bool
+    """
+    from kolibri.core.tasks.job import State
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        updated = ORMJob.objects.filter(id=job_id, state=State.QUEUED).update(
+            scheduled_time=now, priority=priority
+        )
+        return updated == 1
+    engine, table = sqlalchemy_job_table()
+    query = (
+        table.update()
+        .where(table.c.id == job_id)
+        .where(table.c.state == State.QUEUED)
+        .values(scheduled_time=now.replace(tzinfo=None), priority=priority)
+    )
+    with engine.begin() as connection:
+        return connection.execute(query).rowcount == 1

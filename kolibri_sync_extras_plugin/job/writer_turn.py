@@ -1,17 +1,27 @@
 """
-One stage job writing at a time on SQLite, without holding a worker while it waits.
+One stage job writing at a time on SQLite, without holding a worker while it waits,
+and without a busy loop over job storage.
 
 SQLite has a single write lock for the whole database and every background stage
 writes, so stage jobs running side by side only queue up inside the database, each
 holding one of Kolibri's workers (and, past the busy timeout, failing with
 ``database is locked``). A stage job therefore first takes the writers' turn: an
 exclusive, non-blocking lock on a file in ``KOLIBRI_HOME``, which the operating
-system releases if the process dies. A job that finds the turn taken gives its
-worker back at once and asks Kolibri to run it again shortly (``Job.retry_in``),
-so Kolibri's own jobs keep running while stage jobs wait, and waiting jobs take
-the turn roughly in the order they were queued. PostgreSQL lets writers of
-different rows proceed together, so there every stage job runs when a worker is
-free.
+system releases if the process dies.
+
+A job that finds the turn taken gives its worker back at once and asks Kolibri to
+run it again later (``Job.retry_in``). Retrying every half second would keep
+Kolibri's workers and job storage busy with a backlog of waiting jobs, ahead of
+Kolibri's own jobs; so a waiting job backs off (the delay doubles up to
+:data:`MAX_TURN_RETRY_DELAY`, counted in its metadata), and only the longest
+waiting one waits at high priority: the others wait at regular priority, where a
+Kolibri job queued before their retry comes first. Back-off does not slow the
+hand-over: the job that gives the turn back makes the longest waiting job due at
+once, at high priority, so the turn passes on within a look of Kolibri's job
+checker, and waiting jobs take it in the order they were first queued. Everything
+shared lives in job storage and the lock file, so this holds across workers and
+processes. PostgreSQL lets writers of different rows proceed together, so there
+every stage job runs when a worker is free.
 """
 
 import contextlib
@@ -22,22 +32,37 @@ import threading
 from datetime import timedelta
 
 from ..compat import aware_utc
+from ..compat import jobs_in_states
+from ..compat import parse_time
+from ..compat import run_queued_job_now
 from ..stage_status import FIRST_ENQUEUED_KEY
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
 from ..stage_status import waiting_result
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TURN_RETRY_DELAY",
+    "MAX_TURN_RETRY_DELAY",
+    "TURN_WAITS_KEY",
     "LOCK_FILE_NAME",
     "lock_file_path",
     "writer_turn",
+    "turn_retry_delay",
+    "waiting_jobs_in_line",
+    "wake_longest_waiting_job",
     "one_writer_at_a_time",
     "FIRST_ENQUEUED_KEY",
 ]
 
-#: How soon a stage job that found the writers' turn taken is tried again.
+#: How soon a stage job that first found the writers' turn taken is tried again.
 TURN_RETRY_DELAY = timedelta(seconds=0.5)
+#: The longest a waiting stage job waits between two tries: the bound on how late
+#: a turn freed without a hand-over (its holder's process died) is taken.
+MAX_TURN_RETRY_DELAY = timedelta(seconds=4)
+#: The job metadata that counts how many times a job found the turn taken.
+TURN_WAITS_KEY = "writer_turn_waits"
 #: The lock file, in ``KOLIBRI_HOME``.
 LOCK_FILE_NAME = "sync_extras_stage_writer.lock"
 
@@ -103,22 +128,115 @@ def writer_turn():
         yield turn
 
 
-def _remember_first_enqueued(job):
+def turn_retry_delay(waits):
+    """
+    :param waits: How many times the job has found the turn taken before
+    :return: How long it waits before its next try: :data:`TURN_RETRY_DELAY`,
+        doubled per earlier wait, at most :data:`MAX_TURN_RETRY_DELAY`
+    :rtype: datetime.timedelta
+    """
+    # bounded before doubling, so a job that waited for days does not overflow
+    return min(TURN_RETRY_DELAY * 2 ** min(waits, 16), MAX_TURN_RETRY_DELAY)
+
+
+def _place_in_line(job):
+    return (parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)), job.job_id)
+
+
+def waiting_jobs_in_line():
+    """
+    The stage jobs queued again to wait for the turn, the longest waiting first
+    (by when each was first queued).
+
+    :rtype: list[kolibri.core.tasks.job.Job]
+    """
+    from kolibri.core.tasks.job import State
+
+    waiting = [
+        job
+        for job in jobs_in_states(
+            [State.QUEUED], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
+        )
+        if parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)) is not None
+    ]
+    return sorted(waiting, key=_place_in_line)
+
+
+def wake_longest_waiting_job():
+    """
+    Hand the turn over: make the longest waiting stage job due now, at high
+    priority, so it takes the turn without waiting out its back-off or behind
+    Kolibri's regular jobs. One still queued is woken; one a worker has picked up
+    meanwhile tries the turn by itself.
+
+    :return: The woken job's id, or ``None`` if no job waits
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.constants import Priority
+
+    for job in waiting_jobs_in_line():
+        if run_queued_job_now(job.job_id, Priority.HIGH):
+            return job.job_id
+    return None
+
+
+def _first_enqueued(job):
     from kolibri.core.tasks.main import job_storage
 
-    if job.extra_metadata.get(FIRST_ENQUEUED_KEY):
-        return
+    first = job.extra_metadata.get(FIRST_ENQUEUED_KEY)
+    if first:
+        return first
     scheduled_time = aware_utc(job_storage.get_orm_job(job.job_id).scheduled_time)
-    if scheduled_time is not None:
-        job.update_metadata(**{FIRST_ENQUEUED_KEY: scheduled_time.isoformat()})
+    return scheduled_time.isoformat() if scheduled_time is not None else None
+
+
+def _heads_the_line(job):
+    mine = _place_in_line(job)
+    line = waiting_jobs_in_line()
+    # a job that cannot tell when it was first queued is not kept waiting behind
+    return mine[0] is None or not line or mine <= _place_in_line(line[0])
+
+
+def _wait_for_the_turn(job, stage):
+    """
+    Have Kolibri run ``job`` again once it has backed off; the longest waiting job
+    at high priority, so that a turn freed without a hand-over is taken even while
+    long regular jobs fill the regular workers, the others at regular priority.
+    """
+    from kolibri.core.tasks.constants import Priority
+
+    waits = job.extra_metadata.get(TURN_WAITS_KEY) or 0
+    job.update_metadata(
+        **{FIRST_ENQUEUED_KEY: _first_enqueued(job), TURN_WAITS_KEY: waits + 1}
+    )
+    priority = Priority.HIGH if _heads_the_line(job) else Priority.REGULAR
+    delay = turn_retry_delay(waits)
+    job.retry_in(delay, priority=priority)
+    logger.debug(
+        "Stage job %s waits %.1f s: another stage job is writing",
+        job.job_id,
+        delay.total_seconds(),
+    )
+    # Kolibri marks the job completed with this result, then queues it again
+    return waiting_result(stage, "waiting for another stage job to finish writing")
+
+
+def _hand_the_turn_over():
+    try:
+        wake_longest_waiting_job()
+    except Exception:
+        # the stage has run; the waiting jobs still take the turn, after their back-off
+        logger.exception("Could not hand the writers' turn to a waiting stage job")
 
 
 def one_writer_at_a_time(task):
     """
-    Run ``task`` (a stage job's function) only while holding the writers' turn;
-    otherwise have Kolibri run the job again after :data:`TURN_RETRY_DELAY`.
+    Run ``task`` (a stage job's function) only while holding the writers' turn,
+    then hand the turn to the longest waiting stage job; otherwise have Kolibri run
+    the job again after a back-off.
 
-    Called outside a Kolibri job, the task runs without waiting for the turn.
+    Called outside a Kolibri job, or on a database other than SQLite, the task
+    runs without waiting for the turn.
     """
 
     @functools.wraps(task)
@@ -126,17 +244,18 @@ def one_writer_at_a_time(task):
         from kolibri.core.tasks.utils import get_current_job
 
         job = get_current_job()
-        if job is None:
+        if job is None or not _needs_turns():
             return task(*args, **kwargs)
-        with writer_turn() as turn:
-            if turn:
-                return task(*args, **kwargs)
-        _remember_first_enqueued(job)
-        job.retry_in(TURN_RETRY_DELAY)
-        logger.debug("Stage job %s waits: another stage job is writing", job.job_id)
-        # Kolibri marks the job completed with this result, then queues it again
-        return waiting_result(
-            kwargs.get("stage"), "waiting for another stage job to finish writing"
-        )
+        held_the_turn = False
+        try:
+            with writer_turn() as turn:
+                if turn:
+                    held_the_turn = True
+                    return task(*args, **kwargs)
+        finally:
+            # after the turn is given back, so the woken job finds it free
+            if held_the_turn:
+                _hand_the_turn_over()
+        return _wait_for_the_turn(job, kwargs.get("stage"))
 
     return run_in_turn

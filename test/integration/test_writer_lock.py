@@ -1,26 +1,39 @@
 """
 One stage job writing at a time on SQLite: a job that finds another writing gives
-its worker back and is queued again, and runs once the turn is free.
+its worker back and is queued again, backing off while it waits, and runs once the
+turn is free; the job that gives the turn back wakes the longest waiting one.
 """
 
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.main import job_storage
 from kolibri.core.tasks.storage import Storage
+from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.admin.status import STUCK
 from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
+from kolibri_sync_extras_plugin.compat import run_queued_job_now
+from kolibri_sync_extras_plugin.job.writer_turn import MAX_TURN_RETRY_DELAY
+from kolibri_sync_extras_plugin.job.writer_turn import TURN_RETRY_DELAY
+from kolibri_sync_extras_plugin.job.writer_turn import TURN_WAITS_KEY
+from kolibri_sync_extras_plugin.job.writer_turn import turn_retry_delay
+from kolibri_sync_extras_plugin.job.writer_turn import wake_longest_waiting_job
 from kolibri_sync_extras_plugin.job.writer_turn import writer_turn
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
+from kolibri_sync_extras_plugin.stage_status import has_run
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from ..helpers.constants import ALL_DATABASES
+from ..helpers.constants import EMPTY_FSIC
 from ..helpers.job_rows import update_job_row
 from ..helpers.jobs import queued_stage_jobs
+from ..helpers.sync_sessions import new_server_sync_session
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -120,3 +133,157 @@ def test_stage_job__waiting_past_stuck_after__status_reports_it_stuck(
 
     assert report.problem == STUCK
     assert report.enqueued_at == enqueued
+
+
+# Waiting without a busy loop: back-off, priorities, and the hand-over ------------
+
+
+@pytest.fixture
+def new_pull_at_serializing(background_everything, async_client, facility):
+    """Make another client's pull whose serializing stage is handed to a queued job."""
+
+    made = []
+
+    def new_pull():
+        transfer = async_client.create(new_server_sync_session(facility), push=False)
+        async_client.proceed_to(
+            transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+        )
+        made.append(job_id_for(transfer["id"], transfer_stages.SERIALIZING))
+        queued_stage_jobs(expected=len(made))
+        return made[-1]
+
+    return new_pull
+
+
+def _run(job_id):
+    """Run the job the way a worker does."""
+    job_storage.get_job(job_id).execute()
+
+
+def _due_now(job_id):
+    update_job_row(job_id, scheduled_time=timezone.now())
+
+
+def _scheduled(job_id):
+    return aware_utc(job_storage.get_orm_job(job_id).scheduled_time)
+
+
+def _priority(job_id):
+    return job_storage.get_orm_job(job_id).priority
+
+
+def test_turn_retry_delay__doubles_per_wait_up_to_the_cap():
+    delays = [turn_retry_delay(waits).total_seconds() for waits in range(6)]
+
+    assert delays == [0.5, 1, 2, 4, 4, 4]
+    assert turn_retry_delay(10**6) == MAX_TURN_RETRY_DELAY
+
+
+def test_stage_job__turn_taken_a_second_time__waits_twice_as_long(
+    new_pull_at_serializing, another_stage_writing
+):
+    job_id = new_pull_at_serializing()
+    _run(job_id)
+    _due_now(job_id)
+    before = timezone.now()
+
+    _run(job_id)
+
+    waited = 2 * TURN_RETRY_DELAY
+    assert before + waited <= _scheduled(job_id) <= timezone.now() + waited
+    assert job_storage.get_job(job_id).extra_metadata[TURN_WAITS_KEY] == 2
+
+
+def test_stage_job__longest_waiting__waits_at_high_priority(
+    new_pull_at_serializing, another_stage_writing
+):
+    job_id = new_pull_at_serializing()
+
+    _run(job_id)
+
+    assert _priority(job_id) == Priority.HIGH
+
+
+def test_stage_job__behind_a_longer_waiting_job__waits_at_regular_priority(
+    new_pull_at_serializing, another_stage_writing
+):
+    first, second = new_pull_at_serializing(), new_pull_at_serializing()
+    _run(first)
+
+    _run(second)
+
+    assert _priority(second) == Priority.REGULAR
+
+
+def test_stage_job__ran_in_its_turn__wakes_the_longest_waiting_job(
+    new_pull_at_serializing,
+):
+    first, second, third = [new_pull_at_serializing() for _ in range(3)]
+    with writer_turn():
+        # the first waits twice, so it is due after the second
+        _run(first)
+        _due_now(first)
+        _run(first)
+        _run(second)
+    assert _scheduled(first) > _scheduled(second)
+
+    _run(third)
+
+    assert _scheduled(first) <= timezone.now()
+    assert _priority(first) == Priority.HIGH
+    assert _scheduled(second) > timezone.now()
+
+
+def test_stage_job__failed_in_its_turn__still_wakes_the_longest_waiting_job(
+    new_pull_at_serializing, monkeypatch
+):
+    from kolibri_sync_extras_plugin.job import run
+
+    first, second = new_pull_at_serializing(), new_pull_at_serializing()
+    with writer_turn():
+        _run(first)
+
+    def failing_stage(*args, **kwargs):
+        raise RuntimeError("the stage failed")
+
+    monkeypatch.setattr(run, "run_stage", failing_stage)
+
+    _run(second)
+
+    assert job_storage.get_orm_job(second).state == "FAILED"
+    assert _scheduled(first) <= timezone.now()
+
+
+def test_stage_job__woken__takes_the_turn_and_completes_its_stage(
+    new_pull_at_serializing,
+):
+    first, second = new_pull_at_serializing(), new_pull_at_serializing()
+    with writer_turn():
+        _run(first)
+    _run(second)
+
+    _run(first)
+
+    assert job_storage.get_orm_job(first).state == "COMPLETED"
+    assert has_run(job_storage.get_job(first).result)
+
+
+def test_wake__no_job_waiting__wakes_none(new_pull_at_serializing):
+    # a job never run has not waited for the turn
+    new_pull_at_serializing()
+
+    assert wake_longest_waiting_job() is None
+
+
+def test_run_queued_job_now__job_picked_up_meanwhile__left_alone(
+    new_pull_at_serializing, another_stage_writing
+):
+    job_id = new_pull_at_serializing()
+    _run(job_id)
+    scheduled = _scheduled(job_id)
+    update_job_row(job_id, state="SELECTED")
+
+    assert not run_queued_job_now(job_id, Priority.HIGH)
+    assert job_storage.get_orm_job(job_id).state == "SELECTED"
+    assert _scheduled(job_id) == scheduled
