@@ -4,8 +4,10 @@ it can still settle it.
 
 Kolibri's job hook settles a stage when its job fails or is cancelled through job
 storage; this catches what the hook cannot see: a job row that vanished, a worker
-process that died without marking its job, and a stage put back to STARTED by a
-repeated request after its job had settled it.
+process that died without marking its job, a job Kolibri will never run or queue
+again, and a stage put back to STARTED by a repeated request after its job had
+settled it. Only the job of the stage the session is at counts: a job of an
+earlier stage ending late says nothing about the current one.
 """
 
 import logging
@@ -14,6 +16,7 @@ from django.utils import timezone
 from kolibri.core.tasks.exceptions import JobNotFound
 from kolibri.core.tasks.job import Job
 from kolibri.core.tasks.job import State
+from morango.constants import transfer_statuses
 
 from ..compat import aware_utc
 from ..compat import jobs_in_states
@@ -24,8 +27,10 @@ from ..job.worker_identity import is_gone
 from ..stage_status import FIRST_ENQUEUED_KEY
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import error_stage
 from ..stage_status import error_unstarted_stage
 from ..stage_status import held_stage
+from ..stage_status import is_waiting
 from ..stage_status import job_id_for
 from ..stage_status import settle_for_job_state
 from ..stage_status import settle_from_completed_job
@@ -45,11 +50,17 @@ __all__ = [
 MISSING_JOB_GRACE_SECONDS = 10
 
 
+#: The states of a job that a worker has taken and not yet finished: Kolibri's
+#: shutdown marks a running job CANCELING and leaves it to end on its own.
+_TAKEN_JOB_STATES = frozenset((State.RUNNING, State.CANCELING))
+
+
 def worker_is_gone(orm_job):
     """
-    Whether the worker process that took a RUNNING job has certainly died (killed,
-    out of memory) without marking it: Kolibri only requeues such a job when its
-    workers next start, and a client is polling now.
+    Whether the worker process that took a RUNNING (or CANCELING) job has
+    certainly died (killed, out of memory) without marking it: Kolibri only
+    requeues or cancels such a job when its workers next start, and a client is
+    polling now.
 
     Only the identity the job recorded as it started counts (see :mod:`~kolibri_sync_extras_plugin.job.worker_identity`):
     a worker in another pid namespace or on another host, or a job that recorded
@@ -58,7 +69,7 @@ def worker_is_gone(orm_job):
     :type orm_job: kolibri.core.tasks.models.Job
     :rtype: bool
     """
-    if orm_job.state != State.RUNNING:
+    if orm_job.state not in _TAKEN_JOB_STATES:
         return False
     return is_gone(identity_of(orm_job.worker_extra))
 
@@ -70,12 +81,16 @@ def check_background_stage(transfer_session_id):
 
     - the job is gone from job storage (past a short grace for its enqueueing),
     - the job FAILED or was CANCELED (normally the job hook has already done this),
-    - the job is RUNNING in a worker process that certainly no longer exists (see
-      :func:`worker_is_gone`): the job is marked FAILED, so it is not requeued
-      behind the client's back,
+    - the job is RUNNING (or CANCELING) in a worker process that certainly no
+      longer exists (see :func:`worker_is_gone`): the job is marked FAILED, so it
+      is not requeued behind the client's back,
     - the job is still QUEUED, no worker ever picked it up, no other stage job
       runs, and it has waited longer than ``STAGE_JOB_START_TIMEOUT`` (see
       :func:`_settle_if_no_worker`),
+    - the job is SELECTED by Kolibri's workers but never started (see
+      :func:`_settle_if_never_started`),
+    - the job gave its worker back to wait for its writer's turn and Kolibri
+      never queued it again (see :func:`_settle_if_not_requeued`),
     - the job COMPLETED but the stage still shows STARTED (see
       :func:`~kolibri_sync_extras_plugin.stage_status.settle_from_completed_job`).
 
@@ -99,24 +114,58 @@ def check_background_stage(transfer_session_id):
         job_state = None
     else:
         if worker_is_gone(orm_job):
-            job_storage.mark_job_as_failed(
-                job_id,
-                WorkerGone(
-                    "worker process {} died while running the stage".format(
-                        orm_job.worker_process
-                    )
-                ),
-                "",
-            )
+            _fail_job_of_gone_worker(transfer_session_id, stage, orm_job)
             job_state = State.FAILED
         else:
             job_state = orm_job.state
         if job_state == State.QUEUED:
             return _settle_if_no_worker(transfer_session_id, stage, orm_job)
+        if job_state == State.SELECTED:
+            return _settle_if_never_started(transfer_session_id, stage, orm_job)
         if job_state == State.COMPLETED:
             result = Job.from_json(orm_job.saved_job).result
+            if is_waiting(result):
+                return _settle_if_not_requeued(transfer_session_id, stage, orm_job)
             return settle_from_completed_job(transfer_session_id, stage, job_id, result)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
+
+
+def _fail_job_of_gone_worker(transfer_session_id, stage, orm_job):
+    """Mark failed a job whose worker process died, saying so in the log."""
+    from kolibri.core.tasks.main import job_storage
+
+    logger.error(
+        "Job %s of stage %s of transfer session %s was %s in worker process %s, "
+        "which no longer exists (killed, out of memory); marking it failed so it "
+        "is not run again behind the client's back. Kolibri's log shows why the "
+        "worker stopped; the client syncs again later.",
+        orm_job.id,
+        stage,
+        transfer_session_id,
+        orm_job.state,
+        orm_job.worker_process,
+    )
+    job_storage.mark_job_as_failed(
+        orm_job.id,
+        WorkerGone(
+            "worker process {} died while running the stage".format(
+                orm_job.worker_process
+            )
+        ),
+        "",
+    )
+
+
+def _seconds_since_due(orm_job):
+    """
+    :return: Seconds since the job was last due to run (its scheduled time, which
+        each requeue moves), or ``None`` if job storage does not say
+    :rtype: float|None
+    """
+    due = aware_utc(orm_job.scheduled_time)
+    if due is None:
+        return None
+    return (timezone.now() - due).total_seconds()
 
 
 def never_picked_up(orm_job):
@@ -151,11 +200,8 @@ def _settle_if_no_worker(transfer_session_id, stage, orm_job):
     """
     from kolibri.core.tasks.main import job_storage
 
-    enqueued = aware_utc(orm_job.scheduled_time)
-    if enqueued is None:
-        return None
-    waited = (timezone.now() - enqueued).total_seconds()
-    if waited < get_stage_job_start_timeout():
+    waited = _seconds_since_due(orm_job)
+    if waited is None or waited < get_stage_job_start_timeout():
         return None
     if not never_picked_up(orm_job) or stage_job_running():
         return None
@@ -163,3 +209,67 @@ def _settle_if_no_worker(transfer_session_id, stage, orm_job):
     if status is not None:
         job_storage.mark_job_as_canceled(orm_job.id)
     return status
+
+
+def _settle_if_never_started(transfer_session_id, stage, orm_job):
+    """
+    Kolibri's workers mark a job SELECTED as they hand it to a worker, which
+    marks it RUNNING at once; a worker process that stopped in between leaves it
+    SELECTED, which Kolibri never runs nor requeues, not even when its workers
+    start again. Past ``STAGE_JOB_START_TIMEOUT`` since the job was due, while no
+    stage job runs, the job is cancelled and the stage ended as errored.
+
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.main import job_storage
+
+    waited = _seconds_since_due(orm_job)
+    if waited is None or waited < get_stage_job_start_timeout():
+        return None
+    if stage_job_running() or not error_stage(transfer_session_id, stage):
+        return None
+    logger.error(
+        "Stage %s of transfer session %s is errored: its job %s was selected to "
+        "run but never started (%d s since it was due), and Kolibri never runs or "
+        "requeues such a job. The worker process stopped between taking it and "
+        "starting it: check Kolibri's log, and restart Kolibri's workers if they "
+        "are down; the job is cancelled and the client syncs again later.",
+        stage,
+        transfer_session_id,
+        orm_job.id,
+        waited,
+    )
+    job_storage.mark_job_as_canceled(orm_job.id)
+    return transfer_statuses.ERRORED
+
+
+def _settle_if_not_requeued(transfer_session_id, stage, orm_job):
+    """
+    A job that gave its worker back to wait for its writer's turn is marked
+    COMPLETED with a waiting result and queued again by Kolibri a moment later
+    (``Job.retry_in``). If that requeue failed (job storage locked or
+    unreachable, the worker killed in between), nothing will run the stage: past
+    ``STAGE_JOB_START_TIMEOUT`` since the job was last due, the stage is ended as
+    errored. A poll between the completing and the requeue leaves it alone.
+
+    :return: The status the stage was settled with, or ``None``
+    :rtype: str|None
+    """
+    waited = _seconds_since_due(orm_job)
+    if waited is None or waited < get_stage_job_start_timeout():
+        return None
+    if not error_stage(transfer_session_id, stage):
+        return None
+    logger.error(
+        "Stage %s of transfer session %s is errored: its job %s gave its worker "
+        "back to wait for another stage job to finish writing, and Kolibri never "
+        "queued it again (%d s since it was last due). The worker's log shows why "
+        "the requeue failed (e.g. job storage's database locked or unreachable); "
+        "the client syncs again later.",
+        stage,
+        transfer_session_id,
+        orm_job.id,
+        waited,
+    )
+    return transfer_statuses.ERRORED
