@@ -2,7 +2,7 @@
 The piece runner that serializing and deserializing in pieces share: each piece
 its own short transaction, sized by time, tried again alone when another writer
 gets in its way, reported, and followed on SQLite by a pause that leaves the
-write lock free.
+write lock free while anyone may be waiting for it.
 """
 
 import contextlib
@@ -15,6 +15,7 @@ from django.db import transaction
 from django.dispatch import Signal
 
 from ..conflicts import is_transient_database_error
+from ..requests_in_flight import someone_may_wait
 from .partition_locks import partitions_locked_for_piece
 from .support import _begin_transaction
 
@@ -80,12 +81,17 @@ def next_piece_size(records, seconds):
 def pause_after_piece(seconds):
     """
     On SQLite, leave the write lock free for a while after a piece that held it for
-    ``seconds`` (see :data:`PAUSE_SHARE`); elsewhere, go on at once.
+    ``seconds`` (see :data:`PAUSE_SHARE`), if anyone may be waiting for it (see
+    :mod:`kolibri_sync_extras_plugin.requests_in_flight`); otherwise, and on other
+    databases, go on at once: a push with the server to itself pays no pauses.
+
+    :return: Whether it paused
+    :rtype: bool
     """
-    if connection.vendor == "sqlite":
-        time.sleep(
-            min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE))
-        )
+    if connection.vendor != "sqlite" or not someone_may_wait():
+        return False
+    time.sleep(min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE)))
+    return True
 
 
 def batches(ids, size):

@@ -15,6 +15,7 @@ import uuid
 from django.core.signals import request_finished
 from django.core.signals import request_started
 
+from .. import requests_in_flight
 from ..stage_status import error_stage
 from .enqueue import enqueue_stage_job
 from .enqueue import stage_job_request
@@ -32,6 +33,8 @@ _request_state = threading.local()
 
 
 def _on_request_started(environ=None, **kwargs):
+    # stage jobs writing in pieces leave SQLite's lock free while it is in flight
+    requests_in_flight.request_started()
     _request_state.jobs = []
     transfer_session_id = _polled_transfer_session_id(environ or {})
     if transfer_session_id is not None:
@@ -68,8 +71,11 @@ def _transfer_session_id(pk):
 def _on_request_finished(**kwargs):
     job_requests = getattr(_request_state, "jobs", None)
     _request_state.jobs = None
-    for job_request in job_requests or ():
-        _enqueue_or_fail_stage(job_request)
+    try:
+        for job_request in job_requests or ():
+            _enqueue_or_fail_stage(job_request)
+    finally:
+        requests_in_flight.request_finished()
 
 
 def _enqueue_or_fail_stage(job_request):
