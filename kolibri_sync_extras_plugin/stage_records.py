@@ -1,25 +1,134 @@
 """
-How many records a server stage works on, counted before it runs: the one
-estimate behind running a small stage in the request (:mod:`.request.inline`)
-and the progress a background stage reports (:mod:`.job.progress`).
+How many records a server stage works on, counted before it runs: the bound
+behind running a small stage in the request (:mod:`.request.inline`) and the
+progress a background stage reports (:mod:`.job.progress`).
 
-Each count is one query and an upper bound of the records the stage touches, so
-a stage is never taken for smaller than it is.
+A stage touches records of a few kinds, its *sources*, each a query whose rows
+include every record of that kind the stage will touch, as morango selects them
+(morango |version|, and 0.7 to 0.8.3 the same):
+
+- serializing (a pull's server): the app rows changed under the filter, and the
+  deletions logged for the profile, which morango applies whatever their
+  partition;
+- queuing: the store records under the filter, of which it buffers those the
+  client lacks;
+- dequeuing: the records the client pushed;
+- deserializing (a push's server): every dirty store record of the profile under
+  the filter, which is what the push brought, what an interrupted push left and
+  every record that failed before (morango keeps those dirty and tries each one
+  again), and then what morango serializes first so that local changes win: the
+  changed app rows and logged deletions, as above.
+
+The sum over a stage's sources therefore bounds its work. Counted with a limit,
+each source's query stops at what is left of it, so a large stage costs no more
+to weigh than one just past the limit.
+
+.. |version| replace:: 0.8.15
 """
 
 from morango.constants import transfer_stages
+from morango.models.core import Buffer
+from morango.models.core import DeletedModels
+from morango.models.core import HardDeletedModels
+from morango.models.core import Store
+from morango.registry import syncable_models
 
-from .piecewise.serialize import changed_rows
+from .piecewise.stamping import changed_rows_of
 from .piecewise.store_queries import dirty_store_records
 from .piecewise.store_queries import under_filter
 
 __all__ = [
     "buffered_records",
     "changed_rows_to_serialize",
-    "records_before",
+    "records_touched",
     "records_to_deserialize",
-    "store_records_within",
 ]
+
+
+def _changed_app_rows(context):
+    """The app rows serializing writes into the store, one query per model."""
+    return [
+        changed_rows_of(model, context.filter)
+        for model in syncable_models.get_models(context.sync_session.profile)
+    ]
+
+
+def _logged_deletions(context):
+    """The deletions serializing applies: every one logged for the profile."""
+    profile = context.sync_session.profile
+    return [
+        DeletedModels.objects.filter(profile=profile),
+        HardDeletedModels.objects.filter(profile=profile),
+    ]
+
+
+def _store_records_within(context):
+    return [Store.objects.filter(under_filter(context.filter))]
+
+
+def _pushed_records(context):
+    return [Buffer.objects.filter(transfer_session=context.transfer_session)]
+
+
+def _dirty_store_records(context):
+    return [
+        dirty_store_records(context.filter).filter(profile=context.sync_session.profile)
+    ]
+
+
+def _serializing_sources(context):
+    # a push's server serializes nothing in this stage: it only reads its counters
+    if not context.is_producer:
+        return None
+    return _logged_deletions(context) + _changed_app_rows(context)
+
+
+def _deserializing_sources(context):
+    # the indexed and the small first: a stage past the limit is then known
+    # before the app's tables are read
+    return (
+        _dirty_store_records(context)
+        + _logged_deletions(context)
+        + _changed_app_rows(context)
+    )
+
+
+_SOURCES = {
+    transfer_stages.SERIALIZING: _serializing_sources,
+    transfer_stages.QUEUING: _store_records_within,
+    transfer_stages.DEQUEUING: _pushed_records,
+    transfer_stages.DESERIALIZING: _deserializing_sources,
+}
+
+
+def _count(querysets, at_most=None):
+    total = 0
+    for queryset in querysets:
+        if at_most is None:
+            total += queryset.count()
+            continue
+        # COUNT over a LIMIT: the query stops at the row that settles it
+        total += queryset[: at_most - total + 1].count()
+        if total > at_most:
+            break
+    return total
+
+
+def records_touched(context, at_most=None):
+    """
+    An upper bound of the records the context's current stage touches: the sum
+    over its sources (see above).
+
+    :type context: morango.sync.context.LocalSessionContext
+    :param at_most: Count no further than one past this: the answer is exact up to
+        ``at_most``, and ``at_most + 1`` for any stage larger than that
+    :type at_most: int|None
+    :return: The count, or ``None`` for a stage with no count before it runs
+    :rtype: int|None
+    """
+    sources = _SOURCES.get(context.stage)
+    querysets = None if sources is None else sources(context)
+    return None if querysets is None else _count(querysets, at_most)
 
 
 def changed_rows_to_serialize(context):
@@ -30,17 +139,7 @@ def changed_rows_to_serialize(context):
     """
     if not context.is_producer:
         return None
-    return changed_rows(context.sync_session.profile, context.filter)
-
-
-def store_records_within(context):
-    """
-    :return: Store records within the filter: at most what queuing will buffer
-    :rtype: int
-    """
-    from morango.models.core import Store
-
-    return Store.objects.filter(under_filter(context.filter)).count()
+    return _count(_changed_app_rows(context))
 
 
 def buffered_records(context):
@@ -48,9 +147,7 @@ def buffered_records(context):
     :return: How many records the client pushed, which dequeuing merges
     :rtype: int
     """
-    from morango.models.core import Buffer
-
-    return Buffer.objects.filter(transfer_session=context.transfer_session).count()
+    return _count(_pushed_records(context))
 
 
 def records_to_deserialize(context):
@@ -60,28 +157,4 @@ def records_to_deserialize(context):
         and what an interrupted push left waiting
     :rtype: int
     """
-    return (
-        dirty_store_records(context.filter)
-        .filter(profile=context.sync_session.profile)
-        .count()
-    )
-
-
-_BEFORE = {
-    transfer_stages.SERIALIZING: changed_rows_to_serialize,
-    transfer_stages.QUEUING: store_records_within,
-    transfer_stages.DEQUEUING: buffered_records,
-    transfer_stages.DESERIALIZING: records_to_deserialize,
-}
-
-
-def records_before(context):
-    """
-    An upper bound of the records the context's current stage works on.
-
-    :type context: morango.sync.context.LocalSessionContext
-    :return: The count, or ``None`` for a stage with no count before it runs
-    :rtype: int|None
-    """
-    count = _BEFORE.get(context.stage)
-    return None if count is None else count(context)
+    return _count(_dirty_store_records(context))

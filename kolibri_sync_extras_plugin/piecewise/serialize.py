@@ -55,19 +55,7 @@ from .runner import PieceRun
 from .runner import batches
 from .support import SUPPORTED_MORANGO_VERSIONS
 
-__all__ = ["changed_rows", "serialize_in_pieces"]
-
-
-def changed_rows(profile, sync_filter):
-    """
-    :return: How many app rows under ``sync_filter`` serializing would write into
-        the store now
-    :rtype: int
-    """
-    return sum(
-        stamping.changed_rows_of(model, sync_filter).count()
-        for model in syncable_models.get_models(profile)
-    )
+__all__ = ["serialize_in_pieces"]
 
 
 def serialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):

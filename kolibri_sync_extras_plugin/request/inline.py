@@ -11,12 +11,14 @@ Kolibri runs it: the client gets its result in the answer to the request that as
 reaches the client through morango's controller as it does without the plugin,
 and no job is ever enqueued for it, so it cannot run twice.
 
-The estimates count rows with a query or two, and are upper bounds of the
-records the stage will touch (every dirty record in the filter, those that failed
-before included, and on a push the server's own changes serialized first), so a
-stage is never taken for smaller than it is.
+The estimate is a bound, not a guess: the records of every kind the stage will
+touch (see :mod:`kolibri_sync_extras_plugin.stage_records`: on a push, every dirty
+record in the filter, those that failed before included, and the server's own
+changes serialized first), so a stage is never taken for smaller than it is.
 Stages differ widely in what a record costs them; each stage's records are
 weighed against deserializing's (see :data:`RECORDS_PER_DESERIALIZED_RECORD`).
+The count runs in every request that starts a configured stage, so it stops as
+soon as it passes the stage's share of the threshold.
 
 Cleanup always stays in the background: morango's client closes the transfer
 session and moves on without waiting for the server's cleanup, so a background
@@ -28,23 +30,24 @@ import logging
 from morango.constants import transfer_stages
 
 from ..config import get_inline_stage_records
-from ..piecewise.serialize import changed_rows
-from ..stage_records import records_before
+from ..stage_records import records_touched
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "RECORDS_PER_DESERIALIZED_RECORD",
-    "estimated_stage_records",
-    "estimated_stage_cost",
+    "inline_record_limit",
     "runs_inline",
 ]
+
 
 #: How many records of each stage cost about as much as deserializing one. Stock
 #: Kolibri 0.19 on SQLite, 2,000 records each way on the lab's 2-core machine:
 #: serializing 0.77 s, queuing 0.02 to 0.07 s, dequeuing 0.18 s, deserializing
-#: 6.3 s (one run; another, quieter one: 0.32, 0.03, 0.06 and 2.0 s). Cleanup has
-#: no entry: it never runs inline (see above).
+#: 6.3 s (one run; another, quieter one: 0.32, 0.03, 0.06 and 2.0 s). Every record
+#: a stage touches weighs the same, so the rows a push's deserializing serializes
+#: first weigh as much as the records it deserializes. Cleanup has no entry: it
+#: never runs inline (see above).
 RECORDS_PER_DESERIALIZED_RECORD = {
     transfer_stages.SERIALIZING: 8,
     transfer_stages.QUEUING: 50,
@@ -53,41 +56,23 @@ RECORDS_PER_DESERIALIZED_RECORD = {
 }
 
 
-def estimated_stage_records(context):
+def inline_record_limit(stage, threshold):
     """
-    An upper bound of the records the context's current stage will touch (see
-    :mod:`kolibri_sync_extras_plugin.stage_records`). Deserializing a push first
-    serializes the server's own changes under the filter, so those rows count
-    too.
-
-    :type context: morango.sync.context.LocalSessionContext
-    :return: The estimate, or ``None`` when the stage has no estimate here
+    :param threshold: ``INLINE_STAGE_RECORDS``, in records of deserializing
+    :return: The most records ``stage`` may touch and still run in the request,
+        or ``None`` for a stage that never does
     :rtype: int|None
     """
-    records = records_before(context)
-    if records is not None and context.stage == transfer_stages.DESERIALIZING:
-        records += changed_rows(context.sync_session.profile, context.filter)
-    return records
-
-
-def estimated_stage_cost(context):
-    """
-    The context's current stage's estimated work, in records of deserializing.
-
-    :type context: morango.sync.context.LocalSessionContext
-    :return: The estimate, or ``None`` for a stage that never runs inline
-    :rtype: float|None
-    """
-    records = estimated_stage_records(context)
-    if records is None or context.stage not in RECORDS_PER_DESERIALIZED_RECORD:
-        return None
-    return records / RECORDS_PER_DESERIALIZED_RECORD[context.stage]
+    weight = RECORDS_PER_DESERIALIZED_RECORD.get(stage)
+    return None if weight is None else threshold * weight
 
 
 def runs_inline(context):
     """
     Whether a stage configured for the background is small enough to run in the
-    request instead.
+    request instead: whether every record it can touch (see
+    :func:`~kolibri_sync_extras_plugin.stage_records.records_touched`) fits in its
+    share of ``INLINE_STAGE_RECORDS``.
 
     :type context: morango.sync.context.LocalSessionContext
     :rtype: bool
@@ -95,15 +80,18 @@ def runs_inline(context):
     threshold = get_inline_stage_records()
     if not threshold:
         return False
-    cost = estimated_stage_cost(context)
-    if cost is None or cost > threshold:
+    limit = inline_record_limit(context.stage, threshold)
+    if limit is None:
+        return False
+    records = records_touched(context, at_most=limit)
+    if records is None or records > limit:
         return False
     logger.info(
-        "Stage %s of transfer session %s runs in the request: about %d records "
-        "of deserializing, at most %d run inline",
+        "Stage %s of transfer session %s runs in the request: it touches at most "
+        "%d records, and %d may run inline",
         context.stage,
         context.transfer_session.id,
-        cost,
-        threshold,
+        records,
+        limit,
     )
     return True

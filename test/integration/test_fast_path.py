@@ -4,16 +4,24 @@ waits no polling interval; larger ones still go to a job.
 """
 
 import time
+import uuid
 
 import pytest
 from django.db import IntegrityError
 from django.db import OperationalError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from kolibri.core.auth.models import Classroom
+from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
+from morango.models.core import Store
 from morango.models.core import TransferSession
+from morango.sync.context import LocalSessionContext
 
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
-from kolibri_sync_extras_plugin.request.inline import estimated_stage_records
+from kolibri_sync_extras_plugin.request.inline import runs_inline
+from kolibri_sync_extras_plugin.stage_records import records_touched
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
@@ -22,11 +30,16 @@ from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
 from ..helpers.jobs import stage_jobs
 from ..helpers.options import sync_options
+from ..helpers.records import facility_records
+from ..helpers.sync_sessions import new_server_sync_session
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
 #: Far above the suite's facility (about 30 records), far below a large one.
 GENEROUS = 500
+
+#: The records of the ``pushed_learner_edits`` push: the facility's learners.
+PUSHED = 12
 
 
 def _pull_to_serializing(client, sync_session):
@@ -121,17 +134,159 @@ def test_push_cleanup__tiny_push__still_runs_in_a_job(
     assert job.kwargs["stage"] == transfer_stages.CLEANUP
 
 
-def test_estimated_stage_records__push__counts_what_was_transferred(
+def _context(transfer):
+    transfer_session = TransferSession.objects.get(id=transfer["id"])
+    return LocalSessionContext(transfer_session=transfer_session)
+
+
+def test_records_touched__push_at_dequeuing__what_was_transferred(
     pushed_learner_edits,
 ):
-    from morango.sync.context import LocalSessionContext
-
-    transfer_session = TransferSession.objects.get(id=pushed_learner_edits["id"])
-    context = LocalSessionContext(transfer_session=transfer_session)
+    context = _context(pushed_learner_edits)
 
     assert context.stage == transfer_stages.DEQUEUING
-    assert estimated_stage_records(context) == transfer_session.records_transferred
-    assert transfer_session.records_transferred == 12
+    assert records_touched(context) == PUSHED
+    assert context.transfer_session.records_transferred == PUSHED
+
+
+def test_records_touched__push_at_deserializing__its_own_records_and_nothing_else(
+    pushed_and_dequeued,
+):
+    # the facility was serialized when the client pulled it: nothing else waits
+    context = _context(pushed_and_dequeued)
+
+    assert context.stage == transfer_stages.DESERIALIZING
+    assert records_touched(context) == PUSHED
+
+
+def test_records_touched__at_most__counts_no_further_than_one_past_it(
+    pushed_and_dequeued,
+):
+    assert records_touched(_context(pushed_and_dequeued), at_most=5) == 6
+
+
+@pytest.fixture
+def dequeued_push(pushed_learner_edits):
+    """The push of :data:`PUSHED` learners, dequeued by its job."""
+    run_stage_jobs()
+    return pushed_learner_edits
+
+
+def _deserialize(client, push, threshold):
+    with sync_options(INLINE_STAGE_RECORDS=threshold):
+        return client.proceed_to(push["id"], transfer_stages.DESERIALIZING)
+
+
+def _failed_before(records):
+    """
+    Learners another client pushed that the server could not apply: store records
+    left dirty, with the error morango recorded.
+    """
+    learner = (
+        Store.objects.filter(model_name=FacilityUser.morango_model_name)
+        .values()
+        .first()
+    )
+    learner.update(dirty_bit=True, deserialization_error="username already taken")
+    Store.objects.bulk_create(
+        Store(**dict(learner, id=uuid.uuid4().hex)) for _ in range(records)
+    )
+
+
+def test_push_deserializing__exactly_its_records_at_the_threshold__in_the_request(
+    dequeued_push, async_client
+):
+    response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
+
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    time.sleep(1)  # a job would be enqueued once the request had finished
+    assert [job.kwargs["stage"] for job in stage_jobs()] == [transfer_stages.DEQUEUING]
+
+
+def test_push_deserializing__many_records_that_failed_before__goes_to_a_job(
+    dequeued_push, async_client
+):
+    # morango tries every dirty record again: the push is small, its stage is not
+    _failed_before(GENEROUS)
+
+    response = _deserialize(async_client, dequeued_push, threshold=GENEROUS)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+
+
+def test_push_deserializing__local_change_to_serialize_first__goes_to_a_job(
+    dequeued_push, async_client
+):
+    classroom = Classroom.objects.get(name="Class A")
+    classroom.name = "Class A, renamed on the server"
+    classroom.save()
+
+    response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+
+
+def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
+    dequeued_push, async_client
+):
+    # the class and its learners' memberships: deletions morango applies to the
+    # store before it deserializes
+    Classroom.objects.get(name="Class A").delete()
+
+    response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+
+
+@pytest.fixture
+def pulled_before(async_client, facility):
+    """The facility, serialized when another device pulled it: nothing is dirty."""
+    facility_records(async_client, new_server_sync_session(facility))
+
+
+def test_pull_serializing__nothing_changed_but_deletions__goes_to_a_job(
+    pulled_before, async_client, server_sync_session
+):
+    # the class and its learners' memberships: deletions morango applies to the
+    # store as it serializes
+    Classroom.objects.get(name="Class A").delete()
+
+    with sync_options(BACKGROUND_INITIALIZATION=True, INLINE_STAGE_RECORDS=1):
+        _, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.SERIALIZING
+
+
+def test_pull_serializing__nothing_changed__in_the_request(
+    pulled_before, async_client, server_sync_session
+):
+    with sync_options(BACKGROUND_INITIALIZATION=True, INLINE_STAGE_RECORDS=1):
+        _, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert no_stage_jobs_after()
+
+
+def test_runs_inline__first_source_past_the_limit__decided_in_one_query(
+    pushed_and_dequeued,
+):
+    # the dirty store records already exceed it: the app's tables are not read
+    _failed_before(PUSHED)
+    context = _context(pushed_and_dequeued)
+
+    with sync_options(INLINE_STAGE_RECORDS=PUSHED):
+        with CaptureQueriesContext(connection) as queries:
+            assert not runs_inline(context)
+
+    assert len(queries) == 1
 
 
 def test_pull_queuing__cheap_records__inline_where_serializing_as_many_is_not(
