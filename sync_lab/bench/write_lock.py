@@ -10,16 +10,28 @@ an immediate transaction, notes how long that took, and commits at once. Its
 waits include SQLite's own busy back-off (up to 0.1 s between looks), as a real
 request's do.
 
+While it waits, the probe holds a shared lock on the server's
+``sync_extras_requests.lock``, as every request the server serves does from its
+start to its end: a stage job with the plugin pauses between pieces while any
+request is in flight (see :mod:`kolibri_sync_extras_plugin.requests_in_flight`),
+so the probe waits as a request that writes would, not as an outsider the
+server cannot see.
+
 A long wait is told apart by what was running then: the stage jobs the server
 logged as running (:func:`background_stage_spans`, from the plugin's log lines)
 and the requests the timing proxy saw in flight.
 """
 
+import contextlib
 import datetime
+import fcntl
+import os
 import re
 import sqlite3
 import threading
 import time
+
+from kolibri_sync_extras_plugin.requests_in_flight import REQUESTS_LOCK_FILE_NAME
 
 __all__ = [
     "PROBE_INTERVAL_SECONDS",
@@ -92,15 +104,24 @@ class WriteLockProbe:
             while not self._stop.is_set():
                 asked = time.time()
                 started = time.monotonic()
-                connection.execute("BEGIN IMMEDIATE")
-                waited = time.monotonic() - started
-                connection.execute("COMMIT")
+                with self._in_flight():
+                    connection.execute("BEGIN IMMEDIATE")
+                    waited = time.monotonic() - started
+                    connection.execute("COMMIT")
                 self.waits.append(LockWait(asked, waited))
                 self._stop.wait(self.interval)
         except sqlite3.Error as e:
             self.error = e
         finally:
             connection.close()
+
+    @contextlib.contextmanager
+    def _in_flight(self):
+        """Count as a request in flight on the server, as a writing request is."""
+        path = os.path.join(os.path.dirname(self.path), REQUESTS_LOCK_FILE_NAME)
+        with open(path, "a") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_SH)
+            yield
 
     def clear(self):
         self.waits = []

@@ -203,6 +203,12 @@ def test_push_deserializing__exactly_its_records_at_the_threshold__in_the_reques
     assert [job.kwargs["stage"] for job in stage_jobs()] == [transfer_stages.DEQUEUING]
 
 
+def _assert_left_to_a_deserializing_job(response):
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+
+
 def test_push_deserializing__many_records_that_failed_before__goes_to_a_job(
     dequeued_push, async_client
 ):
@@ -211,9 +217,7 @@ def test_push_deserializing__many_records_that_failed_before__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=GENEROUS)
 
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+    _assert_left_to_a_deserializing_job(response)
 
 
 def test_push_deserializing__local_change_to_serialize_first__goes_to_a_job(
@@ -225,9 +229,7 @@ def test_push_deserializing__local_change_to_serialize_first__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
 
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+    _assert_left_to_a_deserializing_job(response)
 
 
 def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
@@ -239,9 +241,7 @@ def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
 
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
+    _assert_left_to_a_deserializing_job(response)
 
 
 @pytest.fixture
