@@ -5,9 +5,9 @@ and without a busy loop over job storage.
 SQLite has a single write lock for the whole database and every background stage
 writes, so stage jobs running side by side only queue up inside the database, each
 holding one of Kolibri's workers (and, past the busy timeout, failing with
-``database is locked``). A stage job therefore first takes the writers' turn (see
-:mod:`kolibri_sync_extras_plugin.writers_turn`, which a stage run in the request
-takes too).
+``database is locked``). A stage job therefore first takes the writers' turn: an
+exclusive, non-blocking lock on a file in ``KOLIBRI_HOME``, which the operating
+system releases if the process dies.
 
 A job that finds the turn taken gives its worker back at once and asks Kolibri to
 run it again later (``Job.retry_in``). Retrying every half second would keep
@@ -24,21 +24,21 @@ processes. PostgreSQL lets writers of different rows proceed together, so there
 every stage job runs when a worker is free.
 """
 
+import contextlib
 import functools
 import logging
+import os
+import threading
 from datetime import timedelta
 
 from ..compat import aware_utc
+from ..compat import jobs_in_states
+from ..compat import parse_time
+from ..compat import run_queued_job_now
 from ..stage_status import FIRST_ENQUEUED_KEY
+from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
 from ..stage_status import waiting_result
-from ..writers_turn import LOCK_FILE_NAME
-from ..writers_turn import hand_the_turn_over
-from ..writers_turn import lock_file_path
-from ..writers_turn import needs_turns
-from ..writers_turn import place_in_line
-from ..writers_turn import waiting_jobs_in_line
-from ..writers_turn import wake_longest_waiting_job
-from ..writers_turn import writer_turn
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,69 @@ TURN_RETRY_DELAY = timedelta(seconds=0.5)
 MAX_TURN_RETRY_DELAY = timedelta(seconds=4)
 #: The job metadata that counts how many times a job found the turn taken.
 TURN_WAITS_KEY = "writer_turn_waits"
+#: The lock file, in ``KOLIBRI_HOME``.
+LOCK_FILE_NAME = "sync_extras_stage_writer.lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: the turn is kept within the worker process
+    fcntl = None
+    _process_turn = threading.Lock()
+
+
+def lock_file_path():
+    """:rtype: str"""
+    from kolibri.utils.conf import KOLIBRI_HOME
+
+    return os.path.join(KOLIBRI_HOME, LOCK_FILE_NAME)
+
+
+def _needs_turns():
+    from django.db import connection
+
+    return connection.vendor == "sqlite"
+
+
+@contextlib.contextmanager
+def _file_turn():
+    # each open() is its own open file description, so two threads of one process
+    # exclude each other as two processes do
+    with open(lock_file_path(), "a") as lock_file:
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _thread_turn():
+    if not _process_turn.acquire(blocking=False):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _process_turn.release()
+
+
+@contextlib.contextmanager
+def writer_turn():
+    """
+    Take the writers' turn if it is free.
+
+    :return: A context manager yielding whether this caller holds the turn; on a
+        database other than SQLite always ``True``
+    """
+    if not _needs_turns():
+        yield True
+        return
+    with _file_turn() if fcntl is not None else _thread_turn() as turn:
+        yield turn
 
 
 def turn_retry_delay(waits):
@@ -76,6 +139,47 @@ def turn_retry_delay(waits):
     return min(TURN_RETRY_DELAY * 2 ** min(waits, 16), MAX_TURN_RETRY_DELAY)
 
 
+def _place_in_line(job):
+    return (parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)), job.job_id)
+
+
+def waiting_jobs_in_line():
+    """
+    The stage jobs queued again to wait for the turn, the longest waiting first
+    (by when each was first queued).
+
+    :rtype: list[kolibri.core.tasks.job.Job]
+    """
+    from kolibri.core.tasks.job import State
+
+    waiting = [
+        job
+        for job in jobs_in_states(
+            [State.QUEUED], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
+        )
+        if parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)) is not None
+    ]
+    return sorted(waiting, key=_place_in_line)
+
+
+def wake_longest_waiting_job():
+    """
+    Hand the turn over: make the longest waiting stage job due now, at high
+    priority, so it takes the turn without waiting out its back-off or behind
+    Kolibri's regular jobs. One still queued is woken; one a worker has picked up
+    meanwhile tries the turn by itself.
+
+    :return: The woken job's id, or ``None`` if no job waits
+    :rtype: str|None
+    """
+    from kolibri.core.tasks.constants import Priority
+
+    for job in waiting_jobs_in_line():
+        if run_queued_job_now(job.job_id, Priority.HIGH):
+            return job.job_id
+    return None
+
+
 def _first_enqueued(job):
     from kolibri.core.tasks.main import job_storage
 
@@ -87,10 +191,10 @@ def _first_enqueued(job):
 
 
 def _heads_the_line(job):
-    mine = place_in_line(job)
+    mine = _place_in_line(job)
     line = waiting_jobs_in_line()
     # a job that cannot tell when it was first queued is not kept waiting behind
-    return mine[0] is None or not line or mine <= place_in_line(line[0])
+    return mine[0] is None or not line or mine <= _place_in_line(line[0])
 
 
 def _wait_for_the_turn(job, stage):
@@ -117,6 +221,14 @@ def _wait_for_the_turn(job, stage):
     return waiting_result(stage, "waiting for another stage job to finish writing")
 
 
+def _hand_the_turn_over():
+    try:
+        wake_longest_waiting_job()
+    except Exception:
+        # the stage has run; the waiting jobs still take the turn, after their back-off
+        logger.exception("Could not hand the writers' turn to a waiting stage job")
+
+
 def one_writer_at_a_time(task):
     """
     Run ``task`` (a stage job's function) only while holding the writers' turn,
@@ -132,7 +244,7 @@ def one_writer_at_a_time(task):
         from kolibri.core.tasks.utils import get_current_job
 
         job = get_current_job()
-        if job is None or not needs_turns():
+        if job is None or not _needs_turns():
             return task(*args, **kwargs)
         held_the_turn = False
         try:
@@ -143,7 +255,7 @@ def one_writer_at_a_time(task):
         finally:
             # after the turn is given back, so the woken job finds it free
             if held_the_turn:
-                hand_the_turn_over()
+                _hand_the_turn_over()
         return _wait_for_the_turn(job, kwargs.get("stage"))
 
     return run_in_turn

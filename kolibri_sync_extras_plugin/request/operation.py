@@ -17,9 +17,6 @@ from ..conflicts import is_transient_database_error
 from ..piecewise.partition_locks import partitions_held_if_free
 from ..stage_status import job_id_for
 from ..stages import stage_middleware
-from ..writers_turn import hand_the_turn_over
-from ..writers_turn import needs_turns
-from ..writers_turn import writer_turn
 from .hooks import schedule_background_stage
 from .inline import runs_inline
 from .limits import refuse_stage_over_limits
@@ -106,11 +103,11 @@ def _run_in_request(context):
         stage should go to a job instead
     :rtype: str|None
     """
-    with _free_to_write_for(context) as free:
+    with _partitions_free_for(context) as free:
         if not free:
             logger.info(
                 "Stage %s of transfer session %s would wait in the request for "
-                "another stage writing; it goes to a background job",
+                "another stage of the same data; it goes to a background job",
                 context.stage,
                 context.transfer_session.id,
             )
@@ -138,29 +135,14 @@ _PARTITION_LOCKING_STAGES = frozenset(
 )
 
 
-@contextlib.contextmanager
-def _free_to_write_for(context):
+def _partitions_free_for(context):
     """
-    Whether the stage can write now without waiting in the request for another
-    stage, holding what makes it so while it runs. On SQLite that is the writers'
-    turn (see :mod:`kolibri_sync_extras_plugin.writers_turn`): with many clients
-    asking at once, stages run in their requests would otherwise queue up for
-    SQLite's one lock, each request waiting for all before it; given back, the
-    turn goes on to the longest waiting stage job. On PostgreSQL, a stage whose
-    work locks the facility's partitions holds them if they are free (see
-    :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`).
+    For a stage whose work locks the facility's partitions, hold them if they are
+    free (see :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`); for any other, go on.
     """
-    if needs_turns():
-        with writer_turn() as turn:
-            yield turn
-        if turn:
-            hand_the_turn_over()
-        return
     if context.stage in _PARTITION_LOCKING_STAGES:
-        with partitions_held_if_free(context.filter) as free:
-            yield free
-        return
-    yield True
+        return partitions_held_if_free(context.filter)
+    return contextlib.nullcontext(True)
 
 
 def _invoke_in_request(context):

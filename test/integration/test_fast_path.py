@@ -22,7 +22,6 @@ from morango.sync.context import LocalSessionContext
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 from kolibri_sync_extras_plugin.request.inline import runs_inline
 from kolibri_sync_extras_plugin.stage_records import records_touched
-from kolibri_sync_extras_plugin.writers_turn import writer_turn
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
@@ -63,42 +62,6 @@ def test_pull_serializing__tiny_stage__answered_completed_by_the_request_itself(
         server_sync_session.server_certificate.get_root().id in response["server_fsic"]
     )
     assert no_stage_jobs_after()
-
-
-@pytest.mark.skipif(
-    connection.vendor != "sqlite", reason="stages take the writers' turn on SQLite"
-)
-def test_pull_serializing__tiny_stage_while_another_stage_writes__goes_to_a_job(
-    background_everything, async_client, server_sync_session
-):
-    # many clients asking at once would otherwise queue up in their requests for
-    # SQLite's one lock
-    with writer_turn() as turn, sync_options(INLINE_STAGE_RECORDS=GENEROUS):
-        assert turn
-        transfer, response = _pull_to_serializing(async_client, server_sync_session)
-
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.SERIALIZING
-
-
-@pytest.mark.skipif(
-    connection.vendor != "sqlite", reason="stages take the writers' turn on SQLite"
-)
-def test_pull_serializing__tiny_stage_run_in_the_request__wakes_a_waiting_job(
-    background_everything, async_client, server_sync_session, monkeypatch
-):
-    from kolibri_sync_extras_plugin import writers_turn
-
-    woken = []
-    monkeypatch.setattr(
-        writers_turn, "wake_longest_waiting_job", lambda: woken.append(True)
-    )
-    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
-        _, response = _pull_to_serializing(async_client, server_sync_session)
-
-    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
-    assert woken == [True]
 
 
 def test_pull_serializing__stage_above_the_threshold__still_runs_in_a_job(
