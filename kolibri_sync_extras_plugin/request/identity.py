@@ -23,6 +23,7 @@ Job storage keeps only a digest of the identity: the job's metadata is shown by
 Kolibri's tasks API (see :mod:`.enqueue`).
 """
 
+import functools
 import hashlib
 import json
 
@@ -61,9 +62,20 @@ def client_identity(sync_session):
         with no client certificate
     :rtype: str
     """
-    certificate = sync_session.client_certificate
-    if certificate is None:
+    if sync_session.client_certificate_id is None:
         return "unknown"
+    return _identity_of_certificate(sync_session.client_certificate_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_of_certificate(certificate_id):
+    """
+    A certificate's id is a hash of its content, so what its chain proves never
+    changes: each stage request of a client asks again, the chain is read once.
+    """
+    from morango.models.certificates import Certificate
+
+    certificate = Certificate.objects.get(id=certificate_id)
     # the user named nearest the root: certificates signed below it narrow its
     # scope and cannot name another user's data
     for link in _chain_from_root(certificate):

@@ -168,6 +168,18 @@ def _seconds_since_due(orm_job):
     return (timezone.now() - due).total_seconds()
 
 
+def _waited_past_start_timeout(orm_job):
+    """
+    :return: Seconds since the job was last due, if past
+        ``STAGE_JOB_START_TIMEOUT``; else ``None``
+    :rtype: float|None
+    """
+    waited = _seconds_since_due(orm_job)
+    if waited is None or waited < get_stage_job_start_timeout():
+        return None
+    return waited
+
+
 def never_picked_up(orm_job):
     """
     Whether no worker has taken the job yet: it records no worker, and it never
@@ -200,8 +212,8 @@ def _settle_if_no_worker(transfer_session_id, stage, orm_job):
     """
     from kolibri.core.tasks.main import job_storage
 
-    waited = _seconds_since_due(orm_job)
-    if waited is None or waited < get_stage_job_start_timeout():
+    waited = _waited_past_start_timeout(orm_job)
+    if waited is None:
         return None
     if not never_picked_up(orm_job) or stage_job_running():
         return None
@@ -224,8 +236,8 @@ def _settle_if_never_started(transfer_session_id, stage, orm_job):
     """
     from kolibri.core.tasks.main import job_storage
 
-    waited = _seconds_since_due(orm_job)
-    if waited is None or waited < get_stage_job_start_timeout():
+    waited = _waited_past_start_timeout(orm_job)
+    if waited is None:
         return None
     if stage_job_running() or not error_stage(transfer_session_id, stage):
         return None
@@ -256,8 +268,8 @@ def _settle_if_not_requeued(transfer_session_id, stage, orm_job):
     :return: The status the stage was settled with, or ``None``
     :rtype: str|None
     """
-    waited = _seconds_since_due(orm_job)
-    if waited is None or waited < get_stage_job_start_timeout():
+    waited = _waited_past_start_timeout(orm_job)
+    if waited is None:
         return None
     if not error_stage(transfer_session_id, stage):
         return None

@@ -49,6 +49,12 @@ def _pull_to_serializing(client, sync_session):
     )
 
 
+def _assert_left_to_a_job(response, stage):
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    [job] = queued_stage_jobs()
+    assert job.kwargs["stage"] == stage
+
+
 def test_pull_serializing__tiny_stage__answered_completed_by_the_request_itself(
     background_everything, async_client, server_sync_session
 ):
@@ -70,9 +76,7 @@ def test_pull_serializing__stage_above_the_threshold__still_runs_in_a_job(
     with sync_options(INLINE_STAGE_RECORDS=1):
         transfer, response = _pull_to_serializing(async_client, server_sync_session)
 
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.SERIALIZING
+    _assert_left_to_a_job(response, transfer_stages.SERIALIZING)
 
 
 def test_pull__tiny_stages__whole_initialization_inline_and_records_queued(
@@ -203,12 +207,6 @@ def test_push_deserializing__exactly_its_records_at_the_threshold__in_the_reques
     assert [job.kwargs["stage"] for job in stage_jobs()] == [transfer_stages.DEQUEUING]
 
 
-def _assert_left_to_a_deserializing_job(response):
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.DESERIALIZING
-
-
 def test_push_deserializing__many_records_that_failed_before__goes_to_a_job(
     dequeued_push, async_client
 ):
@@ -217,7 +215,7 @@ def test_push_deserializing__many_records_that_failed_before__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=GENEROUS)
 
-    _assert_left_to_a_deserializing_job(response)
+    _assert_left_to_a_job(response, transfer_stages.DESERIALIZING)
 
 
 def test_push_deserializing__local_change_to_serialize_first__goes_to_a_job(
@@ -229,7 +227,7 @@ def test_push_deserializing__local_change_to_serialize_first__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
 
-    _assert_left_to_a_deserializing_job(response)
+    _assert_left_to_a_job(response, transfer_stages.DESERIALIZING)
 
 
 def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
@@ -241,7 +239,7 @@ def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
 
     response = _deserialize(async_client, dequeued_push, threshold=PUSHED)
 
-    _assert_left_to_a_deserializing_job(response)
+    _assert_left_to_a_job(response, transfer_stages.DESERIALIZING)
 
 
 @pytest.fixture
@@ -260,9 +258,7 @@ def test_pull_serializing__nothing_changed_but_deletions__goes_to_a_job(
     with sync_options(BACKGROUND_INITIALIZATION=True, INLINE_STAGE_RECORDS=1):
         _, response = _pull_to_serializing(async_client, server_sync_session)
 
-    assert response["transfer_stage_status"] == transfer_statuses.STARTED
-    [job] = queued_stage_jobs()
-    assert job.kwargs["stage"] == transfer_stages.SERIALIZING
+    _assert_left_to_a_job(response, transfer_stages.SERIALIZING)
 
 
 def test_pull_serializing__nothing_changed__in_the_request(
