@@ -23,6 +23,7 @@ settings (Kolibri's version and task hooks, Django's version and management base
 classes) is imported at module level here; job storage is imported when used.
 """
 
+import contextlib
 import datetime
 import functools
 import inspect
@@ -52,6 +53,10 @@ __all__ = [
     "BaseCommand",
     "CommandError",
     "run_queued_job_now",
+    "queue_reserved_job",
+    "delete_reserved_job",
+    "take_over_reserved_job",
+    "job_storage_advisory_connection",
 ]
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
@@ -137,7 +142,7 @@ def sqlalchemy_job_table():
     return job_storage.engine, ORMJob.__table__
 
 
-def job_rows(queue=None, func=None, job_id=None):
+def job_rows(queue=None, func=None, job_id=None, state=None):
     """
     Read job storage's rows directly (what :meth:`Storage.filter_jobs` hides: when
     a job was scheduled, and which worker runs it).
@@ -148,33 +153,40 @@ def job_rows(queue=None, func=None, job_id=None):
         from kolibri.core.tasks.models import Job as ORMJob
 
         queryset = ORMJob.objects.all()
-        for field, value in (("queue", queue), ("func", func), ("id", job_id)):
+        filters = (("queue", queue), ("func", func), ("id", job_id), ("state", state))
+        for field, value in filters:
             if value is not None:
                 queryset = queryset.filter(**{field: value})
         return [_row(orm_job) for orm_job in queryset]
     engine, table = sqlalchemy_job_table()
     query = table.select()
-    for column, value in (("queue", queue), ("func", func), ("id", job_id)):
+    filters = (("queue", queue), ("func", func), ("id", job_id), ("state", state))
+    for column, value in filters:
         if value is not None:
             query = query.where(table.c[column] == value)
     with engine.connect() as connection:
         return [_row(orm_job) for orm_job in connection.execute(query)]
 
 
-def insert_job(job, priority, queue):
+def insert_job(job, priority, queue, reserved_by=None):
     """
     Add ``job`` to job storage as QUEUED, only if no row has its id: Kolibri's own
     enqueue overwrites a finished job of the same id, which would run its work
     again. Kolibri's scheduled-job hooks run as after its own enqueue.
 
+    With ``reserved_by``, the job is added PENDING instead, which no worker runs,
+    recording that text in its ``worker_extra`` (which process reserved it) until
+    :func:`queue_reserved_job` queues it.
+
     :type job: kolibri.core.tasks.job.Job
+    :param reserved_by: ``worker_extra`` text for a reserved job
     :return: Whether the job was added
     :rtype: bool
     """
     from kolibri.core.tasks.job import State
     from kolibri.core.tasks.main import job_storage
 
-    job.state = State.QUEUED
+    job.state = State.QUEUED if reserved_by is None else State.PENDING
     now = datetime.datetime.now(datetime.timezone.utc)
     columns = dict(
         id=job.job_id,
@@ -185,6 +197,7 @@ def insert_job(job, priority, queue):
         interval=0,
         repeat=0,
         saved_job=job.to_json(),
+        worker_extra=reserved_by,
     )
     if JOBS_IN_DJANGO:
         from django.db import IntegrityError
@@ -208,8 +221,170 @@ def insert_job(job, priority, queue):
                 session.expunge(orm_job)
         except IntegrityError:
             return False
+    if reserved_by is None:
+        job_storage._run_scheduled_hooks(orm_job)
+    return True
+
+
+def _update_reserved(job_id, reserved_by, **values):
+    """
+    One conditional UPDATE of a PENDING job (reserved by ``reserved_by``, if given).
+
+    :return: Whether the row was updated
+    :rtype: bool
+    """
+    from kolibri.core.tasks.job import State
+
+    if JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        rows = ORMJob.objects.filter(id=job_id, state=State.PENDING)
+        if reserved_by is not None:
+            rows = rows.filter(worker_extra=reserved_by)
+        return rows.update(**values) == 1
+    engine, table = sqlalchemy_job_table()
+    if "scheduled_time" in values:
+        values["scheduled_time"] = values["scheduled_time"].replace(tzinfo=None)
+    query = (
+        table.update().where(table.c.id == job_id).where(table.c.state == State.PENDING)
+    )
+    if reserved_by is not None:
+        query = query.where(table.c.worker_extra == reserved_by)
+    with engine.begin() as connection:
+        return connection.execute(query.values(**values)).rowcount == 1
+
+
+def queue_reserved_job(job_id):
+    """
+    Queue a job added PENDING by :func:`insert_job`, due now, and run Kolibri's
+    scheduled-job hooks as its own enqueue does. A job no longer PENDING (queued
+    already, or gone) is left alone.
+
+    :return: Whether the job was queued by this call
+    :rtype: bool
+    """
+    from kolibri.core.tasks.job import Job
+    from kolibri.core.tasks.job import State
+    from kolibri.core.tasks.main import job_storage
+
+    [row] = job_rows(job_id=job_id) or [None]
+    if row is None or row.state != State.PENDING:
+        return False
+    # Kolibri reads a job's state from its saved JSON, the column from the row:
+    # both change together, and nothing else writes a PENDING row
+    job = Job.from_json(row.saved_job)
+    job.state = State.QUEUED
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not _update_reserved(
+        job_id,
+        None,
+        state=State.QUEUED,
+        saved_job=job.to_json(),
+        scheduled_time=now,
+        worker_extra=None,
+    ):
+        return False
+    try:
+        orm_job = job_storage.get_orm_job(job_id)
+    except Exception:  # JobNotFound: it already ran and was cleared
+        return True
     job_storage._run_scheduled_hooks(orm_job)
     return True
+
+
+def take_over_reserved_job(job_id, reserved_by, now_reserved_by):
+    """
+    Record another process as the one that reserved a PENDING job, if
+    ``reserved_by`` still is.
+
+    :return: Whether the job is now reserved by ``now_reserved_by``
+    :rtype: bool
+    """
+    return _update_reserved(job_id, reserved_by, worker_extra=now_reserved_by)
+
+
+def delete_reserved_job(job_id):
+    """
+    Remove a job added PENDING by :func:`insert_job` that will never be queued; a
+    job queued meanwhile is left alone.
+
+    :return: Whether the job was removed
+    :rtype: bool
+    """
+    from kolibri.core.tasks.job import State
+
+    if JOBS_IN_DJANGO:
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        deleted, _ = ORMJob.objects.filter(id=job_id, state=State.PENDING).delete()
+        return deleted == 1
+    engine, table = sqlalchemy_job_table()
+    query = (
+        table.delete().where(table.c.id == job_id).where(table.c.state == State.PENDING)
+    )
+    with engine.begin() as connection:
+        return connection.execute(query).rowcount == 1
+
+
+@contextlib.contextmanager
+def job_storage_advisory_connection():
+    """
+    Where job storage is on PostgreSQL, a connection to its database for session
+    advisory locks, as a function ``execute(sql, key)``; on SQLite, ``None``. A
+    connection on which a statement failed is closed as the block ends, which
+    drops any lock it still holds.
+    """
+    failed = []
+
+    def guarded(run):
+        def execute(sql, key):
+            try:
+                run(sql, key)
+            except Exception:
+                failed.append(True)
+                raise
+
+        return execute
+
+    if JOBS_IN_DJANGO:
+        from django.db import connections
+        from kolibri.core.tasks.models import Job as ORMJob
+
+        connection = connections[ORMJob.objects.db]
+        if connection.vendor != "postgresql":
+            yield None
+            return
+
+        def run_in_django(sql, key):
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [key])
+
+        try:
+            yield guarded(run_in_django)
+        finally:
+            if failed:
+                connection.close()
+        return
+    engine, _ = sqlalchemy_job_table()
+    if engine.dialect.name != "postgresql":
+        yield None
+        return
+    raw = engine.raw_connection()
+
+    def run_raw(sql, key):
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql, (key,))
+        finally:
+            cursor.close()
+        raw.commit()
+
+    try:
+        yield guarded(run_raw)
+    finally:
+        if failed:
+            raw.invalidate()
+        raw.close()
 
 
 def after_job_storage_commit(orm_job, callback):

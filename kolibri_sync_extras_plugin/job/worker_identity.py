@@ -21,6 +21,9 @@ __all__ = [
     "is_gone",
     "record_current_worker",
     "worker_extra",
+    "RESERVED_BY_KEY",
+    "reservation_extra",
+    "reserver_of",
 ]
 
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -29,6 +32,8 @@ _STAT_PATH = "/proc/{}/stat"
 
 #: The key of the identity in a job's ``worker_extra`` (a JSON object).
 IDENTITY_KEY = "sync_extras_worker"
+#: The key of the identity of the process that reserved a PENDING stage job.
+RESERVED_BY_KEY = "sync_extras_reserved_by"
 
 
 def _read(path):
@@ -88,6 +93,29 @@ def worker_extra(identity):
     :rtype: str
     """
     return json.dumps({IDENTITY_KEY: identity})
+
+
+def reservation_extra(identity):
+    """
+    :param identity: The reserving process (see :func:`current_identity`), or
+        ``None`` where it cannot be told
+    :return: The ``worker_extra`` text of a job reserved by it
+    :rtype: str
+    """
+    return json.dumps({RESERVED_BY_KEY: identity})
+
+
+def reserver_of(worker_extra_text):
+    """
+    :param worker_extra_text: A PENDING stage job's ``worker_extra``
+    :return: The identity of the process that reserved it, or ``None``
+    :rtype: dict|None
+    """
+    try:
+        identity = json.loads(worker_extra_text or "")[RESERVED_BY_KEY]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return identity if isinstance(identity, dict) else None
 
 
 def identity_of(worker_extra_text):

@@ -1,7 +1,13 @@
 """
-How a held stage's job is enqueued: its id, its arguments and what Kolibri's task
-list shows about it, inserted into job storage once the request has ended (see
-:mod:`.hooks`).
+How a held stage's job gets into job storage: its id, its arguments and what
+Kolibri's task list shows about it.
+
+A stage that passes the caps is reserved at once: its job is added PENDING, which
+no worker runs, so every server process counts it from then on (see
+:mod:`.limits`). Once the request that asked for the stage has ended (see
+:mod:`.hooks`), the job is queued. A request whose process died in between leaves
+its job PENDING; the client's next poll, or the next count of the caps, settles it
+(see :mod:`.poll` and :func:`settle_abandoned_reservations`).
 
 Neither the arguments nor the metadata name a transfer or sync session, or the
 client's instance: the job finds its session by its own id (see
@@ -12,14 +18,31 @@ the client is counted by a digest of the identity its certificates prove (see
 
 from kolibri.core.tasks.job import State
 
+from ..compat import delete_reserved_job
 from ..compat import insert_job
+from ..compat import job_rows
+from ..compat import queue_reserved_job
+from ..compat import take_over_reserved_job
 from ..job.task_list import describe
+from ..job.worker_identity import current_identity
+from ..job.worker_identity import is_gone
+from ..job.worker_identity import reservation_extra
+from ..job.worker_identity import reserver_of
 from ..stage_status import RUN_STAGE_TASK
+from ..stage_status import SYNC_EXTRAS_QUEUE
+from ..stage_status import held_stage
 from ..stage_status import job_id_for
+from ..stage_status import transfer_session_of_job
 from .identity import CLIENT_METADATA_KEY
 from .identity import client_key
 
-__all__ = ["enqueue_stage_job", "stage_job_request"]
+__all__ = [
+    "enqueue_stage_job",
+    "reserve_stage_job",
+    "release_reserved_job",
+    "settle_abandoned_reservations",
+    "stage_job_request",
+]
 
 
 #: The fields of a job request that Kolibri's ``_ready_job`` takes.
@@ -86,9 +109,48 @@ def stage_job_request(context):
     )
 
 
+def _ready_job(job_request):
+    """:return: The registered task, and the job for ``job_request``"""
+    from kolibri.core.tasks.registry import TaskRegistry
+
+    # the registered task, by the name job storage knows it under
+    run_background_stage = TaskRegistry[RUN_STAGE_TASK]
+    job = run_background_stage._ready_job(
+        **{field: job_request[field] for field in _JOB_FIELDS}
+    )
+    return run_background_stage, job
+
+
+def reserve_stage_job(job_request):
+    """
+    Add the stage's job PENDING, reserved by this process, unless a job with its
+    id exists; a job left PENDING by a process that has died is taken over.
+
+    Called with the caps' server-wide lock held (see :mod:`.limits`).
+
+    :param job_request: See :func:`stage_job_request`
+    :return: Whether this process holds the reservation, and so queues the job
+        when its request ends; ``False``: the stage has its job already
+    :rtype: bool
+    """
+    task, job = _ready_job(job_request)
+    mine = reservation_extra(current_identity())
+    if insert_job(job, priority=task.priority, queue=task.queue, reserved_by=mine):
+        return True
+    [row] = job_rows(job_id=job.job_id) or [None]
+    if row is None or row.state != State.PENDING or not _reserver_gone(row):
+        return False
+    return take_over_reserved_job(job.job_id, row.worker_extra, mine)
+
+
+def _reserver_gone(row):
+    return is_gone(reserver_of(row.worker_extra))
+
+
 def enqueue_stage_job(job_request):
     """
-    Enqueue the stage's one job, unless a job with its id exists in any state.
+    Queue the stage's one job: the job this process reserved, or, if none was
+    reserved, a new one unless a job with its id exists in any state.
 
     A stage of a transfer session gets exactly one job ever: a job that finished
     has settled its stage, or the poll settles it from the job (see
@@ -101,13 +163,43 @@ def enqueue_stage_job(job_request):
     :return: Whether a job was enqueued
     :rtype: bool
     """
-    from kolibri.core.tasks.registry import TaskRegistry
+    if queue_reserved_job(job_request["job_id"]):
+        return True
+    task, job = _ready_job(job_request)
+    return insert_job(job, priority=task.priority, queue=task.queue)
 
-    # the registered task, by the name job storage knows it under
-    run_background_stage = TaskRegistry[RUN_STAGE_TASK]
-    job = run_background_stage._ready_job(
-        **{field: job_request[field] for field in _JOB_FIELDS}
-    )
-    return insert_job(
-        job, priority=run_background_stage.priority, queue=run_background_stage.queue
-    )
+
+def release_reserved_job(job_id):
+    """Remove a reserved job that will never be queued (its request failed)."""
+    return delete_reserved_job(job_id)
+
+
+def settle_abandoned_reservations():
+    """
+    Settle the stage jobs whose reserving process died before queueing them
+    (uwsgi's ``harakiri``, the out-of-memory killer): a job whose stage the
+    request had already saved as held is queued, since its client polls for it;
+    any other is removed, since nothing will ever ask for it. Reservations of
+    processes that cannot be told dead from here (another host, another pid
+    namespace) are left to their client's poll.
+
+    :return: How many reservations were settled
+    :rtype: int
+    """
+    from kolibri.core.tasks.job import Job
+
+    settled = 0
+    for row in job_rows(
+        queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK, state=State.PENDING
+    ):
+        if not _reserver_gone(row):
+            continue
+        job = Job.from_json(row.saved_job)
+        stage = (job.kwargs or {}).get("stage")
+        transfer_session_id = transfer_session_of_job(job)
+        held = transfer_session_id and held_stage(transfer_session_id)
+        if held and held["transfer_stage"] == stage:
+            settled += queue_reserved_job(row.id)
+        else:
+            settled += delete_reserved_job(row.id)
+    return settled

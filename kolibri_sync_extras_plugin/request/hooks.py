@@ -1,11 +1,11 @@
 """
 Where a background stage meets the HTTP request that asked for it.
 
-A stage's job is enqueued only once that request has finished: morango's PATCH
-view saves the whole transfer session row after its controller returns, which
-would overwrite the status of a job that had already finished. Each client poll
-(``GET`` of a transfer session) first checks that the stage's job can still settle
-it (see :mod:`.poll`).
+A stage's job, reserved while the request runs (see :mod:`.limits`), is queued
+only once that request has finished: morango's PATCH view saves the whole
+transfer session row after its controller returns, which would overwrite the
+status of a job that had already finished. Each client poll (``GET`` of a transfer
+session) first checks that the stage's job can still settle it (see :mod:`.poll`).
 """
 
 import logging
@@ -18,8 +18,7 @@ from django.core.signals import request_started
 from .. import requests_in_flight
 from ..stage_status import error_stage
 from .enqueue import enqueue_stage_job
-from .enqueue import stage_job_request
-from .limits import release_reservation
+from .enqueue import release_reserved_job
 from .morango_urls import morango_endpoint
 from .poll import check_background_stage
 
@@ -92,9 +91,10 @@ def _enqueue_or_fail_stage(job_request):
             job_request["transfer_session_id"],
         )
         error_stage(job_request["transfer_session_id"], stage_kwargs["stage"])
-    finally:
-        # the job is in job storage now (or will never be): it counts from there
-        release_reservation(job_request["job_id"])
+        try:
+            release_reserved_job(job_request["job_id"])
+        except Exception:
+            logger.debug("Could not remove the reserved job either", exc_info=True)
 
 
 def connect_request_signals():
@@ -107,16 +107,16 @@ def connect_request_signals():
     )
 
 
-def schedule_background_stage(context):
+def schedule_background_stage(job_request):
     """
-    Arrange for a Kolibri job to run the context's current stage.
+    Arrange for the reserved job of a stage to be queued (see
+    :func:`~.limits.reserve_within_limits`).
 
-    Inside a request the job is enqueued once the request has finished; outside one
-    (no request is being served on this thread) it is enqueued at once.
+    Inside a request the job is queued once the request has finished; outside one
+    (no request is being served on this thread) it is queued at once.
 
-    :type context: morango.sync.context.LocalSessionContext
+    :param job_request: See :func:`~.enqueue.stage_job_request`
     """
-    job_request = stage_job_request(context)
     pending = getattr(_request_state, "jobs", None)
     if pending is None:
         _enqueue_or_fail_stage(job_request)
@@ -124,7 +124,7 @@ def schedule_background_stage(context):
         pending.append(job_request)
     logger.info(
         "Stage %s of transfer session %s will run in background job %s",
-        context.stage,
-        context.transfer_session.id,
+        job_request["kwargs"]["stage"],
+        job_request["transfer_session_id"],
         job_request["job_id"],
     )

@@ -15,15 +15,16 @@ then, and a refusal would leave the client reporting a failed sync and Kolibri's
 post-sync work undone. It still counts, and is counted, like any stage job; the
 stages before it were capped already.
 
-A stage that passes is enqueued only when its request ends (see
-:mod:`.hooks`), so until then it holds a place of its own: a
-reservation in this process, counted with the jobs in job storage. Requests of
-one client that arrive together are counted one after another, and cannot all
-pass the same count.
+A stage that passes is queued only when its request ends (see :mod:`.hooks`),
+but its place is taken at once: its job is added to job storage PENDING, which no
+worker runs (see :func:`~.enqueue.reserve_stage_job`), and counts like any
+unfinished job. Counting and reserving happen under one lock of the whole server
+(see :mod:`~kolibri_sync_extras_plugin.server_lock`), so of requests that arrive
+together, in one process or in several (uwsgi's processes, web servers on several
+hosts sharing a PostgreSQL database), no two pass the same last place.
 """
 
 import logging
-import threading
 
 from kolibri.core.tasks.job import State
 from morango.constants import transfer_stages
@@ -33,11 +34,13 @@ from ..config import FINALIZATION_STAGES
 from ..config import INITIALIZATION_STAGES
 from ..config import get_stage_job_limits
 from ..errors import StageJobLimitReached
+from ..server_lock import server_wide_lock
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
 from ..stage_status import is_waiting
-from ..stage_status import job_id_for
 from ..stage_status import open_sessions_by_job_id
+from .enqueue import reserve_stage_job
+from .enqueue import settle_abandoned_reservations
 from .identity import CLIENT_METADATA_KEY
 from .identity import client_key
 
@@ -46,9 +49,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "UNFINISHED_JOB_STATES",
     "unfinished_stage_jobs",
-    "refuse_stage_over_limits",
-    "release_reservation",
-    "reserved_stage_jobs",
+    "CAPS_LOCK_NAME",
+    "reserve_within_limits",
     "connect_refusal_signals",
     "REFUSAL_MIDDLEWARE",
     "RefusalReasonMiddleware",
@@ -68,10 +70,8 @@ UNFINISHED_JOB_STATES = [
 _PER_CLIENT_OPTION = "MAX_STAGE_JOBS_PER_CLIENT"
 _TOTAL_OPTION = "MAX_STAGE_JOBS"
 
-# job id -> client key of each stage that passed the caps and whose job is not in
-# job storage yet; counting and reserving happen under the lock
-_reserved = {}
-_reservations_lock = threading.Lock()
+#: The server-wide lock that counting and reserving happen under.
+CAPS_LOCK_NAME = "stage_job_caps"
 
 
 def unfinished_stage_jobs():
@@ -134,60 +134,49 @@ def _refusal(context, option, count, cap, whose):
     return StageJobLimitReached(message)
 
 
-def reserved_stage_jobs():
-    """
-    :return: The stage jobs that passed the caps in this process and are not
-        enqueued yet, as job id -> client key (see :mod:`.identity`)
-    :rtype: dict
-    """
-    with _reservations_lock:
-        return dict(_reserved)
-
-
-def release_reservation(job_id):
-    """Stop counting a reserved stage job: it is enqueued now, or never will be."""
-    with _reservations_lock:
-        _reserved.pop(job_id, None)
-
-
-def refuse_stage_over_limits(context):
+def reserve_within_limits(context, job_request):
     """
     Refuse the context's stage if its client, or all clients together, already have
-    as many unfinished stage jobs as the caps allow; otherwise reserve its place
-    until its job is enqueued (see :func:`release_reservation`). Jobs in job storage
-    and reservations are counted together, each job once. Several server
-    processes sharing one database each count their own reservations only.
+    as many unfinished stage jobs as the caps allow; otherwise reserve its job (see
+    :func:`~.enqueue.reserve_stage_job`). Counting and reserving are one step for
+    every process of the server; reservations whose process died are settled
+    first, so they hold no place.
 
     :type context: morango.sync.context.LocalSessionContext
+    :param job_request: The stage's job, see :func:`~.enqueue.stage_job_request`
+    :return: Whether this request reserved the job and is to queue it
+    :rtype: bool
     :raises StageJobLimitReached: naming the cap that was reached
     """
+    with server_wide_lock(CAPS_LOCK_NAME):
+        if context.stage != transfer_stages.CLEANUP:
+            # cleanup is never refused: the data is in (see the module's docstring)
+            _refuse_over_limits(context, job_request["job_id"])
+        return reserve_stage_job(job_request)
+
+
+def _refuse_over_limits(context, own_job_id):
     limits = get_stage_job_limits()
-    own_job_id = job_id_for(context.transfer_session.id, context.stage)
     client = client_key(context.sync_session)
-    with _reservations_lock:
-        if context.stage == transfer_stages.CLEANUP:
-            # never refused: the data is in (see the module's docstring)
-            _reserved[own_job_id] = client
-            return
-        clients_by_job = {
-            job.job_id: _client_of_job(job) for job in unfinished_stage_jobs()
-        }
-        clients_by_job.update(_reserved)
-        clients_by_job.pop(own_job_id, None)
-        if len(clients_by_job) >= limits.total:
-            raise _refusal(
-                context, _TOTAL_OPTION, len(clients_by_job), limits.total, "in all"
-            )
-        of_client = sum(1 for owner in clients_by_job.values() if owner == client)
-        if of_client >= limits.per_client:
-            raise _refusal(
-                context,
-                _PER_CLIENT_OPTION,
-                of_client,
-                limits.per_client,
-                "for this device",
-            )
-        _reserved[own_job_id] = client
+    unfinished = unfinished_stage_jobs()
+    if any(job.state == State.PENDING for job in unfinished):
+        if settle_abandoned_reservations():
+            unfinished = unfinished_stage_jobs()
+    clients_by_job = {job.job_id: _client_of_job(job) for job in unfinished}
+    clients_by_job.pop(own_job_id, None)
+    if len(clients_by_job) >= limits.total:
+        raise _refusal(
+            context, _TOTAL_OPTION, len(clients_by_job), limits.total, "in all"
+        )
+    of_client = sum(1 for owner in clients_by_job.values() if owner == client)
+    if of_client >= limits.per_client:
+        raise _refusal(
+            context,
+            _PER_CLIENT_OPTION,
+            of_client,
+            limits.per_client,
+            "for this device",
+        )
 
 
 def _raise_refusal(context=None, **kwargs):

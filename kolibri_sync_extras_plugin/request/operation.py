@@ -15,12 +15,12 @@ from morango.sync.operations import LocalOperation
 from ..config import runs_in_background
 from ..conflicts import is_transient_database_error
 from ..piecewise.partition_locks import partitions_held_if_free
-from ..stage_status import job_id_for
 from ..stages import stage_middleware
+from .enqueue import release_reserved_job
+from .enqueue import stage_job_request
 from .hooks import schedule_background_stage
 from .inline import runs_inline
-from .limits import refuse_stage_over_limits
-from .limits import release_reservation
+from .limits import reserve_within_limits
 
 __all__ = ["BackgroundStageOperation"]
 
@@ -74,12 +74,13 @@ class BackgroundStageOperation(LocalOperation):
             result = _run_in_request(context)
             if result is not None:
                 return result
-        refuse_stage_over_limits(context)
-        try:
-            schedule_background_stage(context)
-        except Exception:
-            release_reservation(job_id_for(context.transfer_session.id, context.stage))
-            raise
+        job_request = stage_job_request(context)
+        if reserve_within_limits(context, job_request):
+            try:
+                schedule_background_stage(job_request)
+            except Exception:
+                release_reserved_job(job_request["job_id"])
+                raise
         return transfer_statuses.STARTED
 
 

@@ -79,6 +79,9 @@ def check_background_stage(transfer_session_id):
     Settle a background stage whose job can no longer settle it, so a polling client
     stops with an error rather than polling forever. Called on each client poll.
 
+    - the job is still reserved, never queued: the request that reserved it has
+      answered, since its client polls, but did not queue it (its process died
+      between the two); it is queued now (see :func:`_queue_reserved_job`),
     - the job is gone from job storage (past a short grace for its enqueueing),
     - the job FAILED or was CANCELED (normally the job hook has already done this),
     - the job is RUNNING (or CANCELING) in a worker process that certainly no
@@ -118,6 +121,8 @@ def check_background_stage(transfer_session_id):
             job_state = State.FAILED
         else:
             job_state = orm_job.state
+        if job_state == State.PENDING:
+            return _queue_reserved_job(transfer_session_id, stage, orm_job)
         if job_state == State.QUEUED:
             return _settle_if_no_worker(transfer_session_id, stage, orm_job)
         if job_state == State.SELECTED:
@@ -128,6 +133,30 @@ def check_background_stage(transfer_session_id):
                 return _settle_if_not_requeued(transfer_session_id, stage, orm_job)
             return settle_from_completed_job(transfer_session_id, stage, job_id, result)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
+
+
+def _queue_reserved_job(transfer_session_id, stage, orm_job):
+    """
+    Queue a stage job still PENDING although its client polls the stage: the
+    request that reserved it answered after morango had saved the stage as held,
+    so the job may run now. Its process normally queues it as the request ends; a
+    process killed in between (uwsgi's ``harakiri``, the out-of-memory killer)
+    leaves it to this poll.
+
+    :return: ``None``: the stage is not settled, its job is on its way
+    """
+    from ..compat import queue_reserved_job
+
+    if queue_reserved_job(orm_job.id):
+        logger.warning(
+            "Queued job %s of stage %s of transfer session %s on its client's "
+            "poll: the server process that reserved it ended its request without "
+            "queueing it (killed or recycled mid-request?)",
+            orm_job.id,
+            stage,
+            transfer_session_id,
+        )
+    return None
 
 
 def _fail_job_of_gone_worker(transfer_session_id, stage, orm_job):

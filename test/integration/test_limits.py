@@ -3,6 +3,7 @@ The caps on unfinished stage jobs: a client asking for stages in a loop is refus
 past its cap, with a message naming the option, while other clients go on.
 """
 
+import time
 import uuid
 
 import pytest
@@ -13,21 +14,29 @@ from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 from morango.sync.context import LocalSessionContext
 
+from kolibri_sync_extras_plugin.compat import job_rows
 from kolibri_sync_extras_plugin.errors import StageJobLimitReached
-from kolibri_sync_extras_plugin.request.limits import refuse_stage_over_limits
-from kolibri_sync_extras_plugin.request.limits import release_reservation
-from kolibri_sync_extras_plugin.request.limits import reserved_stage_jobs
+from kolibri_sync_extras_plugin.job.worker_identity import reservation_extra
+from kolibri_sync_extras_plugin.request.enqueue import release_reserved_job
+from kolibri_sync_extras_plugin.request.enqueue import stage_job_request
+from kolibri_sync_extras_plugin.request.limits import CAPS_LOCK_NAME
+from kolibri_sync_extras_plugin.request.limits import reserve_within_limits
+from kolibri_sync_extras_plugin.server_lock import lock_file_path
 from kolibri_sync_extras_plugin.stage_status import job_id_for
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
+from ..helpers.job_rows import update_job_row
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
+from ..helpers.locks import other_process_holding_lock
 from ..helpers.options import sync_options
 from ..helpers.sync_sessions import device_certificate
 from ..helpers.sync_sessions import issue_test_certificate
 from ..helpers.sync_sessions import learner_certificate
 from ..helpers.sync_sessions import new_server_sync_session
+from ..helpers.worker_processes import ended_process_identity
+from ..helpers.worker_processes import live_identity
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
@@ -177,18 +186,48 @@ def one_per_client(background_everything):
         yield
 
 
+def _reserve(context):
+    """Count the caps for the context's stage and reserve its job, as a request does."""
+    return reserve_within_limits(context, stage_job_request(context))
+
+
+def _job_state(job_id):
+    rows = job_rows(job_id=job_id)
+    return rows[0].state if rows else None
+
+
+def _reserved_by(context, identity):
+    """The context's stage reserved by the process ``identity`` names."""
+    job_request = stage_job_request(context)
+    assert _reserve(context)
+    job_id = job_request["job_id"]
+    update_job_row(job_id, worker_extra=reservation_extra(identity))
+    return job_id
+
+
 def test_per_client_cap__stages_asked_together__the_second_is_refused(
     one_per_client, async_client, facility
 ):
-    # two requests of one client at once: both counted before either job exists
+    # two requests of one client at once: both counted before either job is queued
     first = _serializing_context(async_client, facility, CLIENT)
     second = _serializing_context(async_client, facility, CLIENT)
-    refuse_stage_over_limits(first)
-    try:
-        with pytest.raises(StageJobLimitReached, match="MAX_STAGE_JOBS_PER_CLIENT"):
-            refuse_stage_over_limits(second)
-    finally:
-        release_reservation(job_id_for(first.transfer_session.id, first.stage))
+    assert _reserve(first)
+
+    with pytest.raises(StageJobLimitReached, match="MAX_STAGE_JOBS_PER_CLIENT"):
+        _reserve(second)
+
+
+def test_reserved_stage__pending_in_job_storage__until_its_request_queues_it(
+    one_per_client, async_client, facility
+):
+    # the place is taken in job storage, where every server process counts it
+    context = _serializing_context(async_client, facility, CLIENT)
+    job_id = job_id_for(context.transfer_session.id, context.stage)
+
+    _reserve(context)
+
+    assert _job_state(job_id) == "PENDING"
+    assert queued_stage_jobs(expected=0) == []
 
 
 def test_per_client_cap__reservation_released__next_stage_accepted(
@@ -196,25 +235,102 @@ def test_per_client_cap__reservation_released__next_stage_accepted(
 ):
     first = _serializing_context(async_client, facility, CLIENT)
     second = _serializing_context(async_client, facility, CLIENT)
-    refuse_stage_over_limits(first)
-    release_reservation(job_id_for(first.transfer_session.id, first.stage))
+    _reserve(first)
+    first_job_id = job_id_for(first.transfer_session.id, first.stage)
 
-    refuse_stage_over_limits(second)
+    release_reserved_job(first_job_id)
 
-    release_reservation(job_id_for(second.transfer_session.id, second.stage))
-    assert reserved_stage_jobs() == {}
+    assert _job_state(first_job_id) is None
+    assert _reserve(second)
 
 
-def test_per_client_cap__accepted_stage__reservation_ends_when_its_job_is_queued(
+def test_per_client_cap__accepted_stage__queued_when_its_request_ends(
     one_per_client, async_client, facility
 ):
     transfer_id, response = _ask_for_serializing(async_client, facility, CLIENT)
 
     assert response.status_code == 200, response.content
-    assert reserved_stage_jobs() == {}
     assert queued_stage_jobs(expected=1)[0].job_id == job_id_for(
         transfer_id, transfer_stages.SERIALIZING
     )
+    assert job_rows(state="PENDING") == []
+
+
+def test_per_client_cap__reservation_of_another_live_process__counts(
+    one_per_client, async_client, facility
+):
+    # another uwsgi process of the server is still answering the first request
+    first = _serializing_context(async_client, facility, CLIENT)
+    _reserved_by(first, live_identity())
+    second = _serializing_context(async_client, facility, CLIENT)
+
+    with pytest.raises(StageJobLimitReached, match="MAX_STAGE_JOBS_PER_CLIENT"):
+        _reserve(second)
+
+
+def test_per_client_cap__reservation_of_a_dead_process__removed_and_not_counted(
+    one_per_client, async_client, facility
+):
+    # the process was killed mid-request, before morango saved the stage as held
+    first = _serializing_context(async_client, facility, CLIENT)
+    abandoned = _reserved_by(first, ended_process_identity())
+    second = _serializing_context(async_client, facility, CLIENT)
+
+    assert _reserve(second)
+
+    assert _job_state(abandoned) is None
+
+
+def test_reservation_of_a_dead_process__stage_held__queued_by_the_next_count(
+    one_per_client, async_client, facility
+):
+    # killed after answering the client, before queueing: the client polls for it
+    first = _serializing_context(async_client, facility, CLIENT)
+    abandoned = _reserved_by(first, ended_process_identity())
+    TransferSession.objects.filter(id=first.transfer_session.id).update(
+        transfer_stage=transfer_stages.SERIALIZING,
+        transfer_stage_status=transfer_statuses.STARTED,
+    )
+    other = _serializing_context(async_client, facility, OTHER_CLIENT)
+
+    assert _reserve(other)
+
+    assert _job_state(abandoned) == "QUEUED"
+
+
+def test_reservation_of_a_dead_process__same_stage_asked_again__taken_over(
+    one_per_client, async_client, facility
+):
+    context = _serializing_context(async_client, facility, CLIENT)
+    job_id = _reserved_by(context, ended_process_identity())
+
+    assert _reserve(context)
+
+    assert job_rows(job_id=job_id)[0].worker_extra == reservation_extra(live_identity())
+
+
+def test_reservation_of_a_live_process__same_stage_asked_again__not_taken(
+    one_per_client, async_client, facility
+):
+    # a repeated request while the first is still being answered: one job only
+    context = _serializing_context(async_client, facility, CLIENT)
+    _reserved_by(context, live_identity())
+
+    assert not _reserve(context)
+
+
+def test_caps_lock_held_by_another_process__reservation_waits_for_it(
+    one_per_client, async_client, facility
+):
+    # another server process counting the caps: this one counts after it
+    context = _serializing_context(async_client, facility, CLIENT)
+    job_id = job_id_for(context.transfer_session.id, context.stage)
+    with other_process_holding_lock(lock_file_path(CAPS_LOCK_NAME), 0.5) as released_at:
+        _reserve(context)
+        reserved_at = time.time()
+
+        assert reserved_at >= released_at()
+    assert _job_state(job_id) == "PENDING"
 
 
 def test_per_client_cap__push_cleanup_past_it__never_refused(

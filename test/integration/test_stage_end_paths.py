@@ -131,14 +131,41 @@ def test_next_stage_enqueue_fails__stage_errored_at_once_and_log_names_the_job(
     )
 
 
-def test_next_stage_job_never_enqueued__poll_after_grace__errored_naming_the_job(
+def test_next_stage_job_reserved_never_queued__client_poll_queues_it(
     pull_at_serializing, async_client, monkeypatch, caplog
 ):
-    # the server stopped between answering the request and enqueueing its job
+    # the server process was killed between answering the request and queueing
+    # its job (uwsgi's harakiri): the reservation is left PENDING
     transfer_id = pull_at_serializing["id"]
     run_stage_jobs()
     monkeypatch.setattr(hooks, "enqueue_stage_job", lambda job_request: False)
     async_client.proceed_to(transfer_id, transfer_stages.QUEUING)
+    monkeypatch.undo()
+    queuing_job_id = job_id_for(transfer_id, transfer_stages.QUEUING)
+    assert job_storage.get_orm_job(queuing_job_id).state == "PENDING"
+
+    with caplog.at_level(logging.WARNING):
+        async_client.get(transfer_id)
+
+    assert job_storage.get_orm_job(queuing_job_id).state == "QUEUED"
+    assert queuing_job_id in caplog.text
+    assert "without queueing it" in caplog.text
+    [ran] = run_stage_jobs()
+    assert ran.job_id == queuing_job_id
+    assert async_client.get(transfer_id)["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+def test_next_stage_job_gone__poll_after_grace__errored_naming_the_job(
+    pull_at_serializing, async_client, monkeypatch, caplog
+):
+    # something removed the job before it was queued
+    transfer_id = pull_at_serializing["id"]
+    run_stage_jobs()
+    monkeypatch.setattr(hooks, "enqueue_stage_job", lambda job_request: False)
+    async_client.proceed_to(transfer_id, transfer_stages.QUEUING)
+    delete_job_rows(job_id_for(transfer_id, transfer_stages.QUEUING))
     assert async_client.get(transfer_id)["transfer_stage_status"] == (
         transfer_statuses.STARTED
     )

@@ -1,0 +1,102 @@
+"""
+A lock that every process of the server respects, for the few decisions that must
+be taken one at a time on the whole server (the caps on stage jobs).
+
+A server is rarely one process: ``kolibri-server`` runs Kolibri's WSGI application
+in several uwsgi processes beside ``kolibri services``, and a PostgreSQL server
+may have its web processes on several hosts. A ``threading.Lock`` orders only the
+threads of one of them. This lock is two locks taken in turn:
+
+- an exclusive ``flock`` on a file in ``KOLIBRI_HOME``, for the processes of this
+  host (the operating system drops it when a process dies);
+- where job storage is on PostgreSQL, a session advisory lock on job storage's
+  database, for the processes of other hosts (PostgreSQL drops it when the
+  connection ends).
+
+SQLite's job storage is a file on one host, so the file lock is all it needs.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+
+try:
+    import fcntl
+except ImportError:  # Windows: one server process
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["server_wide_lock", "lock_file_path"]
+
+# the file locks of this process, one per name: flock locks of two open file
+# descriptions exclude each other even within a process, but a thread lock in
+# front keeps the threads of one process from queueing on the file one by one
+_thread_locks = {}
+_thread_locks_guard = threading.Lock()
+
+
+def lock_file_path(name):
+    """:return: The path of the lock file for ``name`` in ``KOLIBRI_HOME``"""
+    from kolibri.utils.conf import KOLIBRI_HOME
+
+    return os.path.join(KOLIBRI_HOME, "sync_extras_{}.lock".format(name))
+
+
+def _thread_lock(name):
+    with _thread_locks_guard:
+        return _thread_locks.setdefault(name, threading.Lock())
+
+
+def _advisory_key(name):
+    """A signed 64-bit key for PostgreSQL's advisory locks, the same in every process."""
+    digest = hashlib.sha256("kolibri_sync_extras:{}".format(name).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _host_lock(name):
+    if fcntl is None:
+        yield
+        return
+    with open(lock_file_path(name), "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _database_lock(name):
+    from .compat import job_storage_advisory_connection
+
+    with job_storage_advisory_connection() as execute:
+        if execute is None:
+            # SQLite: one host, the file lock orders everyone
+            yield
+            return
+        key = _advisory_key(name)
+        execute("SELECT pg_advisory_lock(%s)", key)
+        try:
+            yield
+        finally:
+            try:
+                execute("SELECT pg_advisory_unlock(%s)", key)
+            except Exception:
+                # the connection is closed as the block ends, dropping the lock
+                logger.warning("Could not release lock %s", name, exc_info=True)
+
+
+@contextlib.contextmanager
+def server_wide_lock(name):
+    """
+    Hold the server-wide lock ``name`` while the block runs: no other thread or
+    process of the server holds it meanwhile.
+
+    :param name: What the lock orders, e.g. ``"stage_job_caps"``
+    """
+    with _thread_lock(name), _host_lock(name), _database_lock(name):
+        yield
