@@ -1,6 +1,7 @@
 """
-A lock that every process of the server respects, for the few decisions that must
-be taken one at a time on the whole server (the caps on stage jobs).
+Locks that every process of the server respects: one for the few decisions that
+must be taken one at a time on the whole server (the caps on stage jobs), and
+places that any process can count (the pull pages being answered).
 
 A server is rarely one process: ``kolibri-server`` runs Kolibri's WSGI application
 in several uwsgi processes beside ``kolibri services``, and a PostgreSQL server
@@ -29,7 +30,7 @@ except ImportError:  # Windows: one server process
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["server_wide_lock", "lock_file_path"]
+__all__ = ["server_wide_lock", "lock_file_path", "HostWidePlaces"]
 
 # the file locks of this process, one per name: flock locks of two open file
 # descriptions exclude each other even within a process, but a thread lock in
@@ -100,3 +101,71 @@ def server_wide_lock(name):
     """
     with _thread_lock(name), _host_lock(name), _database_lock(name):
         yield
+
+
+class HostWidePlaces:
+    """
+    Places that the threads of every process of this host take and give back, and
+    can count: each is a file in ``KOLIBRI_HOME`` that its holder keeps an
+    exclusive ``flock`` on. A process that dies gives its places back with its
+    locks. Without ``flock`` (Windows) only this process's places are counted.
+    """
+
+    def __init__(self, name, size):
+        """
+        :param name: What the places are for, e.g. ``"pull_pages"``
+        :param size: How many there are; more holders than that go uncounted
+        """
+        self.name = name
+        self.size = size
+        self._local = {"taken": 0}
+        self._local_lock = threading.Lock()
+
+    def _path(self, index):
+        directory = os.path.dirname(lock_file_path(self.name))
+        folder = os.path.join(directory, "sync_extras_{}".format(self.name))
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, "{}.lock".format(index))
+
+    def take(self):
+        """
+        Take a free place.
+
+        :return: What to give to :meth:`give_back`; ``None`` if every place is taken
+        """
+        if fcntl is None:
+            with self._local_lock:
+                self._local["taken"] += 1
+            return True
+        for index in range(self.size):
+            place = open(self._path(index), "a")
+            try:
+                fcntl.flock(place.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                place.close()
+                continue
+            return place
+        return None
+
+    def give_back(self, place):
+        """Give back a place that :meth:`take` returned; closing drops its lock."""
+        if place is None:
+            return
+        if fcntl is None:
+            with self._local_lock:
+                self._local["taken"] = max(0, self._local["taken"] - 1)
+            return
+        place.close()
+
+    def taken(self):
+        """:return: How many places are held now, by any process of this host"""
+        if fcntl is None:
+            return self._local["taken"]
+        held = 0
+        for index in range(self.size):
+            with open(self._path(index), "a") as place:
+                try:
+                    fcntl.flock(place.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    held += 1
+        return held

@@ -21,10 +21,14 @@ The client's Kolibri version is the ``kolibri`` entry of the instance info the
 client sent when it opened the sync session (``SyncSession.client_instance_json``).
 
 Pages share the configured size while several pulls are being answered at once:
-with ``n`` pages in flight in this server process, a new one gets ``1/n`` of it
-(never less than the client asked for). The pages are built under one
-interpreter lock, so ``n`` full pages at once would each take about ``n`` times
-as long as one alone; shared, each takes about as long as one full page alone.
+with ``n`` pages in flight on the server, a new one gets ``1/n`` of it (never
+less than the client asked for). The pages of one process are built under one
+interpreter lock, and those of all processes on the server's few cores, so ``n``
+full pages at once would each take about ``n`` times as long as one alone;
+shared, each takes about as long as one full page alone. The pages in flight are
+counted across the server's processes (uwsgi runs several): each holds a place
+of :class:`~kolibri_sync_extras_plugin.server_lock.HostWidePlaces` while it is
+answered.
 
 Where: the ``limit`` of the client's ``GET .../buffers/`` is raised in the WSGI
 environ when Django signals the request has started, before the request object is
@@ -42,6 +46,7 @@ from django.core.signals import request_finished
 from django.core.signals import request_started
 
 from ..config import get_pull_page_size
+from ..server_lock import HostWidePlaces
 from .morango_urls import morango_endpoint
 
 logger = logging.getLogger(__name__)
@@ -59,31 +64,30 @@ __all__ = [
 #: later, its pre-releases included.
 KOLIBRI_ACCEPTING_LARGER_PAGES = ">=0.19.0a0"
 
-# pull pages being answered by this process, and whether this thread's is one
-_in_flight = {"pages": 0}
-_in_flight_lock = threading.Lock()
+#: At most this many pages in flight are counted; more share as this many would.
+COUNTED_PAGES = 64
+
+_pages = HostWidePlaces("pull_pages", COUNTED_PAGES)
+# per thread: the place its page holds, while it is answered
 _this_thread = threading.local()
 
 
 def pages_in_flight():
-    """:return: How many pull pages this process is answering now. :rtype: int"""
-    return _in_flight["pages"]
+    """:return: How many pull pages the server's processes are answering now. :rtype: int"""
+    return _pages.taken()
 
 
 def _page_started():
     """Count this thread's page as in flight; :return: the pages in flight now."""
-    with _in_flight_lock:
-        if not getattr(_this_thread, "counted", False):
-            _in_flight["pages"] += 1
-            _this_thread.counted = True
-        return _in_flight["pages"]
+    if getattr(_this_thread, "place", None) is None:
+        _this_thread.place = _pages.take()
+    return max(1, _pages.taken())
 
 
 def _page_finished(**kwargs):
-    with _in_flight_lock:
-        if getattr(_this_thread, "counted", False):
-            _in_flight["pages"] = max(0, _in_flight["pages"] - 1)
-            _this_thread.counted = False
+    place = getattr(_this_thread, "place", None)
+    _this_thread.place = None
+    _pages.give_back(place)
 
 
 def accepts_larger_pages(client_instance_data):

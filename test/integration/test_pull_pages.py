@@ -16,11 +16,13 @@ from django.core.signals import request_finished
 from django.core.signals import request_started
 from morango.constants import transfer_stages
 
+from kolibri_sync_extras_plugin.request import pull_pages
 from kolibri_sync_extras_plugin.request.pull_pages import accepts_larger_pages
 from kolibri_sync_extras_plugin.request.pull_pages import pages_in_flight
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
+from ..helpers.locks import other_process_holding_lock
 from ..helpers.morango_client import BUFFERS_PATH
 from ..helpers.options import sync_options
 
@@ -146,6 +148,24 @@ def test_pull_page__other_pages_in_flight__shares_the_configured_page(
     transfer_session_id = queued_pull("0.19.5")
 
     with sync_options(PULL_PAGE_SIZE=PAGE), other_pages_in_flight(1):
+        assert pages_in_flight() == 1
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE // 2
+    assert pages_in_flight() == 0
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__a_page_in_flight_in_another_process__shares_the_configured_page(
+    queued_pull, async_client
+):
+    # another uwsgi process of the server is answering a page meanwhile
+    transfer_session_id = queued_pull("0.19.5")
+    place_of_other_page = pull_pages._pages._path(0)
+
+    with sync_options(PULL_PAGE_SIZE=PAGE), other_process_holding_lock(
+        place_of_other_page, 60
+    ):
         assert pages_in_flight() == 1
         page = _page(async_client, transfer_session_id, ASKED)
 
