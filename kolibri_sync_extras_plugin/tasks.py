@@ -13,6 +13,7 @@ from kolibri.core.tasks.permissions import IsSuperAdmin
 
 from .admin.retention import RETENTION_JOB_ID
 from .admin.retention import RETENTION_QUEUE
+from .job.run_claim import one_run_at_a_time
 from .job.task_list import describe_job
 from .job.task_list import facility_label
 from .job.writer_turn import one_writer_at_a_time
@@ -48,6 +49,7 @@ def background_stage_status(job):
     permission_classes=[IsAdminForJob],
 )
 @one_writer_at_a_time
+@one_run_at_a_time
 def run_background_stage(
     stage, request_data=None, capabilities=None, transfer_session_id=None
 ):

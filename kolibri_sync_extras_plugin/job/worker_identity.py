@@ -21,6 +21,8 @@ __all__ = [
     "is_gone",
     "record_current_worker",
     "worker_extra",
+    "CLAIMED_KEY",
+    "run_claimed",
     "RESERVED_BY_KEY",
     "reservation_extra",
     "reserver_of",
@@ -87,12 +89,33 @@ def current_identity():
     return identity
 
 
-def worker_extra(identity):
+#: Set in a job's ``worker_extra`` once its run holds its run claim (see
+#: :mod:`.run_claim`).
+CLAIMED_KEY = "sync_extras_run_claimed"
+
+
+def worker_extra(identity, claimed=False):
     """
+    :param claimed: Whether the run holds its run claim (see :mod:`.run_claim`)
     :return: The ``worker_extra`` text that records ``identity`` on a job
     :rtype: str
     """
-    return json.dumps({IDENTITY_KEY: identity})
+    extra = {IDENTITY_KEY: identity}
+    if claimed:
+        extra[CLAIMED_KEY] = True
+    return json.dumps(extra)
+
+
+def run_claimed(worker_extra_text):
+    """
+    :param worker_extra_text: A job's ``worker_extra``
+    :return: Whether the job's run recorded that it holds its run claim
+    :rtype: bool
+    """
+    try:
+        return json.loads(worker_extra_text or "").get(CLAIMED_KEY) is True
+    except (ValueError, TypeError, AttributeError):
+        return False
 
 
 def reservation_extra(identity):
@@ -177,16 +200,17 @@ def _process_ended(pid, started):
     return now_started is not None and now_started != started
 
 
-def record_current_worker(job_id):
+def record_current_worker(job_id, claimed=False):
     """
     Record the calling process as the one running a job. Called as the job starts
     to run, in the process that runs it (Kolibri's own record, made just before,
-    leaves ``worker_extra`` empty).
+    leaves ``worker_extra`` empty), and again once the run holds its run claim.
 
     :param job_id: The job's id
+    :param claimed: Whether the run holds its run claim
     """
     from kolibri.core.tasks.main import job_storage
 
     identity = current_identity()
-    if identity is not None:
-        job_storage.save_worker_info(job_id, extra=worker_extra(identity))
+    if identity is not None or claimed:
+        job_storage.save_worker_info(job_id, extra=worker_extra(identity, claimed))

@@ -22,8 +22,10 @@ from ..compat import aware_utc
 from ..compat import jobs_in_states
 from ..config import get_stage_job_start_timeout
 from ..errors import WorkerGone
+from ..job.run_claim import run_is_held
 from ..job.worker_identity import identity_of
 from ..job.worker_identity import is_gone
+from ..job.worker_identity import run_claimed
 from ..stage_status import FIRST_ENQUEUED_KEY
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
@@ -55,23 +57,37 @@ MISSING_JOB_GRACE_SECONDS = 10
 _TAKEN_JOB_STATES = frozenset((State.RUNNING, State.CANCELING))
 
 
-def worker_is_gone(orm_job):
+def worker_is_gone(orm_job, stage_still_held=None):
     """
     Whether the worker process that took a RUNNING (or CANCELING) job has
     certainly died (killed, out of memory) without marking it: Kolibri only
     requeues or cancels such a job when its workers next start, and a client is
     polling now.
 
-    Only the identity the job recorded as it started counts (see :mod:`~kolibri_sync_extras_plugin.job.worker_identity`):
-    a worker in another pid namespace or on another host, or a job that recorded
-    none, cannot be told dead from here and counts as alive.
+    Two signs count, whichever host the worker ran on:
+
+    - the identity the job recorded as it started (see
+      :mod:`~kolibri_sync_extras_plugin.job.worker_identity`) names a process of
+      this host and pid namespace that has ended;
+    - on PostgreSQL, the job's run recorded that it holds its run claim, and no
+      run holds it any more (see :mod:`~kolibri_sync_extras_plugin.job.run_claim`):
+      the lock died with the run's connection. A run gives its claim back only
+      after settling its stage, so this counts only while ``stage_still_held()``
+      says the stage still waits on the job.
+
+    Otherwise the worker counts as alive.
 
     :type orm_job: kolibri.core.tasks.models.Job
+    :param stage_still_held: Re-reads whether the stage still waits on the job
     :rtype: bool
     """
     if orm_job.state not in _TAKEN_JOB_STATES:
         return False
-    return is_gone(identity_of(orm_job.worker_extra))
+    if is_gone(identity_of(orm_job.worker_extra)):
+        return True
+    if not run_claimed(orm_job.worker_extra) or run_is_held(orm_job.id) is not False:
+        return False
+    return stage_still_held is not None and stage_still_held()
 
 
 def check_background_stage(transfer_session_id):
@@ -116,7 +132,7 @@ def check_background_stage(transfer_session_id):
             return None
         job_state = None
     else:
-        if worker_is_gone(orm_job):
+        if worker_is_gone(orm_job, lambda: _still_held(transfer_session_id, stage)):
             _fail_job_of_gone_worker(transfer_session_id, stage, orm_job)
             job_state = State.FAILED
         else:
@@ -133,6 +149,11 @@ def check_background_stage(transfer_session_id):
                 return _settle_if_not_requeued(transfer_session_id, stage, orm_job)
             return settle_from_completed_job(transfer_session_id, stage, job_id, result)
     return settle_for_job_state(transfer_session_id, stage, job_id, job_state)
+
+
+def _still_held(transfer_session_id, stage):
+    session = held_stage(transfer_session_id)
+    return session is not None and session["transfer_stage"] == stage
 
 
 def _queue_reserved_job(transfer_session_id, stage, orm_job):
