@@ -14,16 +14,23 @@ endif
 BIN := $(VENV)/bin
 export KOLIBRI_HOME
 
+# uwsgi, for the end-to-end tests that run the server as kolibri-server does
+# (nginx in front of uwsgi): only the default line runs them
+ifeq ($(KOLIBRI),0.19)
+UWSGI_REQUIREMENTS := requirements-uwsgi.txt
+endif
+
 # the fast, in-process tests (no Kolibri process started), for the development
 # loop; `make test` runs everything
 FAST := -m "not e2e"
 
 .PHONY: venv test test-fast demo bench package-check lint clean
 
-$(BIN)/kolibri: requirements.txt requirements-test.txt setup.py
+$(BIN)/kolibri: requirements.txt requirements-test.txt $(UWSGI_REQUIREMENTS) setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -r requirements.txt -r requirements-test.txt "kolibri==$(KOLIBRI).*"
+	$(BIN)/pip install -r requirements.txt -r requirements-test.txt \
+		$(addprefix -r ,$(UWSGI_REQUIREMENTS)) "kolibri==$(KOLIBRI).*"
 	$(BIN)/pip install -e .
 	$(BIN)/kolibri plugin enable kolibri_sync_extras_plugin
 	touch $@

@@ -5,6 +5,8 @@ Provisioning a server takes tens of seconds, so each kind of home is made once p
 run and every test module starts from copies (:mod:`sync_lab.harness.templates`):
 a server on SQLite, a server on PostgreSQL (a database of a throw-away cluster,
 copied per server), and a fresh client; and the same made by another Kolibri line.
+Tests that need programs the lab does not always have (PostgreSQL, uwsgi and
+nginx) are skipped without them, unless an environment variable asks to fail.
 Registered as a pytest plugin by the suite's root ``conftest.py``.
 """
 
@@ -19,9 +21,12 @@ from sync_lab.harness.lines import venv_dir
 from sync_lab.harness.postgres import PostgresServer
 from sync_lab.harness.postgres import postgres_installed
 from sync_lab.harness.templates import Templates
+from sync_lab.harness.uwsgi_server import missing_programs
 
 #: Set (as CI does) to fail, rather than skip, when PostgreSQL is not installed.
 REQUIRE_POSTGRES_ENV = "SYNC_LAB_REQUIRE_POSTGRES"
+#: Set (as CI does) to fail, rather than skip, when uwsgi or nginx is not installed.
+REQUIRE_UWSGI_ENV = "SYNC_LAB_REQUIRE_UWSGI"
 
 #: Records of learner activity on every template server.
 SERVER_RECORDS = 300
@@ -67,6 +72,23 @@ def postgres():
         )
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def uwsgi_and_nginx():
+    """
+    Ask for it to run a server as kolibri-server does, nginx in front of uwsgi
+    (:class:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance`): the test is
+    skipped when uwsgi is not installed in this environment (``make venv``
+    installs it) or nginx is not on the machine, or fails if
+    ``SYNC_LAB_REQUIRE_UWSGI`` is set.
+    """
+    missing = missing_programs()
+    if missing:
+        message = "; ".join(missing)
+        if os.environ.get(REQUIRE_UWSGI_ENV):
+            pytest.fail(message)
+        pytest.skip("{} (set {} to fail instead)".format(message, REQUIRE_UWSGI_ENV))
 
 
 @pytest.fixture(scope="session")

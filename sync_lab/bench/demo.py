@@ -13,6 +13,9 @@ server's jobs. Every process it started is stopped before it exits.
 several sizes, ``--clients K`` has K clients pull and push at the same time (see
 :mod:`sync_lab.bench.many_clients`; ``--churn RATE`` has the server's own users write
 meanwhile), and ``--proxy-timeout`` makes the proxy answer 504 as nginx would.
+``--server`` chooses how the server runs: ``kolibri start`` (the default), split
+into an HTTP process and ``kolibri services``, or as Debian's kolibri-server
+runs it, nginx in front of uwsgi (see :mod:`sync_lab.harness.topology`).
 ``python -m sync_lab.demo --help`` lists the options.
 """
 
@@ -34,6 +37,12 @@ from ..harness.proxy import TimingProxy
 from ..harness.scenario import round_trip
 from ..harness.templates import DATABASES
 from ..harness.templates import Templates
+from ..harness.topology import DEFAULT_SERVER
+from ..harness.topology import SERVERS
+from ..harness.topology import describe_processes
+from ..harness.topology import missing_for
+from ..harness.topology import peak_rss_line
+from ..harness.topology import start_server
 from .many_clients import render_many_clients
 from .many_clients import run_many_clients
 from .report import ModeRun
@@ -226,19 +235,26 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
     :rtype: ModeRun
     """
     progress.say("== plugin {}: {}".format(mode.name, mode.description))
+    server_kind = getattr(args, "server", DEFAULT_SERVER)
     server, facility = templates.new_server(
         "sqlite",
         "server-" + mode.name + suffix,
+        instance_class=SERVERS[server_kind][0],
         plugin=mode.plugin,
         sync_options=mode.sync_options,
     )
     client = templates.new_client("client-" + mode.name + suffix)
+    peaks = None
     with server, client:
-        progress.say("{}: starting the server and its job workers".format(server.name))
-        server.start()
         progress.say(
-            "{}: listening on {} (pid {})".format(
-                server.name, server.base_url, server.pid
+            "{}: starting the server and its job workers ({})".format(
+                server.name, SERVERS[server_kind][1]
+            )
+        )
+        start_server(server)
+        progress.say(
+            "{}: listening on {} ({})".format(
+                server.name, server.base_url, describe_processes(server)
             )
         )
         with TimingProxy(
@@ -261,6 +277,9 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
                 chunk_size=args.chunk_size,
             )
             exchanges = proxy.exchanges
+        if hasattr(server, "process_peaks"):
+            peaks = server.process_peaks()
+            progress.say("{}: peak RSS: {}".format(server.name, peak_rss_line(peaks)))
         progress.say("{}: stopping the server".format(server.name))
     run = ModeRun(
         mode.name,
@@ -268,6 +287,8 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
         outcome,
         exchanges,
         proxy_timeout=args.proxy_timeout,
+        server=server_kind,
+        process_peaks=peaks,
     )
     if not outcome.ok:
         failed = outcome.push if outcome.pull.ok else outcome.pull
@@ -370,9 +391,11 @@ def run_bench(args, workdir, output, progress):
         ]
         + [
             "== bench: plugin on vs off, ratios on/off, measured in this run\n"
-            "client chunk size: {}; times are from the client's first to its last "
-            "transfer session request, medians when a size ran several times; "
-            "longest is the longest request of all runs\n".format(chunk)
+            "server: {}; client chunk size: {}; times are from the client's first "
+            "to its last transfer session request, medians when a size ran several "
+            "times; longest is the longest request of all runs\n".format(
+                SERVERS[args.server][1], chunk
+            )
             + render_bench(results)
         ]
     )
@@ -562,6 +585,14 @@ def parse_args(argv=None):
         "repeat for several",
     )
     parser.add_argument(
+        "--server",
+        choices=list(SERVERS),
+        default=DEFAULT_SERVER,
+        help="how the server runs: "
+        + "; ".join("{}: {}".format(name, what) for name, (_, what) in SERVERS.items())
+        + " (default {})".format(DEFAULT_SERVER),
+    )
+    parser.add_argument(
         "--proxy-timeout",
         type=float,
         help="the proxy answers 504 when the server is silent this many seconds",
@@ -619,6 +650,9 @@ def parse_args(argv=None):
         parser.error("--chunk-size must be above 0")
     if args.client_records is None:
         args.client_records = args.records
+    missing = missing_for(args.server)
+    if missing:
+        parser.error("--server {}: {}".format(args.server, "; ".join(missing)))
     return args
 
 

@@ -30,6 +30,11 @@ from ..harness.jobs import wait_for_stage_jobs
 from ..harness.proxy import TimingProxy
 from ..harness.scenario import DEFAULT_CREDENTIALS
 from ..harness.scenario import all_at_once
+from ..harness.topology import DEFAULT_SERVER
+from ..harness.topology import SERVERS
+from ..harness.topology import describe_processes
+from ..harness.topology import peak_rss_line
+from ..harness.topology import start_server
 from .write_lock import WriteLockProbe
 from .write_lock import background_stage_spans
 from .write_lock import describe_wait
@@ -46,10 +51,15 @@ _PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "clea
 class ManyClientsRun:
     """What happened when ``clients`` clients synced with one server at once."""
 
-    def __init__(self, mode, database, clients, churn_rate=None):
+    def __init__(self, mode, database, clients, churn_rate=None, server=DEFAULT_SERVER):
         self.mode = mode
         self.database = database
         self.clients = clients
+        #: How the server ran, a name in :data:`sync_lab.harness.topology.SERVERS`
+        self.server = server
+        #: The server's processes' peak memory at the end, when it can tell (see
+        #: :meth:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance.process_peaks`)
+        self.process_peaks = None
         #: Writes per second the churn aimed at on the server, or ``None``: no churn
         self.churn_rate = churn_rate
         #: :class:`~sync_lab.harness.instances.CommandResult` of each client's pull
@@ -246,24 +256,30 @@ def run_many_clients(
     :param client_records: Records each client creates before pushing
     :param expected_jobs: ``(direction, stage)`` pairs the server surely runs in
         jobs (see :func:`sync_lab.bench.demo.certain_jobs`)
-    :param args: The demo's options: ``sync_timeout``, ``job_timeout``, ``seed``
-        and ``churn`` (writes per second on the server, or ``None``); the homes
-        are kept as ``templates`` keeps its own
+    :param args: The demo's options: ``sync_timeout``, ``job_timeout``, ``seed``,
+        ``churn`` (writes per second on the server, or ``None``) and ``server``
+        (how the server runs, ``start`` if not given); the homes are kept as
+        ``templates`` keeps its own
     :rtype: ManyClientsRun
     """
-    run = ManyClientsRun(mode.name, database, clients, churn_rate=args.churn)
+    server_kind = getattr(args, "server", DEFAULT_SERVER)
+    run = ManyClientsRun(
+        mode.name, database, clients, churn_rate=args.churn, server=server_kind
+    )
     progress(
-        "== {} clients, plugin {}, {}{}: {}".format(
+        "== {} clients, plugin {}, {}{}{}: {}".format(
             clients,
             mode.name,
             database,
             ", churn {:g}/s".format(args.churn) if args.churn else "",
+            "" if server_kind == DEFAULT_SERVER else ", server " + server_kind,
             mode.description,
         )
     )
     server, facility = templates.new_server(
         database,
         "server-{}-{}-{}".format(mode.name, database, clients),
+        instance_class=SERVERS[server_kind][0],
         plugin=mode.plugin,
         sync_options=mode.sync_options,
     )
@@ -277,7 +293,8 @@ def run_many_clients(
         for instance in [server] + devices:
             stack.enter_context(instance)
         progress("{}: starting the server and its job workers".format(server.name))
-        server.start()
+        start_server(server)
+        progress("{}: {}".format(server.name, describe_processes(server)))
         proxy = stack.enter_context(TimingProxy(server.base_url))
         probe = None
         if database == "sqlite":
@@ -357,6 +374,11 @@ def run_many_clients(
                 _compare_data(run)
         if churn is not None:
             run.churn = churn.stop()
+        if hasattr(server, "process_peaks"):
+            run.process_peaks = server.process_peaks()
+            progress(
+                "{}: peak RSS: {}".format(server.name, peak_rss_line(run.process_peaks))
+            )
         progress("{}: stopping the server".format(server.name))
     for what, passed, detail in run.checks():
         progress(
@@ -470,6 +492,10 @@ def render_many_clients(runs):
                 else "",
             )
         )
+        if run.server != DEFAULT_SERVER:
+            lines.append("server: {}".format(SERVERS[run.server][1]))
+        if run.process_peaks:
+            lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
         lines.append("longest push request: " + _exchange_line(run.longest_of("push")))
         if run.churn_rate:

@@ -19,6 +19,9 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 
 from ..harness.dataset import COUNTED
+from ..harness.topology import DEFAULT_SERVER
+from ..harness.topology import SERVERS
+from ..harness.topology import peak_rss_line
 
 __all__ = [
     "StageTiming",
@@ -207,18 +210,34 @@ def pull_pages(exchanges):
 class ModeRun:
     """One mode's round trip, through the proxy, and what it measured."""
 
-    def __init__(self, mode, description, outcome, exchanges, proxy_timeout=None):
+    def __init__(
+        self,
+        mode,
+        description,
+        outcome,
+        exchanges,
+        proxy_timeout=None,
+        server=None,
+        process_peaks=None,
+    ):
         """
         :param mode: The mode's short name, e.g. ``"on"``
         :param description: What the mode runs, for the report
         :type outcome: sync_lab.harness.scenario.RoundTrip
         :param exchanges: The proxy's exchanges during the round trip
+        :param server: How the server ran, a name in
+            :data:`sync_lab.harness.topology.SERVERS`
+        :param process_peaks: The server's processes' peak memory, as
+            :meth:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance.process_peaks`
+            gives it, when the server could tell
         """
         self.mode = mode
         self.description = description
         self.outcome = outcome
         self.exchanges = list(exchanges)
         self.proxy_timeout = proxy_timeout
+        self.server = server
+        self.process_peaks = process_peaks
         self.timings = stage_timings(self.exchanges, outcome.jobs)
 
     @property
@@ -283,6 +302,10 @@ def render_run(run):
     """
     outcome = run.outcome
     lines = ["== {}: {}".format(run.mode, run.description)]
+    if run.server and run.server != DEFAULT_SERVER:
+        lines.append("server: {}".format(SERVERS[run.server][1]))
+    if run.process_peaks:
+        lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
     created = outcome.facility.get("created") or {}
     lines.append(
         "records generated: server {}, client {}".format(

@@ -139,3 +139,21 @@ def test_progress__says_proxy_timeouts():
     exchange = _answer("queuing", "started")
     exchange.status, exchange.error = 504, "no answer from the server within 5s"
     assert "504" in _lines(exchange)[0]
+
+
+def test_parse_args__server_defaults_to_kolibri_start():
+    assert demo.parse_args([]).server == "start"
+
+
+def test_parse_args__server_chooses_how_the_server_runs(monkeypatch):
+    monkeypatch.setattr(demo, "missing_for", lambda server: [])
+    for server in ("start", "split", "uwsgi"):
+        assert demo.parse_args(["--bench", "--server", server]).server == server
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--server", "gunicorn"])
+
+
+def test_parse_args__server_uwsgi_refused_when_a_program_is_missing(monkeypatch):
+    monkeypatch.setattr(demo, "missing_for", lambda server: ["nginx is not installed"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--server", "uwsgi"])

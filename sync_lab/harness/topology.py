@@ -1,0 +1,121 @@
+"""
+The ways the lab can run a server, by name, for the demo's ``--server`` option:
+
+- ``start``: ``kolibri start --foreground``, the HTTP server and the job workers
+  in one process (:class:`~sync_lab.harness.instances.KolibriInstance`);
+- ``split``: Kolibri's WSGI application served by cheroot in one process, and
+  ``kolibri services`` in another
+  (:class:`~sync_lab.harness.split.SplitKolibriInstance`);
+- ``uwsgi``: as Debian's kolibri-server runs it, nginx in front of uwsgi's
+  processes, and ``kolibri services``
+  (:class:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance`).
+"""
+
+from collections import OrderedDict
+
+from .instances import KolibriInstance
+from .split import SplitKolibriInstance
+from .uwsgi_server import UWSGI_PROCESSES
+from .uwsgi_server import UwsgiKolibriInstance
+from .uwsgi_server import missing_programs
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVERS",
+    "describe_processes",
+    "missing_for",
+    "peak_rss_line",
+    "start_server",
+]
+
+#: Each way to run a server: its instance class and what it runs.
+SERVERS = OrderedDict(
+    (
+        (
+            "start",
+            (
+                KolibriInstance,
+                "kolibri start: HTTP server and job workers in one process",
+            ),
+        ),
+        (
+            "split",
+            (
+                SplitKolibriInstance,
+                "Kolibri's WSGI app in one process (cheroot), kolibri services in another",
+            ),
+        ),
+        (
+            "uwsgi",
+            (
+                UwsgiKolibriInstance,
+                "nginx -> uwsgi ({} processes) with Kolibri's WSGI app, kolibri "
+                "services beside them".format(UWSGI_PROCESSES),
+            ),
+        ),
+    )
+)
+DEFAULT_SERVER = "start"
+
+
+def missing_for(server):
+    """
+    What the way of running ``server`` needs and is not installed.
+
+    :param server: A name in :data:`SERVERS`
+    :rtype: list
+    """
+    return missing_programs() if server == "uwsgi" else []
+
+
+def start_server(server):
+    """
+    Start ``server`` with its job workers, however it runs them: a split server's
+    worker process is started beside its HTTP process.
+
+    :type server: sync_lab.harness.instances.KolibriInstance
+    """
+    server.start()
+    if isinstance(server, SplitKolibriInstance):
+        server.start_worker()
+
+
+def describe_processes(server):
+    """
+    The server's processes, in a line.
+
+    :type server: sync_lab.harness.instances.KolibriInstance
+    :rtype: str
+    """
+    if isinstance(server, UwsgiKolibriInstance):
+        return "; ".join(
+            "{} {}".format(role, ",".join(str(pid) for pid in pids) or "-")
+            for role, pids in server.pids().items()
+        )
+    if isinstance(server, SplitKolibriInstance):
+        return "HTTP {}; services {}".format(server.pid, server.worker_pid)
+    return "pid {}".format(server.pid)
+
+
+def peak_rss_line(peaks):
+    """
+    Peak resident memory by role, in a line: ``services 104 MB; uwsgi worker 4 x
+    up to 101 MB, 402 MB together; ...``.
+
+    :param peaks: :class:`~sync_lab.harness.uwsgi_server.ProcessPeak` objects
+    :rtype: str
+    """
+    roles = OrderedDict()
+    for peak in peaks:
+        roles.setdefault(peak.role, []).append(peak.peak_rss_kb / 1024.0)
+    parts = []
+    for role, sizes in roles.items():
+        if len(sizes) == 1:
+            parts.append("{} {:.0f} MB".format(role, sizes[0]))
+        else:
+            parts.append(
+                "{} {} x up to {:.0f} MB, {:.0f} MB together".format(
+                    role, len(sizes), max(sizes), sum(sizes)
+                )
+            )
+    return "; ".join(parts) or "-"
