@@ -22,6 +22,7 @@ __all__ = [
     "new_server_sync_session",
     "open_sync_sessions",
     "ask_for_stages",
+    "ask_for_stages_at_once",
     "holding_the_writers_turn",
     "enqueue_kolibri_job",
     "wait_for_job",
@@ -182,6 +183,70 @@ def ask_for_stages(base_url, sync_session_ids, sync_filter):
                 "detail": body.get("detail"),
             }
         )
+    return answers
+
+
+def ask_for_stages_at_once(base_url, sync_session_ids, sync_filter):
+    """
+    Open a pull for each sync session, then ask the server to serialize all of
+    them at the same moment, one thread each (released together by a barrier), so
+    that a server of several processes counts them side by side.
+
+    :return: As :func:`ask_for_stages`, in the order of ``sync_session_ids``
+    :rtype: list
+    """
+    import threading
+
+    import requests
+    from morango.constants.capabilities import ASYNC_OPERATIONS
+    from morango.constants.capabilities import FSIC_V2_FORMAT
+    from morango.utils import CAPABILITIES_CLIENT_HEADER
+
+    headers = {CAPABILITIES_CLIENT_HEADER: " ".join((ASYNC_OPERATIONS, FSIC_V2_FORMAT))}
+    url = base_url.rstrip("/") + _TRANSFER_SESSIONS
+    transfer_session_ids = []
+    for sync_session_id in sync_session_ids:
+        created = requests.post(
+            url,
+            headers=headers,
+            json={
+                "id": uuid.uuid4().hex,
+                "filter": sync_filter,
+                "push": False,
+                "sync_session_id": sync_session_id,
+                "client_fsic": EMPTY_FSIC,
+            },
+            timeout=60,
+        )
+        created.raise_for_status()
+        transfer_session_ids.append(created.json()["id"])
+    barrier = threading.Barrier(len(transfer_session_ids))
+    answers = [None] * len(transfer_session_ids)
+
+    def ask(index, transfer_session_id):
+        barrier.wait(timeout=60)
+        response = requests.patch(
+            "{}{}/".format(url, transfer_session_id),
+            headers=headers,
+            json={"transfer_stage": "serializing", "client_fsic": EMPTY_FSIC},
+            timeout=120,
+        )
+        body = response.json() if response.content else {}
+        answers[index] = {
+            "transfer_session_id": transfer_session_id,
+            "status": response.status_code,
+            "stage_status": body.get("transfer_stage_status"),
+            "detail": body.get("detail"),
+        }
+
+    threads = [
+        threading.Thread(target=ask, args=(index, transfer_session_id))
+        for index, transfer_session_id in enumerate(transfer_session_ids)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
     return answers
 
 
