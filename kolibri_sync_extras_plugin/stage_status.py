@@ -50,6 +50,7 @@ __all__ = [
     "stage_status_for_job_state",
     "complete_stage",
     "error_stage",
+    "error_abandoned_stage",
     "error_held_stages",
     "error_unstarted_stage",
     "settle_for_job_state",
@@ -234,6 +235,24 @@ def complete_stage(transfer_session_id, stage):
 def error_stage(transfer_session_id, stage):
     """The stage failed, or nothing will run it: its client stops with an error."""
     return _settle(transfer_session_id, stage, transfer_statuses.ERRORED)
+
+
+def error_abandoned_stage(transfer_session_id, stage):
+    """
+    End as errored a stage whose request died with its server process. Its last
+    activity stays when the request was: the client's next sync, begun since,
+    closes the session as one it supersedes (see
+    :mod:`~kolibri_sync_extras_plugin.recovery.superseded`).
+
+    :return: Whether the transfer session was updated
+    :rtype: bool
+    """
+    updated = TransferSession.objects.filter(
+        id=transfer_session_id,
+        transfer_stage=stage,
+        transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
+    ).update(transfer_stage_status=transfer_statuses.ERRORED)
+    return bool(updated)
 
 
 def _held_stages():

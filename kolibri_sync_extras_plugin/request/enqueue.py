@@ -6,8 +6,9 @@ A stage that passes the caps is reserved at once: its job is added PENDING, whic
 no worker runs, so every server process counts it from then on (see
 :mod:`.limits`). Once the request that asked for the stage has ended (see
 :mod:`.hooks`), the job is queued. A request whose process died in between leaves
-its job PENDING; the client's next poll, or the next count of the caps, settles it
-(see :mod:`.poll` and :func:`settle_abandoned_reservations`).
+its job PENDING: the client's next poll queues it, or else the next count of the
+caps removes it and errors its stage (see :mod:`.poll` and
+:func:`settle_abandoned_reservations`).
 
 Neither the arguments nor the metadata name a transfer or sync session, or the
 client's instance: the job finds its session by its own id (see
@@ -15,6 +16,8 @@ client's instance: the job finds its session by its own id (see
 the client is counted by a digest of the identity its certificates prove (see
 :mod:`.identity`).
 """
+
+import logging
 
 from kolibri.core.tasks.job import State
 
@@ -30,11 +33,13 @@ from ..job.worker_identity import reservation_extra
 from ..job.worker_identity import reserver_of
 from ..stage_status import RUN_STAGE_TASK
 from ..stage_status import SYNC_EXTRAS_QUEUE
-from ..stage_status import held_stage
+from ..stage_status import error_abandoned_stage
 from ..stage_status import job_id_for
 from ..stage_status import transfer_session_of_job
 from .identity import CLIENT_METADATA_KEY
 from .identity import client_key
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "enqueue_stage_job",
@@ -177,11 +182,15 @@ def release_reserved_job(job_id):
 def settle_abandoned_reservations():
     """
     Settle the stage jobs whose reserving process died before queueing them
-    (uwsgi's ``harakiri``, the out-of-memory killer): a job whose stage the
-    request had already saved as held is queued, since its client polls for it;
-    any other is removed, since nothing will ever ask for it. Reservations of
-    processes that cannot be told dead from here (another host, another pid
-    namespace) are left to their client's poll.
+    (uwsgi's ``harakiri``, the out-of-memory killer): each job is removed and its
+    stage ended as errored. The client's request most likely failed with the
+    process (nginx answers 502), and its sync stopped; an errored stage lets the
+    next sync of the same transfer close the session at once (see
+    :mod:`~kolibri_sync_extras_plugin.recovery.superseded`). A client that did get
+    its answer and polls has its job queued by the poll instead (see
+    :mod:`.poll`), which usually comes first. Reservations of processes that
+    cannot be told dead from here (another host, another pid namespace) are left
+    to their client's poll.
 
     :return: How many reservations were settled
     :rtype: int
@@ -189,17 +198,25 @@ def settle_abandoned_reservations():
     from kolibri.core.tasks.job import Job
 
     settled = 0
-    for row in job_rows(
+    pending = job_rows(
         queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK, state=State.PENDING
-    ):
-        if not _reserver_gone(row):
+    )
+    for row in pending:
+        if not _reserver_gone(row) or not delete_reserved_job(row.id):
             continue
+        settled += 1
         job = Job.from_json(row.saved_job)
         stage = (job.kwargs or {}).get("stage")
         transfer_session_id = transfer_session_of_job(job)
-        held = transfer_session_id and held_stage(transfer_session_id)
-        if held and held["transfer_stage"] == stage:
-            settled += queue_reserved_job(row.id)
-        else:
-            settled += delete_reserved_job(row.id)
+        if transfer_session_id:
+            error_abandoned_stage(transfer_session_id, stage)
+        logger.warning(
+            "Removed job %s of stage %s of transfer session %s: the server "
+            "process that reserved it died before its request ended (killed or "
+            "recycled mid-request?); the stage is errored and the client syncs "
+            "again",
+            row.id,
+            stage,
+            transfer_session_id,
+        )
     return settled

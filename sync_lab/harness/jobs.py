@@ -2,10 +2,11 @@
 The plugin's background stage jobs on a server, as the plugin's own status report
 (:func:`kolibri_sync_extras_plugin.status.report_background_stages`, the data of
 ``kolibri manage sync_extras_status --json``) describes them: the lab reads job
-storage through it and nothing else.
+storage through it, and reads the rows themselves only for what a report leaves
+out, the process that reserved a PENDING job (:func:`pending_stage_jobs`).
 
-:func:`stage_jobs`, :func:`settled_stage_jobs` and :func:`stage_job_in_state` run
-inside the server instance (through
+:func:`stage_jobs`, :func:`pending_stage_jobs`, :func:`settled_stage_jobs` and
+:func:`stage_job_in_state` run inside the server instance (through
 :meth:`~sync_lab.harness.instances.KolibriInstance.call`); the other functions run
 in the lab and ask the instance. Waiting inside one process that reads job storage
 between short sleeps costs next to nothing and sees a change within a fraction of
@@ -21,6 +22,8 @@ __all__ = [
     "FINISHED_STATES",
     "stage_jobs",
     "list_stage_jobs",
+    "pending_stage_jobs",
+    "list_pending_stage_jobs",
     "wait_for_stage_jobs",
     "wait_for_stage_job",
 ]
@@ -52,6 +55,54 @@ def list_stage_jobs(instance):
     :rtype: list
     """
     return instance.call(stage_jobs)
+
+
+def pending_stage_jobs():
+    """
+    The plugin's stage jobs still PENDING in this instance's job storage: reserved
+    by a request that has not queued them (yet). Each as its ``job_id``,
+    ``stage``, ``transfer_session_id`` and the process that reserved it
+    (``reserved_by``: its ``pid``, boot, pid namespace and start time, or
+    ``None``).
+
+    Once every request has ended, there should be none: the request queues its
+    job as it ends, and a reservation whose process died is queued or removed by
+    the client's next poll or the next count of the caps.
+
+    :rtype: list
+    """
+    from kolibri.core.tasks.job import Job
+    from kolibri.core.tasks.job import State
+
+    from kolibri_sync_extras_plugin.compat import job_rows
+    from kolibri_sync_extras_plugin.job.worker_identity import reserver_of
+    from kolibri_sync_extras_plugin.stage_status import RUN_STAGE_TASK
+    from kolibri_sync_extras_plugin.stage_status import SYNC_EXTRAS_QUEUE
+    from kolibri_sync_extras_plugin.stage_status import transfer_session_of_job
+
+    pending = []
+    for row in job_rows(
+        queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK, state=State.PENDING
+    ):
+        job = Job.from_json(row.saved_job)
+        pending.append(
+            {
+                "job_id": row.id,
+                "stage": (job.kwargs or {}).get("stage"),
+                "transfer_session_id": transfer_session_of_job(job),
+                "reserved_by": reserver_of(row.worker_extra),
+            }
+        )
+    return pending
+
+
+def list_pending_stage_jobs(instance):
+    """
+    :type instance: sync_lab.harness.instances.KolibriInstance
+    :return: See :func:`pending_stage_jobs`
+    :rtype: list
+    """
+    return instance.call(pending_stage_jobs)
 
 
 def _settled(jobs, expected):

@@ -2,7 +2,8 @@
 A server run as Debian's kolibri-server runs Kolibri: nginx in front of uwsgi,
 which serves Kolibri's WSGI application in 4 processes, and the job workers in
 ``kolibri services`` beside them (:mod:`sync_lab.harness.uwsgi_server`). With
-every background stage on, stock clients sync through nginx:
+every background stage on and none run in the request, stock clients sync through
+nginx, with the server's data on SQLite and on PostgreSQL:
 
 - one client's round trip: both syncs complete, the data checks pass on both
   sides, every stage ran in a job in the ``kolibri services`` process, and the
@@ -12,7 +13,10 @@ every background stage on, stock clients sync through nginx:
 - four clients at once: every sync completes and the server holds every client's
   records exactly once.
 
-Skipped when uwsgi or nginx is missing, unless ``SYNC_LAB_REQUIRE_UWSGI`` is set.
+Skipped when uwsgi or nginx is missing, unless ``SYNC_LAB_REQUIRE_UWSGI`` is set;
+the PostgreSQL runs are skipped without PostgreSQL, unless
+``SYNC_LAB_REQUIRE_POSTGRES`` is set. Faults on this topology (a uwsgi process or
+the job worker killed, the job worker stopped) are in ``test_uwsgi_faults.py``.
 """
 
 import contextlib
@@ -43,6 +47,8 @@ from ..helpers.constants import PUSH_STAGES
 
 pytestmark = pytest.mark.e2e
 
+#: The server's database in each run.
+DATABASES = ["sqlite", "postgresql"]
 CLIENT_RECORDS = 120
 CLIENTS = 4
 #: The longest any request may take through nginx: with the stages in jobs, a
@@ -57,9 +63,9 @@ BUSY_DATABASE_ERRORS = (
 )
 
 
-def _new_server(lab_templates, root, name):
+def _new_server(lab_templates, database, root, name):
     return lab_templates.new_server(
-        "sqlite",
+        database,
         name,
         root=root,
         instance_class=UwsgiKolibriInstance,
@@ -123,15 +129,21 @@ def _failed_sync(sync, log):
     return "client:\n{}\n\nserver log:\n{}".format(sync.tail(), log)
 
 
+@pytest.fixture(scope="module", params=DATABASES)
+def database(request):
+    """The server's database: ``sqlite`` or ``postgresql``."""
+    return request.param
+
+
 # -- one client, a round trip -----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def single(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
-    root = tmp_path_factory.mktemp("uwsgi-single")
-    server, facility = _new_server(lab_templates, root, "uwsgi-server")
+def single(database, uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
+    root = tmp_path_factory.mktemp("uwsgi-single-{}".format(database))
+    server, facility = _new_server(lab_templates, database, root, "uwsgi-server")
     client = lab_templates.new_client("uwsgi-client", root=root)
-    outcome = SimpleNamespace(server=server)
+    outcome = SimpleNamespace(server=server, database=database)
     with server, client:
         server.start()
         outcome.pids_at_start = server.pids()
@@ -164,7 +176,10 @@ def single(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
     outcome.left_running = sorted(
         pid for pid in every_pid - {outcome.killed_worker} if _alive(pid)
     )
-    lab_report("peak RSS, nginx -> uwsgi, one client", peak_rss_line(outcome.peaks))
+    lab_report(
+        "peak RSS, nginx -> uwsgi, one client, {}".format(database),
+        peak_rss_line(outcome.peaks),
+    )
     return outcome
 
 
@@ -262,9 +277,11 @@ def test_uwsgi__every_process_stopped_with_the_instance(single):
 
 
 @pytest.fixture(scope="module")
-def four_clients(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
-    root = tmp_path_factory.mktemp("uwsgi-four-clients")
-    server, facility = _new_server(lab_templates, root, "uwsgi-many-server")
+def four_clients(
+    database, uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report
+):
+    root = tmp_path_factory.mktemp("uwsgi-four-clients-{}".format(database))
+    server, facility = _new_server(lab_templates, database, root, "uwsgi-many-server")
     clients = [
         lab_templates.new_client("uwsgi-client-{}".format(number), root=root)
         for number in range(CLIENTS)
@@ -315,15 +332,17 @@ def four_clients(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
     longest = max(outcome.access_log, key=lambda entry: entry.request_time)
     outcome.longest = longest
     lab_report(
-        "longest request through nginx, {} clients at once, uwsgi".format(CLIENTS),
+        "longest request through nginx, {} clients at once, uwsgi, {}".format(
+            CLIENTS, database
+        ),
         "{:.2f} s ({} {})".format(
             longest.request_time, longest.method, longest.path.split("?")[0]
         ),
     )
     largest = max(outcome.access_log, key=lambda entry: entry.request_length or 0)
     lab_report(
-        "largest request through nginx, {} clients at once (client_max_body_size "
-        "1 MB)".format(CLIENTS),
+        "largest request through nginx, {} clients at once, {} "
+        "(client_max_body_size 1 MB)".format(CLIENTS, database),
         "{:.0f} KB ({} {})".format(
             (largest.request_length or 0) / 1024.0,
             largest.method,
@@ -331,7 +350,7 @@ def four_clients(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
         ),
     )
     lab_report(
-        "peak RSS, nginx -> uwsgi, {} clients".format(CLIENTS),
+        "peak RSS, nginx -> uwsgi, {} clients, {}".format(CLIENTS, database),
         peak_rss_line(outcome.peaks),
     )
     return outcome

@@ -281,21 +281,33 @@ def test_per_client_cap__reservation_of_a_dead_process__removed_and_not_counted(
     assert _job_state(abandoned) is None
 
 
-def test_reservation_of_a_dead_process__stage_held__queued_by_the_next_count(
-    one_per_client, async_client, facility
+@pytest.mark.parametrize(
+    "status_left", [transfer_statuses.PENDING, transfer_statuses.STARTED]
+)
+def test_reservation_of_a_dead_process__next_count__stage_errored_job_removed(
+    one_per_client, async_client, facility, status_left, caplog
 ):
-    # killed after answering the client, before queueing: the client polls for it
+    # the client's request failed with the process (a 502): its sync has stopped,
+    # and an errored stage lets its next sync close the session at once
     first = _serializing_context(async_client, facility, CLIENT)
     abandoned = _reserved_by(first, ended_process_identity())
     TransferSession.objects.filter(id=first.transfer_session.id).update(
         transfer_stage=transfer_stages.SERIALIZING,
-        transfer_stage_status=transfer_statuses.STARTED,
+        transfer_stage_status=status_left,
     )
+    left_at = TransferSession.objects.get(
+        id=first.transfer_session.id
+    ).last_activity_timestamp
     other = _serializing_context(async_client, facility, OTHER_CLIENT)
 
     assert _reserve(other)
 
-    assert _job_state(abandoned) == "QUEUED"
+    assert _job_state(abandoned) is None
+    left = TransferSession.objects.get(id=first.transfer_session.id)
+    assert left.transfer_stage_status == transfer_statuses.ERRORED
+    # still idle since before the client's next sync, which closes it
+    assert left.last_activity_timestamp == left_at
+    assert abandoned in caplog.text
 
 
 def test_reservation_of_a_dead_process__same_stage_asked_again__taken_over(
