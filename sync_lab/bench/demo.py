@@ -20,6 +20,7 @@ runs it, nginx in front of uwsgi (see :mod:`sync_lab.harness.topology`).
 """
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -42,11 +43,14 @@ from ..harness.topology import SERVERS
 from ..harness.topology import describe_processes
 from ..harness.topology import missing_for
 from ..harness.topology import peak_rss_line
+from ..harness.topology import recycling_line
 from ..harness.topology import start_server
+from ..harness.uwsgi_server import UWSGI_SETTINGS
 from .many_clients import render_many_clients
 from .many_clients import run_many_clients
 from .report import ModeRun
 from .report import render_bench
+from .report import render_bench_processes
 from .report import render_comparison
 from .report import render_run
 from .report import write_bench_chart
@@ -244,7 +248,7 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
         sync_options=mode.sync_options,
     )
     client = templates.new_client("client-" + mode.name + suffix)
-    peaks = None
+    peaks = recycling = access_log = None
     with server, client:
         progress.say(
             "{}: starting the server and its job workers ({})".format(
@@ -257,7 +261,10 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
                 server.name, server.base_url, describe_processes(server)
             )
         )
-        with TimingProxy(
+        # each process's peak memory, sampled while the round trip runs, so a
+        # uwsgi worker replaced meanwhile leaves its peak behind
+        watch = server.watch_peaks() if hasattr(server, "watch_peaks") else None
+        with watch or contextlib.nullcontext(), TimingProxy(
             server.base_url,
             upstream_timeout=args.proxy_timeout,
             on_exchange=progress.exchange,
@@ -277,9 +284,16 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
                 chunk_size=args.chunk_size,
             )
             exchanges = proxy.exchanges
-        if hasattr(server, "process_peaks"):
-            peaks = server.process_peaks()
+        if watch is not None:
+            peaks = watch.peaks()
+            recycling = watch.recycling()
+            access_log = server.access_log()
             progress.say("{}: peak RSS: {}".format(server.name, peak_rss_line(peaks)))
+            progress.say(
+                "{}: uwsgi replaced a process: {}".format(
+                    server.name, recycling_line(recycling)
+                )
+            )
         progress.say("{}: stopping the server".format(server.name))
     run = ModeRun(
         mode.name,
@@ -289,6 +303,8 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
         proxy_timeout=args.proxy_timeout,
         server=server_kind,
         process_peaks=peaks,
+        recycling=recycling,
+        access_log=access_log,
     )
     if not outcome.ok:
         failed = outcome.push if outcome.pull.ok else outcome.pull
@@ -398,6 +414,16 @@ def run_bench(args, workdir, output, progress):
             )
             + render_bench(results)
         ]
+        + (
+            [
+                "== server processes: peak RSS (VmHWM, MB) sampled every 0.5 s "
+                "during each round trip, and whether uwsgi replaced a process "
+                "(reload-on-rss {} MB)\n".format(UWSGI_SETTINGS["reload-on-rss"])
+                + render_bench_processes(results)
+            ]
+            if render_bench_processes(results)
+            else []
+        )
     )
     print("\n" + text)
     _write(output / "bench.txt", text, progress)

@@ -22,6 +22,8 @@ from ..harness.dataset import COUNTED
 from ..harness.topology import DEFAULT_SERVER
 from ..harness.topology import SERVERS
 from ..harness.topology import peak_rss_line
+from ..harness.topology import process_peaks_line
+from ..harness.topology import recycling_line
 
 __all__ = [
     "StageTiming",
@@ -33,6 +35,7 @@ __all__ = [
     "render_comparison",
     "bench_figures",
     "render_bench",
+    "render_bench_processes",
     "write_comparison_chart",
     "write_bench_chart",
 ]
@@ -219,6 +222,8 @@ class ModeRun:
         proxy_timeout=None,
         server=None,
         process_peaks=None,
+        recycling=None,
+        access_log=None,
     ):
         """
         :param mode: The mode's short name, e.g. ``"on"``
@@ -230,6 +235,12 @@ class ModeRun:
         :param process_peaks: The server's processes' peak memory, as
             :meth:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance.process_peaks`
             gives it, when the server could tell
+        :param recycling: The processes uwsgi replaced during the round trip, a
+            :class:`~sync_lab.harness.uwsgi_server.Recycling`, when the server
+            could tell
+        :param access_log: nginx's requests, as
+            :meth:`~sync_lab.harness.uwsgi_server.UwsgiKolibriInstance.access_log`
+            gives them, when nginx served them
         """
         self.mode = mode
         self.description = description
@@ -238,6 +249,8 @@ class ModeRun:
         self.proxy_timeout = proxy_timeout
         self.server = server
         self.process_peaks = process_peaks
+        self.recycling = recycling
+        self.access_log = access_log
         self.timings = stage_timings(self.exchanges, outcome.jobs)
 
     @property
@@ -254,6 +267,22 @@ class ModeRun:
     def timeouts(self):
         """Exchanges the proxy answered with 504 itself. :rtype: list"""
         return [e for e in self.exchanges if e.status == 504 and e.error]
+
+    @property
+    def failed(self):
+        """
+        Exchanges answered 5xx (by the server, nginx or the proxy) or not at all.
+
+        :rtype: list
+        """
+        return [e for e in self.exchanges if e.status is None or e.status >= 500]
+
+    @property
+    def nginx_longest(self):
+        """The longest request in nginx's access log. :rtype: AccessLogEntry|None"""
+        return max(
+            self.access_log or (), key=lambda entry: entry.request_time, default=None
+        )
 
     def transfer_time(self, direction):
         """:rtype: float|None"""
@@ -306,6 +335,19 @@ def render_run(run):
         lines.append("server: {}".format(SERVERS[run.server][1]))
     if run.process_peaks:
         lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
+        lines.append(
+            "peak RSS by process: {}".format(
+                process_peaks_line(
+                    run.process_peaks, run.recycling.gone if run.recycling else ()
+                )
+            )
+        )
+    if run.recycling is not None:
+        lines.append(
+            "uwsgi replaced a process during the round trip: {}".format(
+                recycling_line(run.recycling)
+            )
+        )
     created = outcome.facility.get("created") or {}
     lines.append(
         "records generated: server {}, client {}".format(
@@ -342,12 +384,30 @@ def render_run(run):
             )
         )
     lines.append(
-        "requests through the proxy: {}; answered 504 by the proxy: {}{}".format(
+        "requests through the proxy: {}; answered 504 by the proxy: {}{}; "
+        "answered 5xx or not at all: {}".format(
             len(run.exchanges),
             len(run.timeouts),
             " (timeout {}s)".format(run.proxy_timeout) if run.proxy_timeout else "",
+            len(run.failed),
         )
     )
+    if run.access_log is not None:
+        nginx_longest = run.nginx_longest
+        lines.append(
+            "nginx's access log: {} requests, 5xx: {}; the longest {}".format(
+                len(run.access_log),
+                sum(1 for entry in run.access_log if entry.status >= 500),
+                "{} {} -> {} in {}".format(
+                    nginx_longest.method,
+                    nginx_longest.path.split("?")[0],
+                    nginx_longest.status,
+                    _seconds(nginx_longest.request_time, 3),
+                )
+                if nginx_longest
+                else "-",
+            )
+        )
     lines.append("")
     lines.extend(
         _table(
@@ -481,7 +541,8 @@ def bench_figures(runs):
 
     :param runs: The mode's :class:`ModeRun` at that size, one per repeat
     :return: ``pull``, ``push``, ``round_trip`` and ``longest`` in seconds (or
-        ``None``), ``runs`` and ``ok`` (every run synced and counted equal)
+        ``None``), ``runs``, ``failed`` (requests answered 5xx or not at all, in
+        all runs) and ``ok`` (every run synced and counted equal)
     :rtype: dict
     """
     return {
@@ -493,6 +554,7 @@ def bench_figures(runs):
             default=None,
         ),
         "runs": len(runs),
+        "failed": sum(len(run.failed) for run in runs),
         "ok": bool(runs)
         and all(run.outcome.ok and run.outcome.counts_match for run in runs),
     }
@@ -526,6 +588,7 @@ def render_bench(results):
         "ratio",
         "longest on",
         "longest off",
+        "5xx on/off",
         "ok on/off",
     ]
     rows = []
@@ -542,9 +605,66 @@ def render_bench(results):
         row += [
             _seconds(on["longest"], 3),
             _seconds(off["longest"], 3),
+            "{}/{}".format(on["failed"], off["failed"]),
             "{}/{}".format(*("yes" if f["ok"] else "NO" for f in (on, off))),
         ]
         rows.append(row)
+    return "\n".join(_table(rows, header))
+
+
+def _megabytes(peaks):
+    return (
+        ", ".join("{:.0f}".format(peak.peak_rss_kb / 1024.0) for peak in peaks) or "-"
+    )
+
+
+def render_bench_processes(results):
+    """
+    Each server process's peak resident memory (MB) per size and mode run, the
+    highest of them, the longest request in nginx's log and whether uwsgi
+    replaced a process; empty if no run could tell its processes' memory.
+
+    :param results: As for :func:`render_bench`
+    :rtype: str
+    """
+    header = [
+        "records/dir",
+        "mode",
+        "services",
+        "uwsgi master",
+        "uwsgi workers",
+        "highest",
+        "nginx longest",
+        "uwsgi replaced a process",
+    ]
+    rows = []
+    for records, runs in results:
+        for mode, mode_runs in runs.items():
+            mode_runs = _mode_runs(mode_runs)
+            for number, run in enumerate(mode_runs, 1):
+                if not run.process_peaks:
+                    continue
+                by_role = OrderedDict()
+                for peak in sorted(run.process_peaks, key=lambda p: p.pid):
+                    by_role.setdefault(peak.role, []).append(peak)
+                highest = max(run.process_peaks, key=lambda p: p.peak_rss_kb)
+                nginx_longest = run.nginx_longest
+                rows.append(
+                    [
+                        records,
+                        mode if len(mode_runs) == 1 else "{} #{}".format(mode, number),
+                        _megabytes(by_role.get("services", [])),
+                        _megabytes(by_role.get("uwsgi master", [])),
+                        _megabytes(by_role.get("uwsgi worker", [])),
+                        "{} {:.0f}".format(highest.role, highest.peak_rss_kb / 1024.0),
+                        _seconds(nginx_longest.request_time, 3)
+                        if nginx_longest
+                        else "-",
+                        recycling_line(run.recycling) if run.recycling else "-",
+                    ]
+                )
+    if not rows:
+        return ""
     return "\n".join(_table(rows, header))
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "describe_processes",
     "missing_for",
     "peak_rss_line",
+    "process_peaks_line",
+    "recycling_line",
     "start_server",
 ]
 
@@ -119,3 +121,51 @@ def peak_rss_line(peaks):
                 )
             )
     return "; ".join(parts) or "-"
+
+
+def process_peaks_line(peaks, gone=()):
+    """
+    Each process's peak resident memory, in a line: ``services 101 104 MB; uwsgi
+    worker 103 120 MB, 104 98 MB (gone); ...``.
+
+    :param peaks: :class:`~sync_lab.harness.uwsgi_server.ProcessPeak` objects
+    :param gone: ``(role, pid)`` pairs of processes that had ended, whose peak is
+        the last one sampled
+    :rtype: str
+    """
+    gone = {pid for _, pid in gone}
+    roles = OrderedDict()
+    for peak in peaks:
+        roles.setdefault(peak.role, []).append(
+            "{} {:.0f} MB{}".format(
+                peak.pid,
+                peak.peak_rss_kb / 1024.0,
+                " (gone)" if peak.pid in gone else "",
+            )
+        )
+    return (
+        "; ".join(
+            "{} {}".format(role, ", ".join(items)) for role, items in roles.items()
+        )
+        or "-"
+    )
+
+
+def recycling_line(recycling):
+    """
+    Whether uwsgi replaced a process, in a line.
+
+    :param recycling: :class:`~sync_lab.harness.uwsgi_server.Recycling`
+    :rtype: str
+    """
+    if not (recycling.gone or recycling.new or recycling.log_lines):
+        return "no"
+
+    def pids(pairs):
+        return ", ".join("{} {}".format(role, pid) for role, pid in pairs) or "none"
+
+    return "YES: gone {}; new {}; uwsgi's log: {}".format(
+        pids(recycling.gone),
+        pids(recycling.new),
+        " | ".join(line.strip() for line in recycling.log_lines) or "nothing",
+    )

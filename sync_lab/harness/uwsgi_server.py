@@ -42,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections import OrderedDict
 from collections import namedtuple
 from pathlib import Path
@@ -63,13 +64,17 @@ __all__ = [
     "UWSGI_PROCESSES",
     "UWSGI_SETTINGS",
     "NGINX_SETTINGS",
+    "UWSGI_RECYCLE_MARKERS",
     "AccessLogEntry",
+    "PeakWatch",
     "ProcessPeak",
+    "Recycling",
     "UwsgiKolibriInstance",
     "missing_programs",
     "nginx_config",
     "nginx_program",
     "read_access_log",
+    "recycle_lines",
     "uwsgi_ini",
     "uwsgi_program",
 ]
@@ -149,6 +154,20 @@ _UWSGI_PARAMS = (
 
 _NGINX_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
+#: What uwsgi 2.0 logs when a worker ends and another takes its place: a worker
+#: leaving after its request for ``max-requests``, ``reload-on-as`` or
+#: ``reload-on-rss`` (its log does not say which), the master reaping it and
+#: starting another, a worker that died or was killed, harakiri and
+#: ``max-worker-lifetime``.
+UWSGI_RECYCLE_MARKERS = (
+    "The work of process",
+    "killed successfully",
+    "Respawned uWSGI worker",
+    "DAMN ! worker",
+    "HARAKIRI ON WORKER",
+    "lifetime reached",
+)
+
 #: One process of the deployment and the most resident memory it has used so far.
 ProcessPeak = namedtuple("ProcessPeak", ("role", "pid", "peak_rss_kb"))
 
@@ -160,6 +179,11 @@ AccessLogEntry = namedtuple(
     "AccessLogEntry",
     ("method", "path", "status", "request_time", "upstream_time", "request_length"),
 )
+
+
+#: The processes that came and went while a :class:`PeakWatch` watched, as
+#: ``(role, pid)`` pairs, and uwsgi's log lines about ending and starting workers.
+Recycling = namedtuple("Recycling", ("gone", "new", "log_lines"))
 
 
 def uwsgi_program(python=None):
@@ -361,6 +385,20 @@ def read_access_log(path):
     return entries
 
 
+def recycle_lines(text):
+    """
+    The lines of uwsgi's log about a worker ending or another taking its place
+    (see :data:`UWSGI_RECYCLE_MARKERS`).
+
+    :rtype: list
+    """
+    return [
+        line
+        for line in text.splitlines()
+        if any(marker in line for marker in UWSGI_RECYCLE_MARKERS)
+    ]
+
+
 def child_pids(pid):
     """
     The pids of ``pid``'s children, from ``/proc``.
@@ -397,6 +435,83 @@ def peak_rss_kb(pid):
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+class PeakWatch:
+    """
+    Each process of a running :class:`UwsgiKolibriInstance` and its peak resident
+    memory (``VmHWM``), sampled every ``interval`` seconds in a thread while the
+    ``with`` block runs and once more at its end. A process that ends meanwhile
+    (a uwsgi worker that uwsgi replaced) keeps its peak as last sampled, and
+    :meth:`recycling` says which processes came and went.
+    """
+
+    def __init__(self, server, interval=0.5):
+        self.server = server
+        self.interval = interval
+        self.first_pids = OrderedDict()
+        self.last_pids = OrderedDict()
+        self._peaks = OrderedDict()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = None
+
+    def sample(self):
+        """Read each running process's peak once more; :return: the pids by role."""
+        pids = self.server.pids()
+        for role, role_pids in pids.items():
+            for pid in role_pids:
+                peak = peak_rss_kb(pid)
+                if peak is None:
+                    continue
+                with self._lock:
+                    known = self._peaks.get(pid)
+                    if known is None or peak > known.peak_rss_kb:
+                        self._peaks[pid] = ProcessPeak(role, pid, peak)
+        return pids
+
+    def _run(self):
+        while not self._stopping.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self.first_pids = self.sample()
+        self._thread = threading.Thread(
+            target=self._run, name="peak-watch-" + self.server.name, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stopping.set()
+        self._thread.join()
+        self.last_pids = self.sample()
+
+    def peaks(self):
+        """
+        Every process seen, with the highest peak sampled.
+
+        :rtype: list[ProcessPeak]
+        """
+        with self._lock:
+            return list(self._peaks.values())
+
+    def recycling(self):
+        """
+        The processes seen at the start and gone at the end, those that were not
+        there at the start, and uwsgi's log lines about replacing workers.
+
+        :rtype: Recycling
+        """
+        first = {(role, pid) for role, pids in self.first_pids.items() for pid in pids}
+        last = {(role, pid) for role, pids in self.last_pids.items() for pid in pids}
+        with self._lock:
+            seen = {(peak.role, peak.pid) for peak in self._peaks.values()}
+        return Recycling(
+            sorted(seen - last),
+            sorted(seen - first),
+            recycle_lines(self.server.uwsgi_log_text()),
+        )
 
 
 class UwsgiKolibriInstance(SplitKolibriInstance):
@@ -660,12 +775,22 @@ class UwsgiKolibriInstance(SplitKolibriInstance):
         """
         return read_access_log(self.nginx_access_log_path)
 
-    def uwsgi_log_tail(self, lines=40):
-        """:rtype: str"""
+    def uwsgi_log_text(self):
+        """uwsgi's log of the latest start. :rtype: str"""
         if self._uwsgi_output is None or not self._uwsgi_output.exists():
             return ""
-        text = self._uwsgi_output.read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self._uwsgi_output.read_text(errors="replace")
+
+    def uwsgi_log_tail(self, lines=40):
+        """:rtype: str"""
+        return "\n".join(self.uwsgi_log_text().splitlines()[-lines:])
+
+    def watch_peaks(self, interval=0.5):
+        """
+        :return: A :class:`PeakWatch` of this instance, to use as a context
+            manager while it runs
+        """
+        return PeakWatch(self, interval)
 
     def kill_uwsgi_worker(self, pid=None):
         """

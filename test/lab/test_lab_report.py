@@ -8,9 +8,13 @@ from sync_lab.bench.report import BACKGROUND
 from sync_lab.bench.report import REQUEST
 from sync_lab.bench.report import ModeRun
 from sync_lab.bench.report import bench_figures
+from sync_lab.bench.report import render_bench_processes
 from sync_lab.bench.report import stage_timings
 from sync_lab.bench.report import transfer_time
 from sync_lab.harness.proxy import Exchange
+from sync_lab.harness.uwsgi_server import AccessLogEntry
+from sync_lab.harness.uwsgi_server import ProcessPeak
+from sync_lab.harness.uwsgi_server import Recycling
 
 SESSION = "abc"
 
@@ -133,3 +137,36 @@ def test_bench_figures__times_are_medians_and_longest_is_the_worst_run():
     assert round(figures["round_trip"], 6) == 4.0
     assert figures["longest"] == 0.4
     assert (figures["runs"], figures["ok"]) == (3, True)
+
+
+def test_bench_figures__counts_requests_answered_5xx_or_not_at_all():
+    run = _run(1.0, 2.0, 0.1)
+    run.exchanges[0].status = 504
+    run.exchanges[1].status = None
+
+    assert bench_figures([run, _run(1.0, 2.0, 0.1)])["failed"] == 2
+
+
+def test_render_bench_processes__each_process_and_what_uwsgi_replaced():
+    on = _run(1.0, 2.0, 0.1)
+    on.process_peaks = [
+        ProcessPeak("services", 10, 200 * 1024),
+        ProcessPeak("uwsgi master", 11, 90 * 1024),
+        ProcessPeak("uwsgi worker", 13, 120 * 1024),
+        ProcessPeak("uwsgi worker", 12, 530 * 1024),
+    ]
+    on.recycling = Recycling(
+        [("uwsgi worker", 12)],
+        [("uwsgi worker", 14)],
+        ["Respawned uWSGI worker 1 (new pid: 14)"],
+    )
+    on.access_log = [AccessLogEntry("PATCH", "/x", 504, 60.001, 60.0, 300)]
+    off = _run(1.0, 2.0, 0.1)
+
+    table = render_bench_processes([(12000, {"on": [on], "off": [off]})])
+
+    [row] = table.splitlines()[1:]
+    assert row.split()[:6] == ["12000", "on", "200", "90", "530,", "120"]
+    assert "uwsgi worker 530" in row and "60.001s" in row
+    assert "gone uwsgi worker 12; new uwsgi worker 14" in row
+    assert render_bench_processes([(12000, {"on": [off], "off": [off]})]) == ""

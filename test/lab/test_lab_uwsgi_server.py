@@ -12,7 +12,11 @@ import pytest
 
 from sync_lab.harness import uwsgi_server
 from sync_lab.harness.topology import peak_rss_line
+from sync_lab.harness.topology import process_peaks_line
+from sync_lab.harness.topology import recycling_line
+from sync_lab.harness.uwsgi_server import PeakWatch
 from sync_lab.harness.uwsgi_server import ProcessPeak
+from sync_lab.harness.uwsgi_server import Recycling
 
 
 def _settings(ini):
@@ -147,3 +151,63 @@ def test_peak_rss_line__one_figure_per_role():
         ]
     )
     assert line == "services 100 MB; uwsgi worker 2 x up to 100 MB, 150 MB together"
+
+
+def test_process_peaks_line__each_process_and_which_had_ended():
+    line = process_peaks_line(
+        [ProcessPeak("uwsgi worker", 2, 51200), ProcessPeak("uwsgi worker", 3, 102400)],
+        gone=[("uwsgi worker", 3)],
+    )
+    assert line == "uwsgi worker 2 50 MB, 3 100 MB (gone)"
+
+
+def test_recycle_lines__what_uwsgi_logs_when_it_replaces_a_worker():
+    log = "\n".join(
+        [
+            "spawned uWSGI worker 1 (pid: 11, cores: 1)",
+            "...The work of process 11 is done. Seeya!",
+            "worker 1 killed successfully (pid: 11)",
+            "Respawned uWSGI worker 1 (new pid: 15)",
+            "DAMN ! worker 2 (pid: 12) died, killed by signal 9 :( trying respawn ...",
+        ]
+    )
+    assert [line.split()[0] for line in uwsgi_server.recycle_lines(log)] == [
+        "...The",
+        "worker",
+        "Respawned",
+        "DAMN",
+    ]
+    assert recycling_line(Recycling([], [], [])) == "no"
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, *pids):
+        self.workers = list(pids)
+
+    def pids(self):
+        return {"uwsgi worker": list(self.workers)}
+
+    def uwsgi_log_text(self):
+        return "Respawned uWSGI worker 1 (new pid: 2)\n"
+
+
+def test_peak_watch__a_replaced_process_keeps_its_last_sampled_peak():
+    first = subprocess.Popen(["sleep", "30"])
+    second = subprocess.Popen(["sleep", "30"])
+    server = _Server(first.pid)
+    try:
+        with PeakWatch(server, interval=0.05) as watch:
+            first.kill()
+            first.wait()
+            server.workers = [second.pid]
+    finally:
+        second.kill()
+        second.wait()
+
+    assert {peak.pid for peak in watch.peaks()} == {first.pid, second.pid}
+    recycling = watch.recycling()
+    assert recycling.gone == [("uwsgi worker", first.pid)]
+    assert recycling.new == [("uwsgi worker", second.pid)]
+    assert recycling.log_lines == ["Respawned uWSGI worker 1 (new pid: 2)"]
