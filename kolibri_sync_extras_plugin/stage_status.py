@@ -247,12 +247,7 @@ def error_abandoned_stage(transfer_session_id, stage):
     :return: Whether the transfer session was updated
     :rtype: bool
     """
-    updated = TransferSession.objects.filter(
-        id=transfer_session_id,
-        transfer_stage=stage,
-        transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
-    ).update(transfer_stage_status=transfer_statuses.ERRORED)
-    return bool(updated)
+    return _settle(transfer_session_id, stage, transfer_statuses.ERRORED, touch=False)
 
 
 def _held_stages():
@@ -294,20 +289,24 @@ def error_held_stages():
     return sum(error_stage(ts_id, stage) for ts_id, stage in held)
 
 
-def _settle(transfer_session_id, stage, stage_status):
+def _settle(transfer_session_id, stage, stage_status, touch=True):
     """
     Finish a background stage with ``stage_status``, but only while the transfer
     session is still at that stage and waiting on it: a late or repeated report
     never rewrites a stage that has already been settled or left behind.
 
+    :param touch: Whether to record the settling as the session's last activity
     :return: Whether the transfer session was updated
     :rtype: bool
     """
+    values = dict(transfer_stage_status=stage_status)
+    if touch:
+        values["last_activity_timestamp"] = timezone.now()
     updated = TransferSession.objects.filter(
         id=transfer_session_id,
         transfer_stage=stage,
         transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
-    ).update(transfer_stage_status=stage_status, last_activity_timestamp=timezone.now())
+    ).update(**values)
     return bool(updated)
 
 

@@ -137,15 +137,8 @@ def open_sync_sessions(count, client_instance_id, facility_id=None):
     }
 
 
-def ask_for_stages(base_url, sync_session_ids, sync_filter):
-    """
-    For each sync session, open a pull and ask the server to serialize it, as fast
-    as the server answers, advertising ``ASYNC_OPERATIONS`` as current clients do.
-
-    :return: For each pull: ``{"transfer_session_id", "status", "stage_status",
-        "detail"}`` of the serializing request
-    :rtype: list
-    """
+def _client_http():
+    """An HTTP session advertising ``ASYNC_OPERATIONS``, as current clients do."""
     import requests
     from morango.constants.capabilities import ASYNC_OPERATIONS
     from morango.constants.capabilities import FSIC_V2_FORMAT
@@ -155,35 +148,59 @@ def ask_for_stages(base_url, sync_session_ids, sync_filter):
     http.headers[CAPABILITIES_CLIENT_HEADER] = " ".join(
         (ASYNC_OPERATIONS, FSIC_V2_FORMAT)
     )
+    return http
+
+
+def _open_pull(http, url, sync_session_id, sync_filter):
+    """:return: The id of a new pull of the sync session"""
+    created = http.post(
+        url,
+        json={
+            "id": uuid.uuid4().hex,
+            "filter": sync_filter,
+            "push": False,
+            "sync_session_id": sync_session_id,
+            "client_fsic": EMPTY_FSIC,
+        },
+        timeout=60,
+    )
+    created.raise_for_status()
+    return created.json()["id"]
+
+
+def _ask_to_serialize(http, url, transfer_session_id):
+    """:return: The server's answer to a request to serialize the pull"""
+    response = http.patch(
+        "{}{}/".format(url, transfer_session_id),
+        json={"transfer_stage": "serializing", "client_fsic": EMPTY_FSIC},
+        timeout=120,
+    )
+    body = response.json() if response.content else {}
+    return {
+        "transfer_session_id": transfer_session_id,
+        "status": response.status_code,
+        "stage_status": body.get("transfer_stage_status"),
+        "detail": body.get("detail"),
+    }
+
+
+def ask_for_stages(base_url, sync_session_ids, sync_filter):
+    """
+    For each sync session, open a pull and ask the server to serialize it, as fast
+    as the server answers, advertising ``ASYNC_OPERATIONS`` as current clients do.
+
+    :return: For each pull: ``{"transfer_session_id", "status", "stage_status",
+        "detail"}`` of the serializing request
+    :rtype: list
+    """
+    http = _client_http()
     url = base_url.rstrip("/") + _TRANSFER_SESSIONS
-    answers = []
-    for sync_session_id in sync_session_ids:
-        created = http.post(
-            url,
-            json={
-                "id": uuid.uuid4().hex,
-                "filter": sync_filter,
-                "push": False,
-                "sync_session_id": sync_session_id,
-                "client_fsic": EMPTY_FSIC,
-            },
+    return [
+        _ask_to_serialize(
+            http, url, _open_pull(http, url, sync_session_id, sync_filter)
         )
-        created.raise_for_status()
-        transfer_session_id = created.json()["id"]
-        response = http.patch(
-            "{}{}/".format(url, transfer_session_id),
-            json={"transfer_stage": "serializing", "client_fsic": EMPTY_FSIC},
-        )
-        body = response.json() if response.content else {}
-        answers.append(
-            {
-                "transfer_session_id": transfer_session_id,
-                "status": response.status_code,
-                "stage_status": body.get("transfer_stage_status"),
-                "detail": body.get("detail"),
-            }
-        )
-    return answers
+        for sync_session_id in sync_session_ids
+    ]
 
 
 def ask_for_stages_at_once(base_url, sync_session_ids, sync_filter):
@@ -197,47 +214,19 @@ def ask_for_stages_at_once(base_url, sync_session_ids, sync_filter):
     """
     import threading
 
-    import requests
-    from morango.constants.capabilities import ASYNC_OPERATIONS
-    from morango.constants.capabilities import FSIC_V2_FORMAT
-    from morango.utils import CAPABILITIES_CLIENT_HEADER
-
-    headers = {CAPABILITIES_CLIENT_HEADER: " ".join((ASYNC_OPERATIONS, FSIC_V2_FORMAT))}
     url = base_url.rstrip("/") + _TRANSFER_SESSIONS
-    transfer_session_ids = []
-    for sync_session_id in sync_session_ids:
-        created = requests.post(
-            url,
-            headers=headers,
-            json={
-                "id": uuid.uuid4().hex,
-                "filter": sync_filter,
-                "push": False,
-                "sync_session_id": sync_session_id,
-                "client_fsic": EMPTY_FSIC,
-            },
-            timeout=60,
-        )
-        created.raise_for_status()
-        transfer_session_ids.append(created.json()["id"])
+    opening = _client_http()
+    transfer_session_ids = [
+        _open_pull(opening, url, sync_session_id, sync_filter)
+        for sync_session_id in sync_session_ids
+    ]
     barrier = threading.Barrier(len(transfer_session_ids))
     answers = [None] * len(transfer_session_ids)
 
     def ask(index, transfer_session_id):
+        http = _client_http()  # a connection of its own
         barrier.wait(timeout=60)
-        response = requests.patch(
-            "{}{}/".format(url, transfer_session_id),
-            headers=headers,
-            json={"transfer_stage": "serializing", "client_fsic": EMPTY_FSIC},
-            timeout=120,
-        )
-        body = response.json() if response.content else {}
-        answers[index] = {
-            "transfer_session_id": transfer_session_id,
-            "status": response.status_code,
-            "stage_status": body.get("transfer_stage_status"),
-            "detail": body.get("detail"),
-        }
+        answers[index] = _ask_to_serialize(http, url, transfer_session_id)
 
     threads = [
         threading.Thread(target=ask, args=(index, transfer_session_id))

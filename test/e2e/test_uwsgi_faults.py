@@ -57,6 +57,9 @@ from sync_lab.harness.uwsgi_server import UwsgiKolibriInstance
 
 from ..helpers.constants import BACKGROUND_EVERYTHING
 from ..helpers.constants import PUSH_STAGES
+from ..helpers.round_trips import assert_job_failed_as_worker_gone
+from ..helpers.round_trips import assert_no_row_twice
+from ..helpers.round_trips import assert_stopped_at_failed_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -309,8 +312,7 @@ def test_uwsgi_killed__after_the_next_sync_counts_equal_on_both_sides(
 
 
 def test_uwsgi_killed__after_the_next_sync_no_row_twice(uwsgi_killed):
-    assert set(uwsgi_killed.server["duplicates"].values()) == {0}
-    assert set(uwsgi_killed.client["duplicates"].values()) == {0}
+    assert_no_row_twice(uwsgi_killed.server, uwsgi_killed.client)
 
 
 def test_uwsgi_killed__after_the_next_sync_nothing_left_to_deserialize(uwsgi_killed):
@@ -383,8 +385,7 @@ def test_worker_killed__while_running_the_deserializing_job(worker_killed):
 
 
 def test_worker_killed__client_sync_stops_with_an_error(worker_killed):
-    assert worker_killed.push.returncode not in (0, None), worker_killed.push.tail()
-    assert "Stage `deserializing` failed" in worker_killed.push.output
+    assert_stopped_at_failed_stage(worker_killed.push, transfer_stages.DESERIALIZING)
 
 
 def test_worker_killed__client_stops_within_the_bound(worker_killed):
@@ -392,13 +393,7 @@ def test_worker_killed__client_stops_within_the_bound(worker_killed):
 
 
 def test_worker_killed__job_failed_as_worker_gone(worker_killed):
-    [job] = [
-        job
-        for job in worker_killed.server["jobs"]
-        if job["job_id"] == worker_killed.job["job_id"]
-    ]
-    assert job["job_state"] == "FAILED"
-    assert "WorkerGone" in (job["detail"] or ""), job
+    assert_job_failed_as_worker_gone(worker_killed.server, worker_killed.job["job_id"])
 
 
 def test_worker_killed__retry_completes(worker_killed):
@@ -414,8 +409,7 @@ def test_worker_killed__after_the_retry_counts_equal_on_both_sides(worker_killed
 
 
 def test_worker_killed__after_the_retry_no_row_twice(worker_killed):
-    assert set(worker_killed.server["duplicates"].values()) == {0}
-    assert set(worker_killed.client["duplicates"].values()) == {0}
+    assert_no_row_twice(worker_killed.server, worker_killed.client)
 
 
 def test_worker_killed__after_the_retry_nothing_left_to_deserialize(worker_killed):

@@ -33,6 +33,9 @@ from sync_lab.harness.split import SplitKolibriInstance
 
 from ..helpers.constants import BACKGROUND_EVERYTHING
 from ..helpers.constants import PUSH_STAGES
+from ..helpers.round_trips import assert_job_failed_as_worker_gone
+from ..helpers.round_trips import assert_no_row_twice
+from ..helpers.round_trips import assert_stopped_at_failed_stage
 from ..helpers.worker_processes import free_pid
 
 pytestmark = pytest.mark.e2e
@@ -190,8 +193,7 @@ def run_twice(host_killed, deployment, lab_report):
 
 
 def test_host_killed__client_sync_stops_with_an_error(host_killed):
-    assert host_killed.push.returncode not in (0, None), host_killed.push.tail()
-    assert "Stage `deserializing` failed" in host_killed.push.output
+    assert_stopped_at_failed_stage(host_killed.push, transfer_stages.DESERIALIZING)
 
 
 def test_host_killed__client_stops_within_the_bound(host_killed):
@@ -199,13 +201,7 @@ def test_host_killed__client_stops_within_the_bound(host_killed):
 
 
 def test_host_killed__job_failed_as_worker_gone(host_killed):
-    [job] = [
-        job
-        for job in host_killed.server["jobs"]
-        if job["job_id"] == host_killed.job["job_id"]
-    ]
-    assert job["job_state"] == "FAILED"
-    assert "WorkerGone" in (job["detail"] or ""), job
+    assert_job_failed_as_worker_gone(host_killed.server, host_killed.job["job_id"])
 
 
 def test_host_killed__retry_on_the_other_host_completes(host_killed):
@@ -221,8 +217,7 @@ def test_host_killed__after_the_retry_counts_equal_on_both_sides(host_killed, ki
 
 
 def test_host_killed__after_the_retry_no_row_twice(host_killed):
-    assert set(host_killed.server["duplicates"].values()) == {0}
-    assert set(host_killed.client["duplicates"].values()) == {0}
+    assert_no_row_twice(host_killed.server, host_killed.client)
 
 
 # -- a stage job run twice at once ------------------------------------------------
@@ -247,8 +242,7 @@ def test_run_twice__counts_equal_on_both_sides(run_twice, kind):
 
 
 def test_run_twice__no_row_twice(run_twice):
-    assert set(run_twice.server["duplicates"].values()) == {0}
-    assert set(run_twice.client["duplicates"].values()) == {0}
+    assert_no_row_twice(run_twice.server, run_twice.client)
 
 
 def test_run_twice__nothing_left_to_deserialize(run_twice):

@@ -28,3 +28,22 @@ def completed_stage_jobs(outcome):
         for job in outcome.jobs
         if job["job_state"] == "COMPLETED"
     }
+
+
+def assert_no_row_twice(*states):
+    """No side holds any record twice (``states`` from ``sync_states``)."""
+    for state in states:
+        assert set(state["duplicates"].values()) == {0}, state["duplicates"]
+
+
+def assert_stopped_at_failed_stage(sync, stage):
+    """The client's sync stopped with an error at the server's errored ``stage``."""
+    assert sync.returncode not in (0, None), sync.tail()
+    assert "Stage `{}` failed".format(stage) in sync.output
+
+
+def assert_job_failed_as_worker_gone(server_state, job_id):
+    """The stage job ``job_id`` was failed because its worker process died."""
+    [job] = [job for job in server_state["jobs"] if job["job_id"] == job_id]
+    assert job["job_state"] == "FAILED"
+    assert "WorkerGone" in (job["detail"] or ""), job
