@@ -26,7 +26,7 @@ processes and run by ``kolibri services``.
   and the job is cancelled.
 
 The first two share one server and client per database (SQLite and PostgreSQL),
-one after the other; the third has a server of its own (SQLite).
+one after the other; the third has a server of its own per database.
 
 Skipped when uwsgi or nginx is missing, unless ``SYNC_LAB_REQUIRE_UWSGI`` is set;
 the PostgreSQL runs are skipped without PostgreSQL, unless
@@ -435,15 +435,18 @@ def test_worker_killed__after_the_retry_no_transfer_session_left_open_on_server(
 # -- the job worker stopped --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker_stopped(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report):
+@pytest.fixture(scope="module", params=DATABASES)
+def worker_stopped(
+    request, uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report
+):
     """
     A fresh client's sync with a uwsgi server whose ``kolibri services`` was
     stopped, and whose stage jobs may wait the shortest time allowed for a worker.
     """
-    root = tmp_path_factory.mktemp("uwsgi-worker-stopped")
+    database = request.param
+    root = tmp_path_factory.mktemp("uwsgi-worker-stopped-{}".format(database))
     server, facility = lab_templates.new_server(
-        "sqlite",
+        database,
         "uwsgi-workerless-server",
         root=root,
         instance_class=UwsgiKolibriInstance,
@@ -473,8 +476,8 @@ def worker_stopped(uwsgi_and_nginx, tmp_path_factory, lab_templates, lab_report)
         outcome.server_log = _whole_log(server)
         outcome.access_log = server.access_log()
     lab_report(
-        "no kolibri services behind uwsgi, STAGE_JOB_START_TIMEOUT = {} s: client "
-        "stopped after".format(MIN_STAGE_JOB_START_TIMEOUT),
+        "no kolibri services behind uwsgi ({}), STAGE_JOB_START_TIMEOUT = {} s: "
+        "client stopped after".format(database, MIN_STAGE_JOB_START_TIMEOUT),
         "{:.1f} s (exit {})".format(outcome.took, outcome.sync.returncode),
     )
     return outcome
