@@ -404,8 +404,9 @@ def after_job_storage_commit(orm_job, callback):
 
 def jobs_in_states(states, queue=None, func=None):
     """
-    The jobs of job storage in any of ``states``: Kolibri's ``filter_jobs`` takes a
-    list of states from 0.19 on, a single state before.
+    The jobs of job storage in any of ``states``, read in one query, so a job that
+    moves between two of them while they are read is seen once: Kolibri's
+    ``filter_jobs`` takes a list of states from 0.19 on, a single state before.
 
     :type states: list
     :rtype: list[kolibri.core.tasks.job.Job]
@@ -414,11 +415,13 @@ def jobs_in_states(states, queue=None, func=None):
 
     if JOBS_IN_DJANGO:
         return job_storage.filter_jobs(queue=queue, func=func, state=list(states))
-    return [
-        job
-        for state in states
-        for job in job_storage.filter_jobs(queue=queue, func=func, state=state)
-    ]
+    engine, table = sqlalchemy_job_table()
+    query = table.select().where(table.c.state.in_(list(states)))
+    for column, value in (("queue", queue), ("func", func)):
+        if value is not None:
+            query = query.where(table.c[column] == value)
+    with engine.connect() as connection:
+        return [job_storage._orm_to_job(row) for row in connection.execute(query)]
 
 
 @functools.lru_cache(maxsize=None)

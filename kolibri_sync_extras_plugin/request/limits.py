@@ -79,19 +79,20 @@ def unfinished_stage_jobs():
     The stage jobs in job storage that are waiting or running, counting a job
     that gave its worker back to wait for its writer's turn: Kolibri marks it
     COMPLETED, then queues it again in a transaction of its own, and between the
-    two it still serves an open session's stage.
+    two it still serves an open session's stage. Both kinds are read in one
+    query: read one after the other, a job requeued between the two reads would
+    be in neither.
 
     :rtype: list[kolibri.core.tasks.job.Job]
     """
-    unfinished = jobs_in_states(
-        UNFINISHED_JOB_STATES, queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
+    jobs = jobs_in_states(
+        UNFINISHED_JOB_STATES + [State.COMPLETED],
+        queue=SYNC_EXTRAS_QUEUE,
+        func=RUN_STAGE_TASK,
     )
+    unfinished = [job for job in jobs if job.state != State.COMPLETED]
     between_turns = [
-        job
-        for job in jobs_in_states(
-            [State.COMPLETED], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
-        )
-        if is_waiting(job.result)
+        job for job in jobs if job.state == State.COMPLETED and is_waiting(job.result)
     ]
     if between_turns:
         of_open_sessions = open_sessions_by_job_id()
