@@ -299,14 +299,16 @@ def _settle(transfer_session_id, stage, stage_status, touch=True):
     :return: Whether the transfer session was updated
     :rtype: bool
     """
-    values = dict(transfer_stage_status=stage_status)
-    if touch:
-        values["last_activity_timestamp"] = timezone.now()
-    updated = TransferSession.objects.filter(
+    waiting = TransferSession.objects.filter(
         id=transfer_session_id,
         transfer_stage=stage,
         transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
-    ).update(**values)
+    )
+    if not touch:
+        return bool(waiting.update(transfer_stage_status=stage_status))
+    updated = waiting.update(
+        transfer_stage_status=stage_status, last_activity_timestamp=timezone.now()
+    )
     return bool(updated)
 
 
