@@ -30,7 +30,7 @@ except ImportError:  # Windows: one server process
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["server_wide_lock", "lock_file_path", "HostWidePlaces"]
+__all__ = ["server_wide_lock", "lock_file_path", "advisory_key", "HostWidePlaces"]
 
 # the file locks of this process, one per name: flock locks of two open file
 # descriptions exclude each other even within a process, but a thread lock in
@@ -51,7 +51,7 @@ def _thread_lock(name):
         return _thread_locks.setdefault(name, threading.Lock())
 
 
-def _advisory_key(name):
+def advisory_key(name):
     """A signed 64-bit key for PostgreSQL's advisory locks, the same in every process."""
     digest = hashlib.sha256("kolibri_sync_extras:{}".format(name).encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -79,7 +79,7 @@ def _database_lock(name):
             # SQLite: one host, the file lock orders everyone
             yield
             return
-        key = _advisory_key(name)
+        key = advisory_key(name)
         execute("SELECT pg_advisory_lock(%s)", key)
         try:
             yield

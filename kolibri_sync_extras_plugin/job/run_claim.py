@@ -21,9 +21,9 @@ On SQLite the writers' turn already lets one stage job run at a time (see
 
 import contextlib
 import functools
-import hashlib
 import logging
 
+from ..server_lock import advisory_key
 from .worker_identity import record_current_worker
 
 logger = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ __all__ = ["one_run_at_a_time", "run_is_held", "claims_runs"]
 
 
 def _lock_key(job_id):
-    digest = hashlib.sha256("kolibri_sync_extras:run:{}".format(job_id).encode())
-    return int.from_bytes(digest.digest()[:8], "big", signed=True)
+    return advisory_key("run:{}".format(job_id))
 
 
 def claims_runs():
@@ -89,12 +88,15 @@ def run_is_held(job_id):
     """
     if not claims_runs():
         return None
+    from django.db import connection
+
+    # the polling thread's own connection holds no run claim: its try succeeds
+    # exactly when no run holds the lock, and it lets go at once
     key = _lock_key(job_id)
-    with _own_connection() as wrapper:
-        if _execute(wrapper, "SELECT pg_try_advisory_lock(%s)", key):
-            _execute(wrapper, "SELECT pg_advisory_unlock(%s)", key)
-            return False
-        return True
+    if _execute(connection, "SELECT pg_try_advisory_lock(%s)", key):
+        _execute(connection, "SELECT pg_advisory_unlock(%s)", key)
+        return False
+    return True
 
 
 def one_run_at_a_time(task):

@@ -134,11 +134,7 @@ def reserver_of(worker_extra_text):
     :return: The identity of the process that reserved it, or ``None``
     :rtype: dict|None
     """
-    try:
-        identity = json.loads(worker_extra_text or "")[RESERVED_BY_KEY]
-    except (ValueError, TypeError, KeyError):
-        return None
-    return identity if isinstance(identity, dict) else None
+    return _identity_under(worker_extra_text, RESERVED_BY_KEY)
 
 
 def identity_of(worker_extra_text):
@@ -147,13 +143,15 @@ def identity_of(worker_extra_text):
     :return: The worker identity it records, or ``None``
     :rtype: dict|None
     """
+    return _identity_under(worker_extra_text, IDENTITY_KEY)
+
+
+def _identity_under(worker_extra_text, key):
     try:
-        identity = json.loads(worker_extra_text or "")[IDENTITY_KEY]
+        identity = json.loads(worker_extra_text or "")[key]
     except (ValueError, TypeError, KeyError):
         return None
-    if not isinstance(identity, dict):
-        return None
-    return identity
+    return identity if isinstance(identity, dict) else None
 
 
 def is_gone(identity):
