@@ -1,18 +1,26 @@
 """
-Whether anyone may be waiting for SQLite's write lock while a stage job writes in
-pieces: the job pauses between pieces only then.
+Whether anyone is waiting for SQLite's write lock while a stage job writes in
+pieces: the job pauses between pieces only then, and only until they are in.
 
-SQLite gives no sign of a connection waiting for its lock, so the plugin looks at
-who could be one: an HTTP request being served in any of the server's processes
-(a client's chunk, a learner's progress, Kolibri's own pages), or a Kolibri job
-of another task running in a worker. Each request holds a shared lock on a file
-in ``KOLIBRI_HOME`` from its start to its end; a stage job that can take the same
-lock exclusively, without waiting, knows that no request is in flight. The
-operating system drops the locks of a process that dies, so a crashed process
-never leaves the jobs pausing for it.
+SQLite gives no sign of a connection waiting for its lock, so each request says
+so itself. While a request's thread runs a statement that takes or needs the
+write lock on Kolibri's database (``BEGIN IMMEDIATE``, as Kolibri 0.19 begins
+every transaction, or an ``INSERT``, ``UPDATE``, ``DELETE`` or ``REPLACE``), it
+holds a shared lock on a file in ``KOLIBRI_HOME``: a statement that waits for the
+write lock holds it for the whole wait. A stage job that cannot take the same
+file lock exclusively knows that a writer is waiting in one of the server's
+processes, and leaves the database alone until it is not, or for
+:data:`MAX_WRITER_WAIT_SECONDS` at most. A request that only reads, or a client
+polling, never makes a job pause.
 
-Where the operating system has no such locks (Windows), every piece pauses, as
-before.
+Each request also holds a shared lock on a second file from its start to its
+end, so a job (or an operator) can tell whether any request is in flight at all.
+
+A Kolibri job of another task running in a worker may write without saying so,
+so while one runs the pieces pause as they always did. The operating system
+drops the locks of a process that dies, so a crashed process never leaves the
+jobs pausing for it. Where the operating system has no such locks (Windows),
+every piece pauses.
 """
 
 import logging
@@ -24,70 +32,144 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "REQUESTS_LOCK_FILE_NAME",
+    "WRITERS_LOCK_FILE_NAME",
+    "MAX_WRITER_WAIT_SECONDS",
     "request_started",
     "request_finished",
     "requests_in_flight",
+    "writers_waiting",
+    "writing",
+    "let_waiting_writers_in",
     "other_jobs_running",
-    "someone_may_wait",
 ]
 
 #: The file each request holds a shared lock on, in ``KOLIBRI_HOME``.
 REQUESTS_LOCK_FILE_NAME = "sync_extras_requests.lock"
+#: The file a request's thread holds a shared lock on while a statement of its
+#: takes or waits for the write lock, in ``KOLIBRI_HOME``.
+WRITERS_LOCK_FILE_NAME = "sync_extras_writers.lock"
+#: The longest a job leaves the lock free after a piece for writers that wait:
+#: with pieces of about 0.1 s, no writer waits much longer than 0.3 s.
+MAX_WRITER_WAIT_SECONDS = 0.2
+#: How often a pausing job looks whether the waiting writers are in.
+WRITER_LOOK_SECONDS = 0.005
 #: How long a look at the running Kolibri jobs is trusted, in seconds: a job
 #: starts far less often than a piece ends.
 JOBS_LOOK_SECONDS = 1.0
+
+#: The statements, upper-cased and stripped, that take or need the write lock.
+_WRITE_STATEMENTS = (
+    "BEGIN IMMEDIATE",
+    "BEGIN EXCLUSIVE",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+)
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
 
-# per thread: the open lock file of the request it serves
+# per thread: the open lock files of the request it serves
 _request = threading.local()
 _jobs_look = {"at": None, "running": False}
 _jobs_look_lock = threading.Lock()
 
 
-def _lock_file_path():
+def _lock_file_path(name):
     from kolibri.utils.conf import KOLIBRI_HOME
 
-    return os.path.join(KOLIBRI_HOME, REQUESTS_LOCK_FILE_NAME)
+    return os.path.join(KOLIBRI_HOME, name)
+
+
+def _database():
+    from django.db import connections
+
+    return connections["default"]
 
 
 def request_started():
-    """Count the current thread's request as in flight until :func:`request_finished`."""
+    """
+    Count the current thread's request as in flight until :func:`request_finished`,
+    and its writes to Kolibri's database as writers that may wait.
+    """
     if fcntl is None or getattr(_request, "lock_file", None) is not None:
         return
     try:
         # each open() is an open file description of its own: the requests of
         # one process's threads hold their shared locks side by side
-        lock_file = open(_lock_file_path(), "a")
+        lock_file = open(_lock_file_path(REQUESTS_LOCK_FILE_NAME), "a")
+        writers_file = open(_lock_file_path(WRITERS_LOCK_FILE_NAME), "a")
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_SH)
     except OSError:
         logger.debug("Could not mark a request in flight", exc_info=True)
         return
     _request.lock_file = lock_file
+    _request.writers_file = writers_file
+    database = _database()
+    if _mark_writes not in database.execute_wrappers:
+        database.execute_wrappers.append(_mark_writes)
 
 
 def request_finished():
     """The current thread's request has ended."""
     lock_file = getattr(_request, "lock_file", None)
+    writers_file = getattr(_request, "writers_file", None)
     _request.lock_file = None
-    if lock_file is not None:
-        # closing the file drops its lock
-        lock_file.close()
+    _request.writers_file = None
+    database = _database()
+    while _mark_writes in database.execute_wrappers:
+        database.execute_wrappers.remove(_mark_writes)
+    # closing a file drops its lock
+    for open_file in (lock_file, writers_file):
+        if open_file is not None:
+            open_file.close()
 
 
-def requests_in_flight():
+def _is_write(sql):
+    return str(sql).lstrip()[:16].upper().startswith(_WRITE_STATEMENTS)
+
+
+def _mark_writes(execute, sql, params, many, context):
+    """Django's execute wrapper on a request's connection: see the module's doc."""
+    if not _is_write(sql):
+        return execute(sql, params, many, context)
+    with writing():
+        return execute(sql, params, many, context)
+
+
+class writing:
     """
-    :return: Whether any process of the server is serving a request now; ``True``
-        where that cannot be told
-    :rtype: bool
+    Count the current thread as a writer that may wait for the lock, while the
+    block runs; outside a request served here, a no-op.
     """
+
+    def __enter__(self):
+        self._file = getattr(_request, "writers_file", None)
+        if self._file is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
+            except OSError:
+                self._file = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                pass
+        return False
+
+
+def _held_elsewhere(name):
+    """:return: Whether a shared lock on ``name`` is held; ``True`` if unknown."""
     if fcntl is None:
         return True
     try:
-        with open(_lock_file_path(), "a") as lock_file:
+        with open(_lock_file_path(name), "a") as lock_file:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -96,6 +178,43 @@ def requests_in_flight():
             return False
     except OSError:
         return True
+
+
+def requests_in_flight():
+    """
+    :return: Whether any process of the server is serving a request now; ``True``
+        where that cannot be told
+    :rtype: bool
+    """
+    return _held_elsewhere(REQUESTS_LOCK_FILE_NAME)
+
+
+def writers_waiting():
+    """
+    :return: Whether a request in any process of the server is running, or waiting
+        to run, a statement that needs the write lock; ``True`` where that cannot
+        be told
+    :rtype: bool
+    """
+    return _held_elsewhere(WRITERS_LOCK_FILE_NAME)
+
+
+def let_waiting_writers_in(longest=MAX_WRITER_WAIT_SECONDS):
+    """
+    Wait while requests wait for the write lock, ``longest`` seconds at most; where
+    that cannot be told, wait ``longest``.
+
+    :return: Whether it waited
+    :rtype: bool
+    """
+    if not writers_waiting():
+        return False
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        time.sleep(min(WRITER_LOOK_SECONDS, max(0.0, deadline - time.monotonic())))
+        if fcntl is not None and not writers_waiting():
+            break
+    return True
 
 
 def other_jobs_running():
@@ -120,12 +239,3 @@ def other_jobs_running():
                 _jobs_look["running"] = True
             _jobs_look["at"] = now
         return _jobs_look["running"]
-
-
-def someone_may_wait():
-    """
-    :return: Whether another writer may be waiting for the database: a request in
-        flight, or another Kolibri job running
-    :rtype: bool
-    """
-    return requests_in_flight() or other_jobs_running()

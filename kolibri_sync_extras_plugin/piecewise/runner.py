@@ -2,7 +2,7 @@
 The piece runner that serializing and deserializing in pieces share: each piece
 its own short transaction, sized by time, tried again alone when another writer
 gets in its way, reported, and followed on SQLite by a pause that leaves the
-write lock free while anyone may be waiting for it.
+write lock free while a request waits for it.
 """
 
 import contextlib
@@ -14,8 +14,8 @@ from django.db import connection
 from django.db import transaction
 from django.dispatch import Signal
 
+from .. import requests_in_flight
 from ..conflicts import is_transient_database_error
-from ..requests_in_flight import someone_may_wait
 from .partition_locks import partitions_locked_for_piece
 from .support import _begin_transaction
 
@@ -39,11 +39,12 @@ PIECE_COMMITTED = Signal()
 
 #: How long one piece's transaction should hold the write lock, in seconds.
 TARGET_PIECE_SECONDS = 0.1
-#: On SQLite, how long to leave the write lock free after each piece, as a share
+#: On SQLite, while a Kolibri job of another task runs (it may write without
+#: saying so), how long to leave the write lock free after each piece, as a share
 #: of the piece's own time, and its bounds in seconds. SQLite lets a waiting
 #: writer in only when it happens to look while the lock is free (a waiting
 #: connection looks again every 100 ms at most), so a job that began its next
-#: piece at once would keep other requests out as surely as one long transaction.
+#: piece at once would keep other writers out as surely as one long transaction.
 PAUSE_SHARE = 1.0
 MIN_PAUSE_SECONDS = 0.02
 MAX_PAUSE_SECONDS = 0.2
@@ -80,18 +81,24 @@ def next_piece_size(records, seconds):
 
 def pause_after_piece(seconds):
     """
-    On SQLite, leave the write lock free for a while after a piece that held it for
-    ``seconds`` (see :data:`PAUSE_SHARE`), if anyone may be waiting for it (see
-    :mod:`kolibri_sync_extras_plugin.requests_in_flight`); otherwise, and on other
-    databases, go on at once: a push with the server to itself pays no pauses.
+    On SQLite, leave the write lock free after a piece that held it for
+    ``seconds`` while a request waits for it, until it is in (see
+    :func:`~kolibri_sync_extras_plugin.requests_in_flight.let_waiting_writers_in`),
+    or for a share of the piece's time while another Kolibri job runs. Otherwise,
+    and on other databases, go on at once: a job pays no pause for a client that
+    polls, or a request that only reads.
 
     :return: Whether it paused
     :rtype: bool
     """
-    if connection.vendor != "sqlite" or not someone_may_wait():
+    if connection.vendor != "sqlite":
         return False
-    time.sleep(min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE)))
-    return True
+    if requests_in_flight.other_jobs_running():
+        time.sleep(
+            min(MAX_PAUSE_SECONDS, max(MIN_PAUSE_SECONDS, seconds * PAUSE_SHARE))
+        )
+        return True
+    return requests_in_flight.let_waiting_writers_in()
 
 
 def batches(ids, size):
@@ -129,6 +136,8 @@ class PieceRun:
         self.pieces = 0
         self.retries = 0
         self.longest = 0.0
+        #: seconds spent leaving the lock free after pieces
+        self.paused = 0.0
         self._size = FIRST_PIECE_RECORDS
 
     def commit_piece(self, work, records, what, counted=None):
@@ -179,20 +188,27 @@ class PieceRun:
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
         if self.pause:
-            pause_after_piece(elapsed)
+            pause_started = time.monotonic()
+            if pause_after_piece(elapsed):
+                self.paused += time.monotonic() - pause_started
         return result
 
     def log_end(self, done):
-        """One line on the whole run; at INFO if another writer got in its way."""
+        """
+        One line on the whole run; at INFO in a job, or if another writer got in
+        its way.
+        """
         logger.log(
-            logging.INFO if self.retries else logging.DEBUG,
+            logging.INFO if self.retries or self.pause else logging.DEBUG,
             "%s %d records in %d pieces (%d tried again after meeting another "
-            "writer); the longest held the database %.3fs",
+            "writer); the longest held the database %.3fs; %.2fs left the "
+            "database to other writers",
             done,
             self.records,
             self.pieces,
             self.retries,
             self.longest,
+            self.paused,
         )
 
     def _kept(self):

@@ -10,12 +10,12 @@ an immediate transaction, notes how long that took, and commits at once. Its
 waits include SQLite's own busy back-off (up to 0.1 s between looks), as a real
 request's do.
 
-While it waits, the probe holds a shared lock on the server's
-``sync_extras_requests.lock``, as every request the server serves does from its
-start to its end: a stage job with the plugin pauses between pieces while any
-request is in flight (see :mod:`kolibri_sync_extras_plugin.requests_in_flight`),
-so the probe waits as a request that writes would, not as an outsider the
-server cannot see.
+While it waits, the probe holds shared locks on the server's
+``sync_extras_requests.lock`` and ``sync_extras_writers.lock``, as a request of
+the server does while it waits to write: a stage job with the plugin leaves the
+lock free after a piece while a writer waits (see
+:mod:`kolibri_sync_extras_plugin.requests_in_flight`), so the probe waits as a
+request that writes would, not as an outsider the server cannot see.
 
 A long wait is told apart by what was running then: the stage jobs the server
 logged as running (:func:`background_stage_spans`, from the plugin's log lines)
@@ -32,6 +32,7 @@ import threading
 import time
 
 from kolibri_sync_extras_plugin.requests_in_flight import REQUESTS_LOCK_FILE_NAME
+from kolibri_sync_extras_plugin.requests_in_flight import WRITERS_LOCK_FILE_NAME
 
 __all__ = [
     "PROBE_INTERVAL_SECONDS",
@@ -117,10 +118,12 @@ class WriteLockProbe:
 
     @contextlib.contextmanager
     def _in_flight(self):
-        """Count as a request in flight on the server, as a writing request is."""
-        path = os.path.join(os.path.dirname(self.path), REQUESTS_LOCK_FILE_NAME)
-        with open(path, "a") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_SH)
+        """Count as a request in flight on the server that waits to write."""
+        home = os.path.dirname(self.path)
+        with contextlib.ExitStack() as held:
+            for name in (REQUESTS_LOCK_FILE_NAME, WRITERS_LOCK_FILE_NAME):
+                lock_file = held.enter_context(open(os.path.join(home, name), "a"))
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_SH)
             yield
 
     def clear(self):

@@ -1,7 +1,9 @@
 """
 A stage job writing in pieces on SQLite pauses between pieces only while someone
-may wait for the write lock: a request in flight in any of the server's
-processes, or another Kolibri job running. Alone, it runs its pieces back to back.
+waits for the write lock: a request of any of the server's processes running a
+statement that needs it, until that statement is through, or another Kolibri job
+running. Alone, or beside clients that poll and requests that read, it runs its
+pieces back to back.
 """
 
 import subprocess
@@ -18,7 +20,9 @@ from kolibri.utils.conf import KOLIBRI_HOME
 
 from kolibri_sync_extras_plugin import requests_in_flight
 from kolibri_sync_extras_plugin.piecewise.runner import pause_after_piece
+from kolibri_sync_extras_plugin.requests_in_flight import MAX_WRITER_WAIT_SECONDS
 from kolibri_sync_extras_plugin.requests_in_flight import REQUESTS_LOCK_FILE_NAME
+from kolibri_sync_extras_plugin.requests_in_flight import WRITERS_LOCK_FILE_NAME
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.job_rows import update_job_row
@@ -37,18 +41,48 @@ def no_other_jobs(monkeypatch):
 
 
 class _RequestInAnotherThread:
-    """A request served on another thread, held open until :meth:`finish`."""
+    """
+    A request served on another thread, held open until :meth:`finish`. With
+    ``statement``, it runs that statement on Kolibri's database while it is served;
+    with ``lock_wait`` as well, the statement first waits until that event is set,
+    as a statement waits for SQLite's write lock (the test database is in memory,
+    where no connection waits for another's lock).
+    """
 
-    def __init__(self):
+    def __init__(self, statement=None, lock_wait=None):
+        self.statement = statement
+        self.lock_wait = lock_wait
+        self.statement_done = threading.Event()
         self._started = threading.Event()
         self._finish = threading.Event()
         self._thread = threading.Thread(target=self._serve)
 
     def _serve(self):
         request_started.send(sender=self.__class__, environ={})
-        self._started.set()
-        self._finish.wait(30)
-        request_finished.send(sender=self.__class__)
+        try:
+            if self.statement is not None:
+                self._run_statement()
+            self._started.set()
+            self._finish.wait(30)
+        finally:
+            request_finished.send(sender=self.__class__)
+            connection.close()
+
+    def _run_statement(self):
+        with connection.cursor() as cursor:
+            # a table of this connection's own: no other connection's lock on it
+            cursor.execute("CREATE TEMP TABLE IF NOT EXISTS written (x)")
+        with connection.execute_wrapper(self._wait_for_lock):
+            with connection.cursor() as cursor:
+                cursor.execute(self.statement)
+        self.statement_done.set()
+
+    def _wait_for_lock(self, execute, sql, params, many, context):
+        if self.lock_wait is not None:
+            # the statement has started, and waits for the "lock"
+            self._started.set()
+            self.lock_wait.wait(30)
+        return execute(sql, params, many, context)
 
     def __enter__(self):
         self._thread.start()
@@ -56,6 +90,8 @@ class _RequestInAnotherThread:
         return self
 
     def finish(self):
+        if self.lock_wait is not None:
+            self.lock_wait.set()
         self._finish.set()
         self._thread.join(30)
 
@@ -76,7 +112,7 @@ def test_request_being_served__seen_until_it_finishes():
         assert not requests_in_flight.requests_in_flight()
 
 
-def test_request_of_another_process__seen_until_the_process_dies():
+def _hold_shared_lock_in_another_process(name):
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -87,13 +123,18 @@ def test_request_of_another_process__seen_until_the_process_dies():
             "print('held', flush=True)\n"
             "time.sleep(60)\n",
             KOLIBRI_HOME,
-            REQUESTS_LOCK_FILE_NAME,
+            name,
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_request_of_another_process__seen_until_the_process_dies():
+    holder = _hold_shared_lock_in_another_process(REQUESTS_LOCK_FILE_NAME)
     try:
-        assert holder.stdout.readline().strip() == "held"
         seen_while_alive = requests_in_flight.requests_in_flight()
     finally:
         holder.kill()
@@ -113,12 +154,108 @@ def test_pause_after_piece__nobody_waiting__goes_on_at_once(no_other_jobs):
     assert time.monotonic() - started < 0.1
 
 
+def test_request_running_a_write__seen_as_a_waiting_writer_until_it_is_through():
+    lock_wait = threading.Event()
+    with _RequestInAnotherThread(
+        "INSERT INTO written VALUES (1)", lock_wait
+    ) as request:
+        seen_while_waiting = requests_in_flight.writers_waiting()
+        lock_wait.set()
+        assert request.statement_done.wait(30)
+        seen_once_through = requests_in_flight.writers_waiting()
+
+    assert seen_while_waiting
+    assert not seen_once_through
+
+
+def test_request_only_reading__no_writer_waiting():
+    lock_wait = threading.Event()
+    with _RequestInAnotherThread("SELECT COUNT(*) FROM written", lock_wait):
+        seen_while_reading = requests_in_flight.writers_waiting()
+
+    assert not seen_while_reading
+
+
+def test_a_write_outside_any_request__not_marked():
+    """A job's own writes, and the job checker's, never make a job pause."""
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS written_here (x)")
+        cursor.execute("INSERT INTO written_here VALUES (1)")
+
+    assert requests_in_flight._mark_writes not in connection.execute_wrappers
+    assert not requests_in_flight.writers_waiting()
+
+
+def test_request_finished__its_writes_no_longer_marked():
+    wrappers_after = []
+
+    def serve():
+        request_started.send(sender=None, environ={})
+        request_finished.send(sender=None)
+        wrappers_after.extend(connection.execute_wrappers)
+        connection.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join(30)
+
+    assert requests_in_flight._mark_writes not in wrappers_after
+
+
+def test_writer_waiting_in_another_process__seen_until_the_process_dies():
+    holder = _hold_shared_lock_in_another_process(WRITERS_LOCK_FILE_NAME)
+    try:
+        seen_while_alive = requests_in_flight.writers_waiting()
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+    assert seen_while_alive
+    assert not requests_in_flight.writers_waiting()
+
+
 @sqlite_only
-def test_pause_after_piece__request_in_flight__leaves_the_lock_free(no_other_jobs):
+def test_pause_after_piece__request_in_flight_that_does_not_write__goes_on_at_once(
+    no_other_jobs,
+):
+    """A client's poll in flight costs a job nothing."""
     with _RequestInAnotherThread():
-        paused = pause_after_piece(0.05)
+        started = time.monotonic()
+        paused = pause_after_piece(0.1)
+        took = time.monotonic() - started
+
+    assert not paused
+    assert took < 0.05
+
+
+@sqlite_only
+def test_pause_after_piece__writer_waiting__leaves_the_lock_free_until_it_is_in(
+    no_other_jobs,
+):
+    lock_wait = threading.Event()
+    with _RequestInAnotherThread(
+        "INSERT INTO written VALUES (1)", lock_wait
+    ) as request:
+        threading.Timer(0.05, lock_wait.set).start()
+        paused = pause_after_piece(0.1)
+        writer_was_in = request.statement_done.is_set()
 
     assert paused
+    assert writer_was_in
+
+
+@sqlite_only
+def test_pause_after_piece__writer_that_never_gets_in__pause_is_bounded(
+    no_other_jobs,
+):
+    lock_wait = threading.Event()
+    with _RequestInAnotherThread("INSERT INTO written VALUES (1)", lock_wait):
+        started = time.monotonic()
+        paused = pause_after_piece(0.1)
+        took = time.monotonic() - started
+
+    assert paused
+    assert MAX_WRITER_WAIT_SECONDS <= took < MAX_WRITER_WAIT_SECONDS + 0.15
 
 
 @sqlite_only
