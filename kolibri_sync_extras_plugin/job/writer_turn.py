@@ -18,7 +18,10 @@ waiting one waits at high priority: the others wait at regular priority, where a
 Kolibri job queued before their retry comes first. Back-off does not slow the
 hand-over: the job that gives the turn back makes the longest waiting job due at
 once, at high priority, so the turn passes on within a look of Kolibri's job
-checker, and waiting jobs take it in the order they were first queued. Everything
+checker, and waiting jobs take it in the order they were first queued, the
+stages a client polls for first: a cleanup, which no client waits for, gives the
+turn to them (for up to :data:`MAX_GIVE_WAY`, so it is never put off for good,
+holding its client's place under the caps). Everything
 shared lives in job storage and the lock file, so this holds across workers and
 processes. PostgreSQL lets writers of different rows proceed together, so there
 every stage job runs when a worker is free.
@@ -30,6 +33,8 @@ import logging
 import os
 import threading
 from datetime import timedelta
+
+from morango.constants import transfer_stages
 
 from ..compat import aware_utc
 from ..compat import jobs_in_states
@@ -46,6 +51,8 @@ __all__ = [
     "TURN_RETRY_DELAY",
     "MAX_TURN_RETRY_DELAY",
     "TURN_WAITS_KEY",
+    "UNAWAITED_STAGES",
+    "MAX_GIVE_WAY",
     "LOCK_FILE_NAME",
     "lock_file_path",
     "writer_turn",
@@ -61,6 +68,12 @@ TURN_RETRY_DELAY = timedelta(seconds=0.5)
 #: The longest a waiting stage job waits between two tries: the bound on how late
 #: a turn freed without a hand-over (its holder's process died) is taken.
 MAX_TURN_RETRY_DELAY = timedelta(seconds=4)
+#: The stages no client waits for: morango's client closes its transfer session
+#: without waiting for the server's cleanup.
+UNAWAITED_STAGES = frozenset([transfer_stages.CLEANUP])
+#: How long a stage job of :data:`UNAWAITED_STAGES` gives the writers' turn to
+#: the stages a client polls for, from when it was first queued.
+MAX_GIVE_WAY = timedelta(seconds=60)
 #: The job metadata that counts how many times a job found the turn taken.
 TURN_WAITS_KEY = "writer_turn_waits"
 #: The lock file, in ``KOLIBRI_HOME``.
@@ -139,8 +152,26 @@ def turn_retry_delay(waits):
     return min(TURN_RETRY_DELAY * 2 ** min(waits, 16), MAX_TURN_RETRY_DELAY)
 
 
+def _first_queued(job):
+    """When ``job`` was first queued, as recorded when it first waited. :rtype: datetime|None"""
+    return parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY))
+
+
+def _goes_first(job, first_queued=None):
+    """
+    Whether ``job`` waits among the stages a client polls for: one of them, or an
+    unawaited stage that has given way for :data:`MAX_GIVE_WAY` already.
+    """
+    if job.kwargs.get("stage") not in UNAWAITED_STAGES:
+        return True
+    from django.utils import timezone
+
+    first_queued = first_queued or _first_queued(job)
+    return first_queued is not None and timezone.now() - first_queued >= MAX_GIVE_WAY
+
+
 def _place_in_line(job):
-    return (parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)), job.job_id)
+    return (0 if _goes_first(job) else 1, _first_queued(job), job.job_id)
 
 
 def waiting_jobs_in_line():
@@ -157,7 +188,7 @@ def waiting_jobs_in_line():
         for job in jobs_in_states(
             [State.QUEUED], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK
         )
-        if parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY)) is not None
+        if _first_queued(job) is not None
     ]
     return sorted(waiting, key=_place_in_line)
 
@@ -194,7 +225,18 @@ def _heads_the_line(job):
     mine = _place_in_line(job)
     line = waiting_jobs_in_line()
     # a job that cannot tell when it was first queued is not kept waiting behind
-    return mine[0] is None or not line or mine <= _place_in_line(line[0])
+    return mine[1] is None or not line or mine <= _place_in_line(line[0])
+
+
+def _gives_way(job):
+    """
+    Whether ``job``, holding the free turn, leaves it to a stage a client polls
+    for that waits in line: only a job of :data:`UNAWAITED_STAGES` does, and only
+    for :data:`MAX_GIVE_WAY`.
+    """
+    if _goes_first(job, parse_time(_first_enqueued(job))):
+        return False
+    return any(_goes_first(waiting) for waiting in waiting_jobs_in_line())
 
 
 def _wait_for_the_turn(job, stage):
@@ -232,8 +274,9 @@ def _hand_the_turn_over():
 def one_writer_at_a_time(task):
     """
     Run ``task`` (a stage job's function) only while holding the writers' turn,
-    then hand the turn to the longest waiting stage job; otherwise have Kolibri run
-    the job again after a back-off.
+    then hand the turn to the longest waiting stage job; otherwise, or when a
+    cleanup gives the turn to a stage a client polls for, have Kolibri run the job
+    again after a back-off.
 
     Called outside a Kolibri job, or on a database other than SQLite, the task
     runs without waiting for the turn.
@@ -251,7 +294,8 @@ def one_writer_at_a_time(task):
             with writer_turn() as turn:
                 if turn:
                     held_the_turn = True
-                    return task(*args, **kwargs)
+                    if not _gives_way(job):
+                        return task(*args, **kwargs)
         finally:
             # after the turn is given back, so the woken job finds it free
             if held_the_turn:

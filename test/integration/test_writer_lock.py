@@ -19,10 +19,12 @@ from kolibri_sync_extras_plugin.admin.status import STUCK
 from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import run_queued_job_now
+from kolibri_sync_extras_plugin.job.writer_turn import MAX_GIVE_WAY
 from kolibri_sync_extras_plugin.job.writer_turn import MAX_TURN_RETRY_DELAY
 from kolibri_sync_extras_plugin.job.writer_turn import TURN_RETRY_DELAY
 from kolibri_sync_extras_plugin.job.writer_turn import TURN_WAITS_KEY
 from kolibri_sync_extras_plugin.job.writer_turn import turn_retry_delay
+from kolibri_sync_extras_plugin.job.writer_turn import waiting_jobs_in_line
 from kolibri_sync_extras_plugin.job.writer_turn import wake_longest_waiting_job
 from kolibri_sync_extras_plugin.job.writer_turn import writer_turn
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
@@ -33,6 +35,7 @@ from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
 from ..helpers.job_rows import update_job_row
 from ..helpers.jobs import queued_stage_jobs
+from ..helpers.jobs import run_stage_jobs
 from ..helpers.sync_sessions import new_server_sync_session
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
@@ -287,3 +290,80 @@ def test_run_queued_job_now__job_picked_up_meanwhile__left_alone(
     assert not run_queued_job_now(job_id, Priority.HIGH)
     assert job_storage.get_orm_job(job_id).state == "SELECTED"
     assert _scheduled(job_id) == scheduled
+
+
+# A cleanup, which no client waits for, gives the turn to a stage a client polls for
+
+
+@pytest.fixture
+def push_at_cleanup(pushed_and_dequeued, async_client):
+    """A push whose deserializing has run and whose cleanup job is queued."""
+    run_stage_jobs()
+    async_client.close(pushed_and_dequeued["id"])
+    [job] = queued_stage_jobs()
+    assert job.job_id == job_id_for(pushed_and_dequeued["id"], transfer_stages.CLEANUP)
+    return job.job_id
+
+
+def _waiting_in_line(job_id):
+    """Run ``job_id`` while another stage writes, so it waits in line for the turn."""
+    with writer_turn():
+        _run(job_id)
+
+
+def _cleanup_completed(pushed):
+    session = TransferSession.objects.get(id=pushed["id"])
+    return (session.transfer_stage, session.transfer_stage_status) == (
+        transfer_stages.CLEANUP,
+        transfer_statuses.COMPLETED,
+    )
+
+
+def test_cleanup_job__a_stage_a_client_polls_for_waits__gives_it_the_turn(
+    push_at_cleanup, pushed_and_dequeued, new_pull_at_serializing
+):
+    polled_for = new_pull_at_serializing()
+    _waiting_in_line(polled_for)
+    assert _scheduled(polled_for) > timezone.now()
+
+    _run(push_at_cleanup)
+
+    assert job_storage.get_orm_job(push_at_cleanup).state == "QUEUED"
+    assert _scheduled(push_at_cleanup) > timezone.now()
+    assert not _cleanup_completed(pushed_and_dequeued)
+    # handed over: the polled-for stage is due now, ahead of Kolibri's regular jobs
+    assert _scheduled(polled_for) <= timezone.now()
+    assert _priority(polled_for) == Priority.HIGH
+
+
+def test_cleanup_job__nothing_else_waits__runs(push_at_cleanup, pushed_and_dequeued):
+    _run(push_at_cleanup)
+
+    assert job_storage.get_orm_job(push_at_cleanup).state == "COMPLETED"
+    assert _cleanup_completed(pushed_and_dequeued)
+
+
+def test_cleanup_job__gave_way_for_long_enough__runs_before_the_waiting_stage(
+    push_at_cleanup, pushed_and_dequeued, new_pull_at_serializing
+):
+    polled_for = new_pull_at_serializing()
+    _waiting_in_line(polled_for)
+    long_ago = timezone.now() - MAX_GIVE_WAY - timedelta(seconds=1)
+    update_job_row(push_at_cleanup, scheduled_time=long_ago)
+
+    _run(push_at_cleanup)
+
+    assert job_storage.get_orm_job(push_at_cleanup).state == "COMPLETED"
+    assert _cleanup_completed(pushed_and_dequeued)
+
+
+def test_waiting_line__cleanup_queued_first__stage_a_client_polls_for_ahead(
+    push_at_cleanup, new_pull_at_serializing
+):
+    _waiting_in_line(push_at_cleanup)
+    polled_for = new_pull_at_serializing()
+    _waiting_in_line(polled_for)
+
+    line = [job.job_id for job in waiting_jobs_in_line()]
+
+    assert line == [polled_for, push_at_cleanup]
