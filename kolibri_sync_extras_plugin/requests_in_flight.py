@@ -109,7 +109,8 @@ def request_started():
     _request.lock_file = lock_file
     _request.writers_file = writers_file
     database = _database()
-    if _mark_writes not in database.execute_wrappers:
+    # only SQLite's single write lock makes a job pause
+    if database.vendor == "sqlite" and _mark_writes not in database.execute_wrappers:
         database.execute_wrappers.append(_mark_writes)
 
 
