@@ -200,14 +200,17 @@ def writers_waiting():
     return _held_elsewhere(WRITERS_LOCK_FILE_NAME)
 
 
-def let_waiting_writers_in(longest=MAX_WRITER_WAIT_SECONDS):
+def let_waiting_writers_in(longest=None):
     """
-    Wait while requests wait for the write lock, ``longest`` seconds at most; where
-    that cannot be told, wait ``longest``.
+    Wait while requests wait for the write lock, ``longest`` seconds at most
+    (:data:`MAX_WRITER_WAIT_SECONDS` by default); where that cannot be told, wait
+    ``longest``.
 
     :return: Whether it waited
     :rtype: bool
     """
+    if longest is None:
+        longest = MAX_WRITER_WAIT_SECONDS
     if not writers_waiting():
         return False
     deadline = time.monotonic() + longest
