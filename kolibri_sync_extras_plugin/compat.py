@@ -15,8 +15,9 @@ for, so a difference between lines is handled here once:
 - morango before Kolibri 0.19 marks most store records clean in bulk while
   deserializing, so records cannot be counted one by one there.
 - Kolibri 0.16 runs Django 1.11: an app's ``AppConfig`` is used only when the
-  package names it in ``default_app_config``, and ``CommandError`` takes no
-  ``returncode``.
+  package names it in ``default_app_config``, ``CommandError`` takes no
+  ``returncode``, and a connection has no ``execute_wrappers``, so a request's
+  single statements cannot be watched (:data:`STATEMENTS_CAN_BE_WRAPPED`).
 
 Kolibri imports the plugin before Django is configured, so only what needs no
 settings (Kolibri's version and task hooks, Django's version and management base
@@ -57,6 +58,7 @@ __all__ = [
     "delete_reserved_job",
     "take_over_reserved_job",
     "job_storage_advisory_connection",
+    "STATEMENTS_CAN_BE_WRAPPED",
 ]
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
@@ -453,6 +455,10 @@ def update_job_progress(job, progress, total_progress, extra_metadata):
 if DJANGO_VERSION < (3, 2):
     #: Django before 3.2 uses an app's own ``AppConfig`` only when named here.
     default_app_config = "kolibri_sync_extras_plugin.apps.SyncExtrasConfig"
+
+#: Whether a connection runs each statement through ``execute_wrappers`` (Django
+#: 2.0 on, so Kolibri 0.17 on).
+STATEMENTS_CAN_BE_WRAPPED = DJANGO_VERSION >= (2, 0)
 
 
 if "returncode" in inspect.signature(_DjangoCommandError.__init__).parameters:

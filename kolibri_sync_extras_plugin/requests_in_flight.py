@@ -16,6 +16,10 @@ polling, never makes a job pause.
 Each request also holds a shared lock on a second file from its start to its
 end, so a job (or an operator) can tell whether any request is in flight at all.
 
+On Kolibri 0.16, whose Django (1.11) cannot watch single statements, a request
+counts as a writer that may wait from its start to its end, as every request
+did before.
+
 A Kolibri job of another task running in a worker may write without saying so,
 so while one runs the pieces pause as they always did. The operating system
 drops the locks of a process that dies, so a crashed process never leaves the
@@ -27,6 +31,8 @@ import logging
 import os
 import threading
 import time
+
+from .compat import STATEMENTS_CAN_BE_WRAPPED
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +116,13 @@ def request_started():
     _request.writers_file = writers_file
     database = _database()
     # only SQLite's single write lock makes a job pause
-    if database.vendor == "sqlite" and _mark_writes not in database.execute_wrappers:
+    if database.vendor != "sqlite":
+        return
+    if not STATEMENTS_CAN_BE_WRAPPED:
+        # Django 1.11 cannot watch single statements: the whole request counts
+        # as a writer that may wait, as every request did before
+        _flock(writers_file, fcntl.LOCK_SH)
+    elif _mark_writes not in database.execute_wrappers:
         database.execute_wrappers.append(_mark_writes)
 
 
@@ -120,9 +132,9 @@ def request_finished():
     writers_file = getattr(_request, "writers_file", None)
     _request.lock_file = None
     _request.writers_file = None
-    database = _database()
-    while _mark_writes in database.execute_wrappers:
-        database.execute_wrappers.remove(_mark_writes)
+    wrappers = getattr(_database(), "execute_wrappers", [])
+    while _mark_writes in wrappers:
+        wrappers.remove(_mark_writes)
     # closing a file drops its lock
     for open_file in (lock_file, writers_file):
         if open_file is not None:
@@ -141,6 +153,14 @@ def _mark_writes(execute, sql, params, many, context):
         return execute(sql, params, many, context)
 
 
+def _flock(open_file, operation):
+    try:
+        fcntl.flock(open_file.fileno(), operation)
+        return True
+    except OSError:
+        return False
+
+
 class writing:
     """
     Count the current thread as a writer that may wait for the lock, while the
@@ -149,19 +169,13 @@ class writing:
 
     def __enter__(self):
         self._file = getattr(_request, "writers_file", None)
-        if self._file is not None:
-            try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
-            except OSError:
-                self._file = None
+        if self._file is not None and not _flock(self._file, fcntl.LOCK_SH):
+            self._file = None
         return self
 
     def __exit__(self, *exc):
         if self._file is not None:
-            try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            except OSError:
-                pass
+            _flock(self._file, fcntl.LOCK_UN)
         return False
 
 

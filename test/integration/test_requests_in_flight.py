@@ -19,6 +19,7 @@ from kolibri.core.tasks.job import State
 from kolibri.utils.conf import KOLIBRI_HOME
 
 from kolibri_sync_extras_plugin import requests_in_flight
+from kolibri_sync_extras_plugin.compat import STATEMENTS_CAN_BE_WRAPPED
 from kolibri_sync_extras_plugin.piecewise.runner import pause_after_piece
 from kolibri_sync_extras_plugin.requests_in_flight import MAX_WRITER_WAIT_SECONDS
 from kolibri_sync_extras_plugin.requests_in_flight import REQUESTS_LOCK_FILE_NAME
@@ -32,6 +33,12 @@ pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 
 sqlite_only = pytest.mark.skipif(
     connection.vendor != "sqlite", reason="only SQLite's single lock is paused for"
+)
+
+
+watches_statements = pytest.mark.skipif(
+    not STATEMENTS_CAN_BE_WRAPPED,
+    reason="Kolibri 0.16's Django 1.11 cannot watch single statements",
 )
 
 
@@ -157,6 +164,7 @@ def test_pause_after_piece__nobody_waiting__goes_on_at_once(no_other_jobs):
     assert time.monotonic() - started < 0.1
 
 
+@watches_statements
 def test_request_running_a_write__seen_as_a_waiting_writer_until_it_is_through():
     lock_wait = threading.Event()
     with _RequestInAnotherThread(
@@ -182,6 +190,7 @@ def _within(seconds, condition):
     return True
 
 
+@watches_statements
 def test_request_only_reading__no_writer_waiting():
     lock_wait = threading.Event()
     with _RequestInAnotherThread("SELECT COUNT(*) FROM written", lock_wait):
@@ -196,10 +205,13 @@ def test_a_write_outside_any_request__not_marked():
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS written_here (x)")
         cursor.execute("INSERT INTO written_here VALUES (1)")
 
-    assert requests_in_flight._mark_writes not in connection.execute_wrappers
+    assert requests_in_flight._mark_writes not in getattr(
+        connection, "execute_wrappers", []
+    )
     assert not requests_in_flight.writers_waiting()
 
 
+@watches_statements
 def test_request_finished__its_writes_no_longer_marked():
     wrappers_after = []
 
@@ -228,6 +240,7 @@ def test_writer_waiting_in_another_process__seen_until_the_process_dies():
     assert not requests_in_flight.writers_waiting()
 
 
+@watches_statements
 @sqlite_only
 def test_pause_after_piece__request_in_flight_that_does_not_write__goes_on_at_once(
     no_other_jobs,
@@ -242,6 +255,7 @@ def test_pause_after_piece__request_in_flight_that_does_not_write__goes_on_at_on
     assert took < MAX_WRITER_WAIT_SECONDS
 
 
+@watches_statements
 @sqlite_only
 def test_pause_after_piece__writer_waiting__leaves_the_lock_free_until_it_is_in(
     no_other_jobs, monkeypatch
@@ -263,6 +277,7 @@ def test_pause_after_piece__writer_waiting__leaves_the_lock_free_until_it_is_in(
     assert took < 30
 
 
+@watches_statements
 @sqlite_only
 def test_pause_after_piece__writer_that_never_gets_in__pause_is_bounded(
     no_other_jobs,
@@ -275,6 +290,23 @@ def test_pause_after_piece__writer_that_never_gets_in__pause_is_bounded(
 
     assert paused
     assert MAX_WRITER_WAIT_SECONDS <= took < MAX_WRITER_WAIT_SECONDS + 1
+
+
+@pytest.mark.skipif(
+    STATEMENTS_CAN_BE_WRAPPED, reason="Django 2.0 on watches single statements"
+)
+@sqlite_only
+def test_statements_not_watchable__whole_request_counts_as_a_waiting_writer(
+    no_other_jobs,
+):
+    """Kolibri 0.16: a job pauses for any request in flight, as it always did."""
+    with _RequestInAnotherThread():
+        seen_while_served = requests_in_flight.writers_waiting()
+        paused = pause_after_piece(0.05)
+
+    assert seen_while_served
+    assert paused
+    assert not requests_in_flight.writers_waiting()
 
 
 @sqlite_only
