@@ -44,7 +44,6 @@ __all__ = [
     "request_finished",
     "requests_in_flight",
     "writers_waiting",
-    "writing",
     "let_waiting_writers_in",
     "other_jobs_running",
 ]
@@ -103,27 +102,34 @@ def request_started():
     """
     if fcntl is None or getattr(_request, "lock_file", None) is not None:
         return
-    try:
-        # each open() is an open file description of its own: the requests of
-        # one process's threads hold their shared locks side by side
-        lock_file = open(_lock_file_path(REQUESTS_LOCK_FILE_NAME), "a")
-        writers_file = open(_lock_file_path(WRITERS_LOCK_FILE_NAME), "a")
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_SH)
-    except OSError:
-        logger.debug("Could not mark a request in flight", exc_info=True)
-        return
-    _request.lock_file = lock_file
-    _request.writers_file = writers_file
+    # each open() is an open file description of its own: the requests of one
+    # process's threads hold their shared locks side by side
+    _request.lock_file = _open_and_lock(REQUESTS_LOCK_FILE_NAME, fcntl.LOCK_SH)
     database = _database()
     # only SQLite's single write lock makes a job pause
-    if database.vendor != "sqlite":
+    if _request.lock_file is None or database.vendor != "sqlite":
         return
     if not STATEMENTS_CAN_BE_WRAPPED:
         # Django 1.11 cannot watch single statements: the whole request counts
         # as a writer that may wait, as every request did before
-        _flock(writers_file, fcntl.LOCK_SH)
-    elif _mark_writes not in database.execute_wrappers:
+        _request.writers_file = _open_and_lock(WRITERS_LOCK_FILE_NAME, fcntl.LOCK_SH)
+        return
+    _request.writers_file = _open_and_lock(WRITERS_LOCK_FILE_NAME, None)
+    if _mark_writes not in database.execute_wrappers:
         database.execute_wrappers.append(_mark_writes)
+
+
+def _open_and_lock(name, operation):
+    """The lock file ``name``, opened and, unless ``operation`` is None, locked."""
+    try:
+        open_file = open(_lock_file_path(name), "a")
+    except OSError:
+        logger.debug("Could not open %s", name, exc_info=True)
+        return None
+    if operation is not None and not _flock(open_file, operation):
+        open_file.close()
+        return None
+    return open_file
 
 
 def request_finished():
@@ -147,35 +153,23 @@ def _is_write(sql):
 
 def _mark_writes(execute, sql, params, many, context):
     """Django's execute wrapper on a request's connection: see the module's doc."""
-    if not _is_write(sql):
+    writers_file = getattr(_request, "writers_file", None)
+    if writers_file is None or not _is_write(sql):
         return execute(sql, params, many, context)
-    with writing():
+    marked = _flock(writers_file, fcntl.LOCK_SH)
+    try:
         return execute(sql, params, many, context)
+    finally:
+        if marked:
+            _flock(writers_file, fcntl.LOCK_UN)
 
 
 def _flock(open_file, operation):
+    """:return: Whether the lock operation succeeded :rtype: bool"""
     try:
         fcntl.flock(open_file.fileno(), operation)
         return True
     except OSError:
-        return False
-
-
-class writing:
-    """
-    Count the current thread as a writer that may wait for the lock, while the
-    block runs; outside a request served here, a no-op.
-    """
-
-    def __enter__(self):
-        self._file = getattr(_request, "writers_file", None)
-        if self._file is not None and not _flock(self._file, fcntl.LOCK_SH):
-            self._file = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._file is not None:
-            _flock(self._file, fcntl.LOCK_UN)
         return False
 
 
@@ -228,9 +222,10 @@ def let_waiting_writers_in(longest=None):
     if not writers_waiting():
         return False
     deadline = time.monotonic() + longest
+    # where writers cannot be told apart (no fcntl), they always wait: the whole bound
     while time.monotonic() < deadline:
         time.sleep(min(WRITER_LOOK_SECONDS, max(0.0, deadline - time.monotonic())))
-        if fcntl is not None and not writers_waiting():
+        if not writers_waiting():
             break
     return True
 

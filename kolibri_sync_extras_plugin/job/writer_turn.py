@@ -157,21 +157,23 @@ def _first_queued(job):
     return parse_time(job.extra_metadata.get(FIRST_ENQUEUED_KEY))
 
 
-def _goes_first(job, first_queued=None):
+def _may_be_put_off(job, first_queued):
     """
-    Whether ``job`` waits among the stages a client polls for: one of them, or an
-    unawaited stage that has given way for :data:`MAX_GIVE_WAY` already.
+    Whether ``job`` still gives way to the stages a client polls for: it is of
+    :data:`UNAWAITED_STAGES`, first queued less than :data:`MAX_GIVE_WAY` ago
+    (or when, it cannot tell).
     """
     if job.kwargs.get("stage") not in UNAWAITED_STAGES:
-        return True
+        return False
     from django.utils import timezone
 
-    first_queued = first_queued or _first_queued(job)
-    return first_queued is not None and timezone.now() - first_queued >= MAX_GIVE_WAY
+    return first_queued is None or timezone.now() - first_queued < MAX_GIVE_WAY
 
 
 def _place_in_line(job):
-    return (0 if _goes_first(job) else 1, _first_queued(job), job.job_id)
+    first_queued = _first_queued(job)
+    # False sorts first: the stages a client polls for, then by when first queued
+    return (_may_be_put_off(job, first_queued), first_queued, job.job_id)
 
 
 def waiting_jobs_in_line():
@@ -234,9 +236,15 @@ def _gives_way(job):
     for that waits in line: only a job of :data:`UNAWAITED_STAGES` does, and only
     for :data:`MAX_GIVE_WAY`.
     """
-    if _goes_first(job, parse_time(_first_enqueued(job))):
+    if job.kwargs.get("stage") not in UNAWAITED_STAGES:
+        # spares a stage a client polls for the reads below
         return False
-    return any(_goes_first(waiting) for waiting in waiting_jobs_in_line())
+    if not _may_be_put_off(job, parse_time(_first_enqueued(job))):
+        return False
+    return any(
+        not _may_be_put_off(waiting, _first_queued(waiting))
+        for waiting in waiting_jobs_in_line()
+    )
 
 
 def _wait_for_the_turn(job, stage):
