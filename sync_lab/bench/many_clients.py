@@ -4,7 +4,8 @@ Many stock clients syncing with one server at the same time: the demo's
 
 Every client is a fresh device of its own. All of them pull the server's facility
 at once; each then records activity of its own; then all of them push at once,
-through a timing proxy. The run reports the longest request of each phase, each
+through a timing proxy. The run reports the longest request of each phase and the
+longest of those where the stages run (see :func:`is_stage_request`), each
 client's pull and push time, and checks the data: every sync completed, the server
 holds every client's records exactly once and nothing twice, nothing is left
 half-received or open, and every stage job completed.
@@ -27,6 +28,8 @@ from ..harness.churn import Churn
 from ..harness.dataset import COUNTED
 from ..harness.dataset import generate_activity
 from ..harness.jobs import wait_for_stage_jobs
+from ..harness.proxy import BUFFERS_PATH
+from ..harness.proxy import TRANSFER_SESSIONS_PATH
 from ..harness.proxy import TimingProxy
 from ..harness.scenario import DEFAULT_CREDENTIALS
 from ..harness.scenario import all_at_once
@@ -116,6 +119,17 @@ class ManyClientsRun:
     def longest_of(self, phase):
         exchanges = getattr(self, phase + "_exchanges")
         return max(exchanges, key=lambda e: e.duration) if exchanges else None
+
+    def longest_stage_request(self, phase=None):
+        """
+        The longest of the requests where a sync's stages run (see
+        :func:`is_stage_request`), of ``phase`` or of every phase, or ``None``.
+        """
+        exchanges = (
+            self.exchanges if phase is None else getattr(self, phase + "_exchanges")
+        )
+        stage_requests = [e for e in exchanges if is_stage_request(e)]
+        return max(stage_requests, key=lambda e: e.duration) if stage_requests else None
 
     def refused(self):
         """Requests the server answered 503, as when a stage job cap is reached."""
@@ -471,6 +485,23 @@ def _exchange_line(exchange):
     )
 
 
+def is_stage_request(exchange):
+    """
+    Whether a request is one where the server runs or reports a transfer stage,
+    where the plugin acts: a transfer session's ``PATCH`` (a stage asked for),
+    ``GET`` (a poll) or ``DELETE`` (its close and cleanup), and the record chunks.
+    The rest (certificates, nonces, sync sessions, a transfer session's creation)
+    are morango's session set-up, which the plugin leaves as it is.
+    """
+    if exchange.path.startswith(BUFFERS_PATH):
+        return True
+    return exchange.path.startswith(TRANSFER_SESSIONS_PATH) and exchange.method in (
+        "PATCH",
+        "GET",
+        "DELETE",
+    )
+
+
 def _over(run, seconds):
     return sum(1 for e in run.exchanges if e.duration > seconds)
 
@@ -498,6 +529,11 @@ def render_many_clients(runs):
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
         lines.append("longest push request: " + _exchange_line(run.longest_of("push")))
+        for phase in ("pull", "push"):
+            lines.append(
+                "longest {} stage request: ".format(phase)
+                + _exchange_line(run.longest_stage_request(phase))
+            )
         if run.churn_rate:
             lines.append(
                 "longest request after the churn: "
@@ -554,18 +590,21 @@ def render_many_clients(runs):
         lines.append("")
     lines.append("== summary")
     lines.append(
-        "clients  database    plugin  longest request  over 1 s  longest lock wait  "
-        "slowest pull  slowest push  syncs ok  same data  churn rows/s  data checks"
+        "clients  database    plugin  longest request  longest stage request  "
+        "over 1 s  longest lock wait  slowest pull  slowest push  syncs ok  same data  "
+        "churn rows/s  data checks"
     )
     for run in runs:
         longest = run.longest
+        longest_stage = run.longest_stage_request()
         lines.append(
-            "{:<8} {:<11} {:<7} {:<16} {:<9} {:<18} {:<13} {:<13} {:<9} {:<10} "
+            "{:<8} {:<11} {:<7} {:<16} {:<22} {:<9} {:<18} {:<13} {:<13} {:<9} {:<10} "
             "{:<13} {}".format(
                 run.clients,
                 run.database,
                 run.mode,
                 "{:.3f} s".format(longest.duration) if longest else "-",
+                "{:.3f} s".format(longest_stage.duration) if longest_stage else "-",
                 _over(run, 1.0),
                 _lock_cell(run),
                 _slowest(run.pulls),

@@ -164,3 +164,26 @@ def test_render__summary_line__longest_request_and_verdict():
 
     assert "2        sqlite      on      0.400 s" in text
     assert text.rstrip().endswith("pass")
+
+
+def _exchange(method, path, duration):
+    exchange = Exchange(method, path, 0.0)
+    exchange.duration = duration
+    exchange.status = 200
+    return exchange
+
+
+def test_render__session_set_up_slower_than_the_stages__longest_stage_request_apart():
+    run = _clean_run()
+    run.push_exchanges = [
+        _exchange("POST", "/api/morango/v1/certificates/", 9.0),
+        _exchange("POST", "/api/morango/v1/transfersessions/", 7.0),
+        _exchange("GET", "/api/morango/v1/transfersessions/abc/", 0.3),
+        _exchange("POST", "/api/morango/v1/buffers/", 0.6),
+        _exchange("PATCH", "/api/morango/v1/transfersessions/abc/", 0.5),
+    ]
+
+    text = render_many_clients([run])
+
+    assert "longest push stage request: 0.600 s (POST /api/morango/v1/buffers/" in text
+    assert "2        sqlite      on      9.000 s          0.600 s" in text
