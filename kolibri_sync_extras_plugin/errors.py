@@ -28,6 +28,13 @@ class WorkerGone(BackgroundStageError):
     """The worker process running a background stage died without finishing it."""
 
 
+class RequestBudgetSpent(SyncExtrasError):
+    """
+    A stage run in the request took longer than the request may: its pieces so
+    far are committed, and a job does the rest.
+    """
+
+
 class StageJobLimitReached(SyncExtrasError, APIException):
     """
     A stage was asked for while its client, or all clients together, already had as

@@ -16,8 +16,8 @@ from .admin.retention import RETENTION_QUEUE
 from .job.run_claim import one_run_at_a_time
 from .job.task_list import describe_job
 from .job.task_list import facility_label
-from .job.writer_turn import one_writer_at_a_time
 from .stage_status import SYNC_EXTRAS_QUEUE
+from .writer_turn import one_writer_at_a_time
 
 __all__ = ["clear_finished_stage_jobs", "run_background_stage"]
 
@@ -26,7 +26,7 @@ def background_stage_status(job):
     """
     What Kolibri's task list says about a background stage: a client is polling
     for it, which is why it runs at high priority (while it waits for its
-    writer's turn, only the longest-waiting one does: see :mod:`.job.writer_turn`).
+    writer's turn, only the longest-waiting one does: see :mod:`.writer_turn`).
 
     :type job: kolibri.core.tasks.job.Job
     :rtype: JobStatus

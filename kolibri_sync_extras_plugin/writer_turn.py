@@ -36,14 +36,14 @@ from datetime import timedelta
 
 from morango.constants import transfer_stages
 
-from ..compat import aware_utc
-from ..compat import jobs_in_states
-from ..compat import parse_time
-from ..compat import run_queued_job_now
-from ..stage_status import FIRST_ENQUEUED_KEY
-from ..stage_status import RUN_STAGE_TASK
-from ..stage_status import SYNC_EXTRAS_QUEUE
-from ..stage_status import waiting_result
+from .compat import aware_utc
+from .compat import jobs_in_states
+from .compat import parse_time
+from .compat import run_queued_job_now
+from .stage_status import FIRST_ENQUEUED_KEY
+from .stage_status import RUN_STAGE_TASK
+from .stage_status import SYNC_EXTRAS_QUEUE
+from .stage_status import waiting_result
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ __all__ = [
     "LOCK_FILE_NAME",
     "lock_file_path",
     "writer_turn",
+    "turn_for_a_request",
     "turn_retry_delay",
     "waiting_jobs_in_line",
     "wake_longest_waiting_job",
@@ -139,6 +140,33 @@ def writer_turn():
         return
     with _file_turn() if fcntl is not None else _thread_turn() as turn:
         yield turn
+
+
+@contextlib.contextmanager
+def turn_for_a_request():
+    """
+    The writers' turn for a stage run in a request, if it is free, handed to the
+    longest waiting stage job when the block ends. On SQLite a stage run in the
+    request that does not hold the turn waits in the request for SQLite's lock
+    behind a stage job's pieces and behind the other requests' stages, which with
+    a class set of devices starting their pulls at once is seconds; its caller
+    sends the stage to a job instead.
+
+    :return: A context manager yielding whether the caller holds the turn; on a
+        database other than SQLite always ``True``
+    """
+    if not _needs_turns():
+        yield True
+        return
+    held = False
+    try:
+        with writer_turn() as turn:
+            held = turn
+            yield turn
+    finally:
+        # after the turn is given back, so the woken job finds it free
+        if held:
+            _hand_the_turn_over()
 
 
 def turn_retry_delay(waits):

@@ -16,7 +16,7 @@ at once: a poll on any host can tell a live run from a dead one (see
 :func:`run_is_held`), which a worker's pid cannot tell across hosts.
 
 On SQLite the writers' turn already lets one stage job run at a time (see
-:mod:`.writer_turn`), on the one host its database lives on.
+:mod:`..writer_turn`), on the one host its database lives on.
 """
 
 import contextlib

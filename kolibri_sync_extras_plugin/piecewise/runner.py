@@ -7,6 +7,7 @@ write lock free while a request waits for it.
 
 import contextlib
 import logging
+import threading
 import time
 
 from django.db import DatabaseError
@@ -16,6 +17,7 @@ from django.dispatch import Signal
 
 from .. import requests_in_flight
 from ..conflicts import is_transient_database_error
+from ..errors import RequestBudgetSpent
 from .partition_locks import partitions_locked_for_piece
 from .support import _begin_transaction
 
@@ -28,6 +30,7 @@ __all__ = [
     "batches",
     "next_piece_size",
     "pause_after_piece",
+    "pieces_within",
 ]
 
 #: Sent after each piece commits, on the thread that ran it, with the stage whose
@@ -65,6 +68,38 @@ FIRST_PIECE_RECORDS = 10
 #: on query parameters).
 MIN_PIECE_RECORDS = 5
 MAX_PIECE_RECORDS = 500
+
+
+# per thread: when the pieces of a stage run in the request must stop, or None
+_request_budget = threading.local()
+
+
+@contextlib.contextmanager
+def pieces_within(seconds):
+    """
+    In the block, a piece that commits more than ``seconds`` after it began raises
+    :class:`~kolibri_sync_extras_plugin.errors.RequestBudgetSpent`: a stage run in
+    the request does not pause for other writers, and a server busy with many
+    devices can make its few hundred records last many seconds, while its client
+    and every other writer wait. What the committed pieces did stays done; the
+    stage, run again as a whole in a job, finds it done (serializing clears the
+    dirty bits it serialized, deserializing the dirty flags of what it applied).
+    """
+    _request_budget.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _request_budget.deadline = None
+
+
+def _check_request_budget(records, what):
+    deadline = getattr(_request_budget, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise RequestBudgetSpent(
+            "a piece of {} {} records ended past the request's budget".format(
+                records, what
+            )
+        )
 
 
 def next_piece_size(records, seconds):
@@ -187,6 +222,7 @@ class PieceRun:
         )
         if self.on_piece is not None:
             self.on_piece(records, elapsed)
+        _check_request_budget(records, what)
         if self.pause:
             pause_started = time.monotonic()
             if pause_after_piece(elapsed):

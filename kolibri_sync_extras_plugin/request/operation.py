@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 
+from django.db import connection
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.constants.capabilities import ASYNC_OPERATIONS
@@ -14,8 +15,11 @@ from morango.sync.operations import LocalOperation
 
 from ..config import runs_in_background
 from ..conflicts import is_transient_database_error
+from ..errors import RequestBudgetSpent
 from ..piecewise.partition_locks import partitions_held_if_free
+from ..piecewise.runner import pieces_within
 from ..stages import stage_middleware
+from ..writer_turn import turn_for_a_request
 from .enqueue import release_reserved_job
 from .enqueue import stage_job_request
 from .hooks import schedule_background_stage
@@ -42,9 +46,12 @@ class BackgroundStageOperation(LocalOperation):
     - the context is not already the background job's own, nor the stage's run in
       the request (see below).
 
-    A stage small enough to run in the request (see :mod:`.inline`) runs there:
-    this operation invokes the stage's operations once, as morango's controller
-    would, and returns what they return. If another writer got in the way (morango
+    A stage small enough to run in the request (see :mod:`.inline`) runs there,
+    unless its writes would wait in the request for another stage's (see
+    :func:`_free_to_write_for`): this operation invokes the stage's operations
+    once, as morango's controller would, and returns what they return. If its
+    pieces outlast :data:`REQUEST_PIECES_SECONDS` (a busy server), or another
+    writer got in the way (morango
     answers PENDING after a transaction isolation conflict, or raises one of the
     errors :func:`~kolibri_sync_extras_plugin.conflicts.is_transient_database_error` accepts, as two
     serializations of the same rows on PostgreSQL do), the stage goes to a job
@@ -84,6 +91,10 @@ class BackgroundStageOperation(LocalOperation):
         return transfer_statuses.STARTED
 
 
+#: How long the pieces of a stage run in the request may go on before the rest
+#: goes to a job (see :func:`~kolibri_sync_extras_plugin.piecewise.runner.pieces_within`).
+REQUEST_PIECES_SECONDS = 0.5
+
 # per thread: the transfer session whose stage _run_in_request is invoking (a
 # morango context takes no attributes of ours)
 _stage_in_request = threading.local()
@@ -104,11 +115,11 @@ def _run_in_request(context):
         stage should go to a job instead
     :rtype: str|None
     """
-    with _partitions_free_for(context) as free:
+    with _free_to_write_for(context) as free:
         if not free:
             logger.info(
                 "Stage %s of transfer session %s would wait in the request for "
-                "another stage of the same data; it goes to a background job",
+                "another stage's writes; it goes to a background job",
                 context.stage,
                 context.transfer_session.id,
             )
@@ -117,7 +128,7 @@ def _run_in_request(context):
     if result != transfer_statuses.PENDING:
         return result
     logger.info(
-        "Stage %s of transfer session %s met another writer in the request (%s); "
+        "Stage %s of transfer session %s could not end in the request (%s); "
         "it goes to a background job",
         context.stage,
         context.transfer_session.id,
@@ -136,11 +147,17 @@ _PARTITION_LOCKING_STAGES = frozenset(
 )
 
 
-def _partitions_free_for(context):
+def _free_to_write_for(context):
     """
-    For a stage whose work locks the facility's partitions, hold them if they are
-    free (see :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`); for any other, go on.
+    Hold what the stage's writes would otherwise wait for in the request, if it is
+    free: on SQLite the writers' turn (see
+    :func:`~kolibri_sync_extras_plugin.writer_turn.turn_for_a_request`); on
+    PostgreSQL, for a stage whose work locks the facility's partitions, those
+    partitions (see :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`).
+    Yields whether the stage may run in the request.
     """
+    if connection.vendor == "sqlite":
+        return turn_for_a_request()
     if context.stage in _PARTITION_LOCKING_STAGES:
         return partitions_held_if_free(context.filter)
     return contextlib.nullcontext(True)
@@ -153,9 +170,12 @@ def _invoke_in_request(context):
     """
     _stage_in_request.transfer_session_id = context.transfer_session.id
     try:
-        return stage_middleware(context.stage)(context), (
-            "a transaction isolation conflict"
-        )
+        with pieces_within(REQUEST_PIECES_SECONDS):
+            return stage_middleware(context.stage)(context), (
+                "a transaction isolation conflict"
+            )
+    except RequestBudgetSpent as e:
+        return transfer_statuses.PENDING, e
     except Exception as e:
         if not is_transient_database_error(e):
             raise

@@ -249,7 +249,7 @@ def holding_the_writers_turn(server):
     """
     import fcntl
 
-    from kolibri_sync_extras_plugin.job.writer_turn import LOCK_FILE_NAME
+    from kolibri_sync_extras_plugin.writer_turn import LOCK_FILE_NAME
 
     with open(str(server.home / LOCK_FILE_NAME), "a") as lock_file:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)

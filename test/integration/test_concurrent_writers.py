@@ -21,7 +21,9 @@ properties morango's one transaction gives, and that must survive the pieces:
 3. **Every client ends with the server's data.** After quiescence, a client that
    pulls once more holds exactly the server's store for its filter.
 4. **At least once is safe.** The same stage run twice at once (a job run again
-   while its first run still commits pieces) ends as one run would.
+   while its first run still commits pieces) ends as one run would, and so does
+   a stage run in the request that stops at its time budget after some pieces
+   and is then run again as a whole in a job.
 
 A seeded scheduler picks, after each committed piece, what else happens before
 the next one (the same stage run again meanwhile among it), and the piece sizes;
@@ -55,6 +57,7 @@ from morango.models.core import Store
 from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
 
+from kolibri_sync_extras_plugin.errors import RequestBudgetSpent
 from kolibri_sync_extras_plugin.piecewise import deserialize
 from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
 from kolibri_sync_extras_plugin.piecewise import serialize
@@ -414,10 +417,46 @@ class _Schedule:
 
     def run(self):
         subject = self.rng.choice(("pull", "push"))
+        # in one schedule of three, the stage first runs in the request, which
+        # stops it at its budget after a few pieces; then a job runs it as a whole
+        budget = self.rng.choice((None, None, self.rng.randint(1, 6)))
+        if budget is not None:
+            self.steps.append(
+                "the plugin's {} stage in the request, for {} pieces".format(
+                    subject, budget
+                )
+            )
+            try:
+                with self._request_budget_of(budget):
+                    self._stage(subject)
+            except RequestBudgetSpent:
+                self.steps.append("the request's budget spent; on to a job")
         self.steps.append("the plugin's {} stage in pieces".format(subject))
+        self._stage(subject)
+
+    def _stage(self, subject):
         serialize.serialize_in_pieces(PROFILE, self.filter)
         if subject == "push":
             deserialize.deserialize_in_pieces(PROFILE, self.filter)
+
+    @contextlib.contextmanager
+    def _request_budget_of(self, pieces):
+        """The request's budget, spent once the stage's own ``pieces`` have committed."""
+        committed = []
+
+        def spent_after_pieces(records, what):
+            if self.nested:
+                return
+            committed.append(records)
+            if len(committed) >= pieces:
+                raise RequestBudgetSpent("{} pieces committed".format(pieces))
+
+        original = piece_runner._check_request_budget
+        piece_runner._check_request_budget = spent_after_pieces
+        try:
+            yield
+        finally:
+            piece_runner._check_request_budget = original
 
     def quiesce(self):
         """Nothing else writes: the next sync serializes and deserializes all."""

@@ -22,6 +22,7 @@ from morango.sync.context import LocalSessionContext
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 from kolibri_sync_extras_plugin.request.inline import runs_inline
 from kolibri_sync_extras_plugin.stage_records import records_touched
+from kolibri_sync_extras_plugin.writer_turn import lock_file_path
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
@@ -29,6 +30,7 @@ from ..helpers.jobs import no_stage_jobs_after
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
 from ..helpers.jobs import stage_jobs
+from ..helpers.locks import other_process_holding_lock
 from ..helpers.options import sync_options
 from ..helpers.records import facility_records
 from ..helpers.sync_sessions import new_server_sync_session
@@ -77,6 +79,82 @@ def test_pull_serializing__stage_above_the_threshold__still_runs_in_a_job(
         transfer, response = _pull_to_serializing(async_client, server_sync_session)
 
     _assert_left_to_a_job(response, transfer_stages.SERIALIZING)
+
+
+def test_pull_serializing__tiny_stage_while_a_stage_job_writes__goes_to_a_job_at_once(
+    background_everything, async_client, server_sync_session
+):
+    # a stage job in another worker process holds the writers' turn: run in the
+    # request, the stage would wait there for SQLite's lock behind its pieces
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS), other_process_holding_lock(
+        lock_file_path(), 3
+    ) as released_at:
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+        answered_at = time.time()
+
+        assert answered_at < released_at()
+    _assert_left_to_a_job(response, transfer_stages.SERIALIZING)
+    run_stage_jobs()
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+@pytest.fixture
+def request_budget_of_one_piece(monkeypatch):
+    """Every stage run in the request gets past its budget with its first piece."""
+    from kolibri_sync_extras_plugin.request import operation
+
+    if not supports_installed_morango():
+        pytest.skip("morango's own stages, not the plugin's pieces, run here")
+    monkeypatch.setattr(operation, "REQUEST_PIECES_SECONDS", 0, raising=False)
+
+
+def test_pull_serializing__pieces_past_the_request_budget__a_job_serializes_the_rest(
+    background_everything,
+    async_client,
+    facility,
+    server_sync_session,
+    request_budget_of_one_piece,
+):
+    classrooms = [
+        Classroom.objects.create(name="Class {}".format(n), parent=facility)
+        for n in range(30)
+    ]
+    stored_before = Store.objects.count()
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    _assert_left_to_a_job(response, transfer_stages.SERIALIZING)
+    # the pieces the request committed stay done
+    assert Store.objects.count() > stored_before
+    assert Classroom.objects.filter(_morango_dirty_bit=True).exists()
+    run_stage_jobs()
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+    assert not Classroom.objects.filter(_morango_dirty_bit=True).exists()
+    assert Store.objects.filter(id__in=[c.id for c in classrooms]).count() == 30
+
+
+def test_push_deserializing__pieces_past_the_request_budget__a_job_applies_the_rest(
+    pushed_learner_edits, async_client, request_budget_of_one_piece
+):
+    run_stage_jobs()  # the fixture's dequeuing, in a job
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        response = async_client.proceed_to(
+            pushed_learner_edits["id"], transfer_stages.DESERIALIZING
+        )
+
+    _assert_left_to_a_job(response, transfer_stages.DESERIALIZING)
+    renamed = FacilityUser.objects.filter(full_name__startswith="Renamed ")
+    assert renamed.count() < PUSHED
+    run_stage_jobs()
+    assert async_client.get(pushed_learner_edits["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+    assert renamed.count() == PUSHED
 
 
 def test_pull__tiny_stages__whole_initialization_inline_and_records_queued(

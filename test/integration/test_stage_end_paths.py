@@ -24,10 +24,10 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
-from kolibri_sync_extras_plugin.job.writer_turn import writer_turn
 from kolibri_sync_extras_plugin.request import hooks
 from kolibri_sync_extras_plugin.request.poll import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.stage_status import job_id_for
+from kolibri_sync_extras_plugin.writer_turn import writer_turn
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.job_rows import delete_job_rows

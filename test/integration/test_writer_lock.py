@@ -19,23 +19,24 @@ from kolibri_sync_extras_plugin.admin.status import STUCK
 from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import run_queued_job_now
-from kolibri_sync_extras_plugin.job.writer_turn import MAX_GIVE_WAY
-from kolibri_sync_extras_plugin.job.writer_turn import MAX_TURN_RETRY_DELAY
-from kolibri_sync_extras_plugin.job.writer_turn import TURN_RETRY_DELAY
-from kolibri_sync_extras_plugin.job.writer_turn import TURN_WAITS_KEY
-from kolibri_sync_extras_plugin.job.writer_turn import turn_retry_delay
-from kolibri_sync_extras_plugin.job.writer_turn import waiting_jobs_in_line
-from kolibri_sync_extras_plugin.job.writer_turn import wake_longest_waiting_job
-from kolibri_sync_extras_plugin.job.writer_turn import writer_turn
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
 from kolibri_sync_extras_plugin.stage_status import has_run
 from kolibri_sync_extras_plugin.stage_status import job_id_for
+from kolibri_sync_extras_plugin.writer_turn import MAX_GIVE_WAY
+from kolibri_sync_extras_plugin.writer_turn import MAX_TURN_RETRY_DELAY
+from kolibri_sync_extras_plugin.writer_turn import TURN_RETRY_DELAY
+from kolibri_sync_extras_plugin.writer_turn import TURN_WAITS_KEY
+from kolibri_sync_extras_plugin.writer_turn import turn_retry_delay
+from kolibri_sync_extras_plugin.writer_turn import waiting_jobs_in_line
+from kolibri_sync_extras_plugin.writer_turn import wake_longest_waiting_job
+from kolibri_sync_extras_plugin.writer_turn import writer_turn
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.constants import EMPTY_FSIC
 from ..helpers.job_rows import update_job_row
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
+from ..helpers.options import sync_options
 from ..helpers.sync_sessions import new_server_sync_session
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
@@ -236,6 +237,28 @@ def test_stage_job__ran_in_its_turn__wakes_the_longest_waiting_job(
     assert _scheduled(first) <= timezone.now()
     assert _priority(first) == Priority.HIGH
     assert _scheduled(second) > timezone.now()
+
+
+def test_stage_run_in_the_request__wakes_the_longest_waiting_job(
+    new_pull_at_serializing, async_client, facility
+):
+    waiting = new_pull_at_serializing()
+    with writer_turn():
+        # it has waited long enough to back off for the longest delay
+        for _ in range(4):
+            _due_now(waiting)
+            _run(waiting)
+    assert _scheduled(waiting) > timezone.now() + MAX_TURN_RETRY_DELAY / 2
+
+    with sync_options(INLINE_STAGE_RECORDS=500):
+        transfer = async_client.create(new_server_sync_session(facility), push=False)
+        response = async_client.proceed_to(
+            transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+        )
+
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert _scheduled(waiting) <= timezone.now()
+    assert _priority(waiting) == Priority.HIGH
 
 
 def test_stage_job__failed_in_its_turn__still_wakes_the_longest_waiting_job(

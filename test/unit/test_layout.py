@@ -119,7 +119,6 @@ JOB_RUN_PATH = frozenset(
         "job.run",
         "job.controller",
         "job.progress",
-        "job.writer_turn",
     )
 )
 
