@@ -36,10 +36,13 @@ from datetime import timedelta
 
 from morango.constants import transfer_stages
 
+from . import requests_in_flight
 from .compat import aware_utc
 from .compat import jobs_in_states
 from .compat import parse_time
 from .compat import run_queued_job_now
+from .job.small_stage import is_small
+from .job.small_stage import small_waiting_jobs
 from .stage_status import FIRST_ENQUEUED_KEY
 from .stage_status import RUN_STAGE_TASK
 from .stage_status import SYNC_EXTRAS_QUEUE
@@ -60,6 +63,7 @@ __all__ = [
     "turn_retry_delay",
     "waiting_jobs_in_line",
     "wake_longest_waiting_job",
+    "wake_small_jobs",
     "one_writer_at_a_time",
     "FIRST_ENQUEUED_KEY",
 ]
@@ -299,9 +303,28 @@ def _wait_for_the_turn(job, stage):
     return waiting_result(stage, "waiting for another stage job to finish writing")
 
 
+def wake_small_jobs():
+    """
+    Make due now, at high priority, every waiting stage job that has become small
+    (see :mod:`~kolibri_sync_extras_plugin.job.small_stage`): each runs at once,
+    beside the turn's holder, instead of waiting for the turn in a chain.
+
+    :return: The woken jobs' ids
+    :rtype: list[str]
+    """
+    from kolibri.core.tasks.constants import Priority
+
+    return [
+        job.job_id
+        for job in small_waiting_jobs(waiting_jobs_in_line())
+        if run_queued_job_now(job.job_id, Priority.HIGH)
+    ]
+
+
 def _hand_the_turn_over():
     try:
         wake_longest_waiting_job()
+        wake_small_jobs()
     except Exception:
         # the stage has run; the waiting jobs still take the turn, after their back-off
         logger.exception("Could not hand the writers' turn to a waiting stage job")
@@ -325,6 +348,10 @@ def one_writer_at_a_time(task):
         job = get_current_job()
         if job is None or not _needs_turns():
             return task(*args, **kwargs)
+        if is_small(job):
+            # its writes wait as a request's do, and the holder lets them in
+            with requests_in_flight.writing_as_a_request():
+                return task(*args, **kwargs)
         held_the_turn = False
         try:
             with writer_turn() as turn:

@@ -29,6 +29,7 @@ from kolibri_sync_extras_plugin.writer_turn import TURN_WAITS_KEY
 from kolibri_sync_extras_plugin.writer_turn import turn_retry_delay
 from kolibri_sync_extras_plugin.writer_turn import waiting_jobs_in_line
 from kolibri_sync_extras_plugin.writer_turn import wake_longest_waiting_job
+from kolibri_sync_extras_plugin.writer_turn import wake_small_jobs
 from kolibri_sync_extras_plugin.writer_turn import writer_turn
 
 from ..helpers.constants import ALL_DATABASES
@@ -390,3 +391,92 @@ def test_waiting_line__cleanup_queued_first__stage_a_client_polls_for_ahead(
     line = [job.job_id for job in waiting_jobs_in_line()]
 
     assert line == [polled_for, push_at_cleanup]
+
+
+# Small jobs run beside the turn's holder ------------------------------------------
+
+
+#: Small enough for a deserializing of nothing, too small for the push's 12
+#: learners or a pull's serializing of the facility
+ONE = 1
+
+
+def test_deserializing_job__nothing_left_but_inline_stages_off__waits_for_the_turn(
+    pushed_and_dequeued, another_stage_writing
+):
+    _applied_by_another_job()
+    job = _deserializing_job()
+
+    with sync_options(INLINE_STAGE_RECORDS=0):
+        job.execute()
+
+    assert job_storage.get_orm_job(job.job_id).state == "QUEUED"
+
+
+def _applied_by_another_job():
+    """Deserialize everything received, as another push's deserializing job does."""
+    from morango.sync.operations import _deserialize_from_store
+
+    _deserialize_from_store("facilitydata")
+
+
+def _deserializing_job():
+    [job] = [j for j in queued_stage_jobs() if j.kwargs["stage"] == "deserializing"]
+    return job
+
+
+def test_deserializing_job__records_left__waits_for_the_turn(
+    pushed_and_dequeued, another_stage_writing
+):
+    job = _deserializing_job()
+
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        job.execute()
+
+    assert job_storage.get_orm_job(job.job_id).state == "QUEUED"
+    assert _stage_status(pushed_and_dequeued) == transfer_statuses.STARTED
+
+
+def test_deserializing_job__nothing_left__runs_while_another_job_holds_the_turn(
+    pushed_and_dequeued, another_stage_writing
+):
+    _applied_by_another_job()
+    job = _deserializing_job()
+
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        job.execute()
+
+    assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
+    assert _stage_status(pushed_and_dequeued) == transfer_statuses.COMPLETED
+
+
+def test_dequeuing_job__small_enough_for_a_request__runs_while_another_holds_the_turn(
+    pushed_learner_edits, another_stage_writing
+):
+    [job] = queued_stage_jobs()
+
+    with sync_options(INLINE_STAGE_RECORDS=500):
+        job.execute()
+
+    assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
+    assert _stage_status(pushed_learner_edits) == transfer_statuses.COMPLETED
+
+
+def test_wake__jobs_with_nothing_left__due_now_a_cleanup_not(
+    push_at_cleanup, new_pull_at_serializing
+):
+    # everything is serialized by the push's deserializing: the pull has nothing left
+    serializing = new_pull_at_serializing()
+    with writer_turn():
+        for job_id in (push_at_cleanup, serializing):
+            for _ in range(3):
+                _due_now(job_id)
+                _run(job_id)
+
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        woken = wake_small_jobs()
+
+    assert woken == [serializing]
+    assert _scheduled(serializing) <= timezone.now()
+    assert _priority(serializing) == Priority.HIGH
+    assert _scheduled(push_at_cleanup) > timezone.now()
