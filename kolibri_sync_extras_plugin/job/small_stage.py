@@ -13,22 +13,33 @@ deserializing job is queued while the records are many, the first to run applies
 them all, and the others, left with nothing, waited for the turn one after the
 other behind Kolibri's job checker (about 0.3 s each, 10 s for 32 devices).
 
-So a job whose stage is as small as one that runs in the request (the same
-bound: :func:`~kolibri_sync_extras_plugin.request.inline.inline_record_limit`)
-runs at once, beside the holder, its writes marked as a request's are (see
-:mod:`kolibri_sync_extras_plugin.requests_in_flight`), so the holder's pieces let
-them in as they let a request's in; and the job that hands the turn over wakes
+So a job whose stage is small runs at once, beside the holder: a queuing or
+dequeuing, whose records are its own transfer session's, as small as one that
+runs in the request (the same bound:
+:func:`~kolibri_sync_extras_plugin.request.inline.inline_record_limit`); a
+serializing or deserializing, whose records are the filter's and so another
+session's job may be working on them, only with nothing left (two of them side by
+side would do the same work twice: on the uwsgi topology two pulls' serializing of
+the same 500 rows, side by side, took 20 s). Its writes are marked as a
+request's are (see :mod:`kolibri_sync_extras_plugin.requests_in_flight`), so the
+holder's pieces let them in as they let a request's in; and the job that hands the turn over wakes
 every waiting job that has become that small. Two stage jobs writing at once is
 what every stage job does on PostgreSQL, where there is no turn: each piece reads
 again what is left (see ``docs/guarantees.md``).
 """
+
+from morango.constants import transfer_stages
 
 from ..config import get_inline_stage_records
 from ..request.inline import inline_record_limit
 from ..stage_records import records_touched
 from ..stage_status import transfer_session_of_job
 
-__all__ = ["is_small", "small_waiting_jobs"]
+__all__ = ["OWN_RECORDS_STAGES", "is_small", "small_waiting_jobs"]
+
+#: The stages whose records are their transfer session's own (the records it
+#: sends or received), which no other session's stage works on.
+OWN_RECORDS_STAGES = frozenset([transfer_stages.QUEUING, transfer_stages.DEQUEUING])
 
 
 def _context(job):
@@ -56,10 +67,12 @@ def _context(job):
 
 def is_small(job):
     """
-    Whether ``job``'s stage touches no more records (see
-    :func:`~kolibri_sync_extras_plugin.stage_records.records_touched`) than a
-    stage run in the request may. A cleanup, which has no count, never is; with
-    ``INLINE_STAGE_RECORDS`` at 0 no stage is, and every job takes the turn.
+    Whether ``job``'s stage is small (see
+    :func:`~kolibri_sync_extras_plugin.stage_records.records_touched`): one of
+    :data:`OWN_RECORDS_STAGES` that touches no more records than a stage run in
+    the request may, or any other with no record left to touch. A cleanup, which
+    has no count, never is; with ``INLINE_STAGE_RECORDS`` at 0 no stage is, and
+    every job takes the turn.
 
     :type job: kolibri.core.tasks.job.Job
     :rtype: bool
@@ -67,9 +80,12 @@ def is_small(job):
     threshold = get_inline_stage_records()
     if not threshold:
         return False
-    limit = inline_record_limit((job.kwargs or {}).get("stage"), threshold)
+    stage = (job.kwargs or {}).get("stage")
+    limit = inline_record_limit(stage, threshold)
     if limit is None:
         return False
+    if stage not in OWN_RECORDS_STAGES:
+        limit = 0
     context = _context(job)
     if context is None:
         return False

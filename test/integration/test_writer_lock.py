@@ -396,8 +396,7 @@ def test_waiting_line__cleanup_queued_first__stage_a_client_polls_for_ahead(
 # Small jobs run beside the turn's holder ------------------------------------------
 
 
-#: Small enough for a deserializing of nothing, too small for the push's 12
-#: learners or a pull's serializing of the facility
+#: Any threshold: a deserializing or serializing is small only with nothing left
 ONE = 1
 
 
@@ -425,12 +424,13 @@ def _deserializing_job():
     return job
 
 
-def test_deserializing_job__records_left__waits_for_the_turn(
+def test_deserializing_job__records_left_however_few__waits_for_the_turn(
     pushed_and_dequeued, another_stage_writing
 ):
+    # the filter's records, which another session's job may be deserializing
     job = _deserializing_job()
 
-    with sync_options(INLINE_STAGE_RECORDS=ONE):
+    with sync_options(INLINE_STAGE_RECORDS=500):
         job.execute()
 
     assert job_storage.get_orm_job(job.job_id).state == "QUEUED"
