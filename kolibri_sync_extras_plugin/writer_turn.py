@@ -147,30 +147,38 @@ def writer_turn():
 
 
 @contextlib.contextmanager
+def turn_handed_over_after():
+    """
+    The writers' turn if it is free (see :func:`writer_turn`), handed over when
+    the block ends (see :func:`_hand_the_turn_over`), after it is given back, so
+    the woken jobs find it free.
+
+    A stage job runs in it; so does a stage run in a request
+    (:func:`turn_for_a_request`).
+    """
+    held = False
+    try:
+        with writer_turn() as turn:
+            held = turn and _needs_turns()
+            yield turn
+    finally:
+        if held:
+            _hand_the_turn_over()
+
+
 def turn_for_a_request():
     """
-    The writers' turn for a stage run in a request, if it is free, handed to the
-    longest waiting stage job when the block ends. On SQLite a stage run in the
-    request that does not hold the turn waits in the request for SQLite's lock
-    behind a stage job's pieces and behind the other requests' stages, which with
-    a class set of devices starting their pulls at once is seconds; its caller
-    sends the stage to a job instead.
+    The writers' turn for a stage run in a request, if it is free, handed over
+    when the block ends. On SQLite a stage run in the request that does not hold
+    the turn waits in the request for SQLite's lock behind a stage job's pieces
+    and behind the other requests' stages, which with a class set of devices
+    starting their pulls at once is seconds; its caller sends the stage to a job
+    instead.
 
     :return: A context manager yielding whether the caller holds the turn; on a
         database other than SQLite always ``True``
     """
-    if not _needs_turns():
-        yield True
-        return
-    held = False
-    try:
-        with writer_turn() as turn:
-            held = turn
-            yield turn
-    finally:
-        # after the turn is given back, so the woken job finds it free
-        if held:
-            _hand_the_turn_over()
+    return turn_handed_over_after()
 
 
 def turn_retry_delay(waits):
@@ -352,17 +360,9 @@ def one_writer_at_a_time(task):
             # its writes wait as a request's do, and the holder lets them in
             with requests_in_flight.writing_as_a_request():
                 return task(*args, **kwargs)
-        held_the_turn = False
-        try:
-            with writer_turn() as turn:
-                if turn:
-                    held_the_turn = True
-                    if not _gives_way(job):
-                        return task(*args, **kwargs)
-        finally:
-            # after the turn is given back, so the woken job finds it free
-            if held_the_turn:
-                _hand_the_turn_over()
+        with turn_handed_over_after() as turn:
+            if turn and not _gives_way(job):
+                return task(*args, **kwargs)
         return _wait_for_the_turn(job, kwargs.get("stage"))
 
     return run_in_turn

@@ -33,6 +33,7 @@ from morango.constants import transfer_stages
 from ..config import get_inline_stage_records
 from ..request.inline import inline_record_limit
 from ..stage_records import records_touched
+from ..stage_status import open_sessions_by_job_id
 from ..stage_status import transfer_session_of_job
 
 __all__ = ["OWN_RECORDS_STAGES", "is_small", "small_waiting_jobs"]
@@ -42,27 +43,44 @@ __all__ = ["OWN_RECORDS_STAGES", "is_small", "small_waiting_jobs"]
 OWN_RECORDS_STAGES = frozenset([transfer_stages.QUEUING, transfer_stages.DEQUEUING])
 
 
-def _context(job):
+def _open_sessions(transfer_session_ids):
+    """The open transfer sessions of these ids, in one query. :rtype: dict"""
     from morango.models.core import TransferSession
 
+    sessions = TransferSession.objects.filter(
+        id__in=transfer_session_ids, active=True
+    ).select_related("sync_session")
+    return {session.id: session for session in sessions}
+
+
+def _context(job, transfer_session):
+    """The job's stage's context, if its session is open and at that stage."""
     from .context import BackgroundSessionContext
 
-    stage = (job.kwargs or {}).get("stage")
-    transfer_session_id = transfer_session_of_job(job)
-    if transfer_session_id is None:
-        return None
-    transfer_session = (
-        TransferSession.objects.filter(id=transfer_session_id, active=True)
-        .select_related("sync_session")
-        .first()
-    )
-    if transfer_session is None or transfer_session.transfer_stage != stage:
+    if transfer_session is None or (
+        transfer_session.transfer_stage != (job.kwargs or {}).get("stage")
+    ):
         return None
     return BackgroundSessionContext(
         transfer_session,
         request_data=job.kwargs.get("request_data"),
         capabilities=job.kwargs.get("capabilities"),
     )
+
+
+def _limit(stage):
+    """
+    The most records a small ``stage`` may touch, or ``None`` if no stage of it is
+    small: a stage of :data:`OWN_RECORDS_STAGES` as many as a stage run in the
+    request may, any other none at all.
+    """
+    threshold = get_inline_stage_records()
+    if not threshold:
+        return None
+    limit = inline_record_limit(stage, threshold)
+    if limit is None or stage in OWN_RECORDS_STAGES:
+        return limit
+    return 0
 
 
 def is_small(job):
@@ -77,16 +95,13 @@ def is_small(job):
     :type job: kolibri.core.tasks.job.Job
     :rtype: bool
     """
-    threshold = get_inline_stage_records()
-    if not threshold:
-        return False
-    stage = (job.kwargs or {}).get("stage")
-    limit = inline_record_limit(stage, threshold)
+    limit = _limit((job.kwargs or {}).get("stage"))
     if limit is None:
         return False
-    if stage not in OWN_RECORDS_STAGES:
-        limit = 0
-    context = _context(job)
+    transfer_session_id = transfer_session_of_job(job)
+    context = _context(
+        job, _open_sessions([transfer_session_id]).get(transfer_session_id)
+    )
     if context is None:
         return False
     records = records_touched(context, at_most=limit)
@@ -95,7 +110,48 @@ def is_small(job):
 
 def small_waiting_jobs(waiting_jobs):
     """
-    :return: The jobs of ``waiting_jobs`` that are small now (see :func:`is_small`)
+    The jobs of ``waiting_jobs`` that have become small (see :func:`is_small`).
+
+    Only a serializing or deserializing can: a queuing or dequeuing small enough
+    never waits, and one that waits does not shrink. What those two have left
+    depends on their stage, profile and filter, not on their session, so the
+    sessions are read in one query and each stage of a filter is weighed once.
+
     :rtype: list[kolibri.core.tasks.job.Job]
     """
-    return [job for job in waiting_jobs if is_small(job)]
+    candidates = [
+        job
+        for job in waiting_jobs
+        if (job.kwargs or {}).get("stage") not in OWN_RECORDS_STAGES
+        and _limit((job.kwargs or {}).get("stage")) == 0
+    ]
+    if not candidates:
+        return []
+    session_of_job = {
+        job_id: session_id
+        for job_id, (session_id, _) in open_sessions_by_job_id().items()
+    }
+    sessions = _open_sessions(
+        [
+            session_of_job[job.job_id]
+            for job in candidates
+            if job.job_id in session_of_job
+        ]
+    )
+    weighed = {}
+    small = []
+    for job in candidates:
+        context = _context(job, sessions.get(session_of_job.get(job.job_id)))
+        if context is None:
+            continue
+        key = (
+            context.stage,
+            context.is_producer,
+            context.sync_session.profile,
+            str(context.filter),
+        )
+        if key not in weighed:
+            weighed[key] = records_touched(context, at_most=0) == 0
+        if weighed[key]:
+            small.append(job)
+    return small
