@@ -107,8 +107,7 @@ class ManyClientsRun:
     @property
     def longest(self):
         """The longest request of every phase, or ``None``."""
-        exchanges = self.exchanges
-        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+        return _longest(self.exchanges)
 
     def longest_lock_wait(self):
         """The longest wait for SQLite's write lock, or ``None``."""
@@ -117,8 +116,7 @@ class ManyClientsRun:
         )
 
     def longest_of(self, phase):
-        exchanges = getattr(self, phase + "_exchanges")
-        return max(exchanges, key=lambda e: e.duration) if exchanges else None
+        return _longest(getattr(self, phase + "_exchanges"))
 
     def longest_stage_request(self, phase=None):
         """
@@ -128,8 +126,7 @@ class ManyClientsRun:
         exchanges = (
             self.exchanges if phase is None else getattr(self, phase + "_exchanges")
         )
-        stage_requests = [e for e in exchanges if is_stage_request(e)]
-        return max(stage_requests, key=lambda e: e.duration) if stage_requests else None
+        return _longest([e for e in exchanges if is_stage_request(e)])
 
     def refused(self):
         """Requests the server answered 503, as when a stage job cap is reached."""
@@ -483,6 +480,10 @@ def _exchange_line(exchange):
         exchange.path.split("?")[0],
         exchange.stage or exchange.requested_stage or "-",
     )
+
+
+def _longest(exchanges):
+    return max(exchanges, key=lambda e: e.duration) if exchanges else None
 
 
 def is_stage_request(exchange):
