@@ -12,6 +12,7 @@ class SyncExtrasConfig(AppConfig):
 
     def ready(self):
         from .config import validate_sync_options
+        from .config import warn_if_stage_jobs_cannot_start
         from .request.hooks import connect_request_signals
         from .request.limits import add_refusal_middleware
         from .request.limits import connect_refusal_signals
@@ -20,6 +21,7 @@ class SyncExtrasConfig(AppConfig):
 
         # fail at start-up, naming the option, rather than at a client's first sync
         validate_sync_options()
+        warn_if_stage_jobs_cannot_start()
         connect_request_signals()
         connect_refusal_signals()
         add_refusal_middleware()

@@ -59,6 +59,7 @@ __all__ = [
     "take_over_reserved_job",
     "job_storage_advisory_connection",
     "STATEMENTS_CAN_BE_WRAPPED",
+    "workers_are_handed_a_log_queue",
 ]
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
@@ -455,6 +456,23 @@ def update_job_progress(job, progress, total_progress, extra_metadata):
 if DJANGO_VERSION < (3, 2):
     #: Django before 3.2 uses an app's own ``AppConfig`` only when named here.
     default_app_config = "kolibri_sync_extras_plugin.apps.SyncExtrasConfig"
+
+
+@functools.lru_cache(maxsize=None)
+def workers_are_handed_a_log_queue():
+    """
+    Whether Kolibri gives its job workers the server's log queue (0.18 on).
+
+    With ``[Tasks] USE_WORKER_MULTIPROCESSING`` on, that queue is a
+    ``multiprocessing.Queue`` sent with every job to the process pool, which
+    cannot pickle it: each job is marked SELECTED and never starts.
+
+    :rtype: bool
+    """
+    from kolibri.core.tasks.worker import Worker
+
+    return "log_queue" in inspect.signature(Worker.__init__).parameters
+
 
 #: Whether a connection runs each statement through ``execute_wrappers`` (Django
 #: 2.0 on, so Kolibri 0.17 on).

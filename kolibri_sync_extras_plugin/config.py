@@ -5,6 +5,7 @@ Options are read from Kolibri's ``OPTIONS`` each time they are asked for, so a t
 (or an operator reloading options) sees the current values; parsing is cheap.
 """
 
+import logging
 from collections import namedtuple
 
 from morango.constants import transfer_stages
@@ -17,6 +18,7 @@ __all__ = [
     "BackgroundSettings",
     "get_background_settings",
     "runs_in_background",
+    "stage_jobs_can_start",
     "StageJobLimits",
     "get_stage_job_limits",
     "RetentionSettings",
@@ -28,7 +30,10 @@ __all__ = [
     "MAX_STAGE_JOB_START_TIMEOUT",
     "get_stage_job_start_timeout",
     "validate_sync_options",
+    "warn_if_stage_jobs_cannot_start",
 ]
+
+logger = logging.getLogger(__name__)
 
 SECTION = "Sync"
 
@@ -160,7 +165,28 @@ def runs_in_background(stage, is_push):
     """
     background = get_background_settings()
     stages = background.push_stages if is_push else background.pull_stages
-    return stage in stages
+    return stage in stages and stage_jobs_can_start()
+
+
+def stage_jobs_can_start(options=None):
+    """
+    Whether Kolibri's workers can start a job at all. From Kolibri 0.18 they
+    cannot with ``[Tasks] USE_WORKER_MULTIPROCESSING`` on (see
+    :func:`~kolibri_sync_extras_plugin.compat.workers_are_handed_a_log_queue`):
+    every stage then runs in the request, as stock Kolibri runs it, rather than
+    in a job that never starts.
+
+    :param options: Kolibri's options mapping; defaults to ``kolibri.utils.conf.OPTIONS``
+    :rtype: bool
+    """
+    from .compat import workers_are_handed_a_log_queue
+
+    if options is None:
+        from kolibri.utils.conf import OPTIONS
+
+        options = OPTIONS
+    multiprocessing = options.get("Tasks", {}).get("USE_WORKER_MULTIPROCESSING")
+    return not (multiprocessing and workers_are_handed_a_log_queue())
 
 
 def _sync_section(options):
@@ -283,3 +309,28 @@ def validate_sync_options(options=None):
     get_inline_stage_records(options)
     get_pull_page_size(options)
     get_stage_job_start_timeout(options)
+
+
+def warn_if_stage_jobs_cannot_start(options=None):
+    """
+    Say at start-up, naming the option, when background stages are configured but
+    Kolibri's workers cannot start a job (see :func:`stage_jobs_can_start`).
+
+    :return: Whether it warned
+    :rtype: bool
+    """
+    background = get_background_settings(options)
+    if not (background.pull_stages or background.push_stages):
+        return False
+    if stage_jobs_can_start(options):
+        return False
+    logger.warning(
+        "[Tasks] USE_WORKER_MULTIPROCESSING is on, and this Kolibri's workers "
+        "cannot start any job with it (each job's log queue cannot be sent to a "
+        "worker process). Until it is set to False (in options.ini, or "
+        "KOLIBRI_USE_WORKER_MULTIPROCESSING=False) and Kolibri restarted, every "
+        "sync stage runs in the request, as in stock Kolibri, and [%s] "
+        "BACKGROUND_INITIALIZATION and BACKGROUND_FINALIZATION have no effect.",
+        SECTION,
+    )
+    return True

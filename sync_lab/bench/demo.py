@@ -246,6 +246,7 @@ def run_mode(mode, templates, client_records, args, progress, suffix=""):
         instance_class=SERVERS[server_kind][0],
         plugin=mode.plugin,
         sync_options=mode.sync_options,
+        options=getattr(args, "kolibri_options", None),
     )
     client = templates.new_client("client-" + mode.name + suffix)
     peaks = recycling = access_log = None
@@ -445,6 +446,17 @@ def _sync_option(value):
     return name.strip().upper(), setting.strip()
 
 
+def _kolibri_option(value):
+    name, sep, setting = value.partition("=")
+    section, dot, option = name.strip().partition(".")
+    if not sep or not dot or not section or not option:
+        raise argparse.ArgumentTypeError(
+            "give an options.ini value as SECTION.OPTION=VALUE, e.g. "
+            "Tasks.USE_WORKER_MULTIPROCESSING=true"
+        )
+    return section, option.upper(), setting.strip()
+
+
 class _ManyClientsResult:
     """A many-clients run, as :func:`main` judges runs."""
 
@@ -611,6 +623,16 @@ def parse_args(argv=None):
         "repeat for several",
     )
     parser.add_argument(
+        "--option",
+        dest="kolibri_options",
+        type=_kolibri_option,
+        action="append",
+        default=[],
+        metavar="SECTION.OPTION=VALUE",
+        help="another options.ini value of the server in both modes, e.g. "
+        "Tasks.USE_WORKER_MULTIPROCESSING=true; repeat for several",
+    )
+    parser.add_argument(
         "--server",
         choices=list(SERVERS),
         default=DEFAULT_SERVER,
@@ -670,6 +692,10 @@ def parse_args(argv=None):
     if args.records < 1:
         parser.error("--records and --users must be above 0")
     args.sync_options = dict(args.sync_options)
+    kolibri_options = {}
+    for section, option, setting in args.kolibri_options:
+        kolibri_options.setdefault(section, {})[option] = setting
+    args.kolibri_options = kolibri_options
     if args.tiny_repeats < 1:
         parser.error("--tiny-repeats must be 1 or more")
     if args.chunk_size is not None and args.chunk_size < 1:

@@ -293,6 +293,7 @@ def run_many_clients(
         instance_class=SERVERS[server_kind][0],
         plugin=mode.plugin,
         sync_options=mode.sync_options,
+        options=getattr(args, "kolibri_options", None),
     )
     devices = [
         templates.new_client(

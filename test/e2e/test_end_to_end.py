@@ -39,6 +39,16 @@ MODES = {
         {"BACKGROUND_INITIALIZATION": False, "BACKGROUND_FINALIZATION": False},
         set(),
     ),
+    # Kolibri's workers cannot start a job in worker processes (0.18 on): every
+    # stage runs in the request; a stage job would be given up after 30 s
+    "plugin_on_worker_processes": (
+        dict(BACKGROUND_EVERYTHING, STAGE_JOB_START_TIMEOUT=30),
+        set(),
+    ),
+}
+#: Other options.ini sections of a mode's server.
+OTHER_OPTIONS = {
+    "plugin_on_worker_processes": {"Tasks": {"USE_WORKER_MULTIPROCESSING": True}}
 }
 #: Modes whose server keeps its data in PostgreSQL, and the mode whose options it runs.
 ON_POSTGRES = {"plugin_on_postgres": "plugin_on"}
@@ -64,6 +74,7 @@ def synced(mode, lab_root, lab_templates):
         root=lab_root,
         plugin=True,
         sync_options=sync_options,
+        options=OTHER_OPTIONS.get(mode),
     )
     client = lab_templates.new_client("client-" + mode, root=lab_root)
     with server, client:
@@ -126,3 +137,9 @@ def test_stage_jobs__none_failed(synced):
     assert not failed, "{}\n\nserver log:\n{}".format(
         _job_summary(synced), synced.server.log_tail()
     )
+
+
+def test_server_log__warns_of_worker_processes_only_where_they_are_on(synced, mode):
+    log = synced.server.log_path.read_text(errors="replace")
+    warned = "[Tasks] USE_WORKER_MULTIPROCESSING is on" in log
+    assert warned == ("Tasks" in OTHER_OPTIONS.get(mode, {}))

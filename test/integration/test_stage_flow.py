@@ -11,6 +11,7 @@ from morango.constants import transfer_statuses
 from morango.models.core import Buffer
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.compat import workers_are_handed_a_log_queue
 from kolibri_sync_extras_plugin.stage_status import job_id_for
 from kolibri_sync_extras_plugin.stage_status import transfer_session_of_job
 
@@ -20,6 +21,7 @@ from ..helpers.jobs import no_stage_jobs_after
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
 from ..helpers.jobs import stage_jobs
+from ..helpers.options import kolibri_options
 from ..helpers.options import sync_options
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
@@ -129,6 +131,24 @@ def test_pull__client_cannot_poll__every_initialization_stage_runs_inline(
     assert transfer["transfer_stage"] == transfer_stages.QUEUING
     assert transfer["transfer_stage_status"] == transfer_statuses.COMPLETED
     assert transfer["records_total"] >= 27
+    assert no_stage_jobs_after()
+
+
+@pytest.mark.skipif(
+    not workers_are_handed_a_log_queue(),
+    reason="Kolibri before 0.18 gives its workers no log queue",
+)
+def test_worker_multiprocessing_on__no_job_could_start__every_stage_runs_inline(
+    background_everything, async_client, server_sync_session
+):
+    """Kolibri's workers would mark such a job SELECTED and never start it."""
+    with kolibri_options("Tasks", USE_WORKER_MULTIPROCESSING=True):
+        transfer, serialized = _pull_to_serializing(async_client, server_sync_session)
+        queued = async_client.proceed_to(transfer["id"], transfer_stages.QUEUING)
+
+    assert serialized["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert queued["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert queued["records_total"] >= 27
     assert no_stage_jobs_after()
 
 

@@ -7,6 +7,7 @@ The same errors from the real ``kolibri`` command are in
 import pytest
 from morango.constants import transfer_stages
 
+from kolibri_sync_extras_plugin.compat import workers_are_handed_a_log_queue
 from kolibri_sync_extras_plugin.config import MAX_INLINE_STAGE_RECORDS
 from kolibri_sync_extras_plugin.config import MAX_PULL_PAGE_SIZE
 from kolibri_sync_extras_plugin.config import get_background_settings
@@ -15,6 +16,8 @@ from kolibri_sync_extras_plugin.config import get_pull_page_size
 from kolibri_sync_extras_plugin.config import get_retention_settings
 from kolibri_sync_extras_plugin.config import get_stage_job_limits
 from kolibri_sync_extras_plugin.config import runs_in_background
+from kolibri_sync_extras_plugin.config import stage_jobs_can_start
+from kolibri_sync_extras_plugin.config import warn_if_stage_jobs_cannot_start
 from kolibri_sync_extras_plugin.errors import InvalidSyncOption
 from kolibri_sync_extras_plugin.options import option_spec
 
@@ -219,3 +222,48 @@ def test_counts__out_of_range_or_not_a_number__error_names_option_and_range(
     assert option in message
     assert repr(bad) in message
     assert "from 0 (off) to {}".format(maximum) in message
+
+
+def _with_worker_multiprocessing(options, on):
+    return dict(options, Tasks={"USE_WORKER_MULTIPROCESSING": on})
+
+
+def test_worker_multiprocessing_off__stage_jobs_can_start():
+    options = _with_worker_multiprocessing(_options(), False)
+
+    assert stage_jobs_can_start(options)
+    assert not warn_if_stage_jobs_cannot_start(options)
+
+
+@pytest.mark.skipif(
+    not workers_are_handed_a_log_queue(),
+    reason="Kolibri before 0.18 gives its workers no log queue",
+)
+def test_worker_multiprocessing_on__no_job_can_start__a_warning_names_the_option(
+    caplog,
+):
+    options = _with_worker_multiprocessing(
+        _options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True), True
+    )
+
+    assert not stage_jobs_can_start(options)
+    assert warn_if_stage_jobs_cannot_start(options)
+    assert "[Tasks] USE_WORKER_MULTIPROCESSING is on" in caplog.text
+    assert "every sync stage runs in the request" in caplog.text
+
+
+def test_worker_multiprocessing_on__background_off__no_warning(caplog):
+    options = _with_worker_multiprocessing(_options(), True)
+
+    assert not warn_if_stage_jobs_cannot_start(options)
+    assert caplog.text == ""
+
+
+@pytest.mark.skipif(
+    workers_are_handed_a_log_queue(),
+    reason="Kolibri 0.18 on gives its workers a log queue",
+)
+def test_worker_multiprocessing_on__before_0_18__stage_jobs_can_start():
+    options = _with_worker_multiprocessing(_options(), True)
+
+    assert stage_jobs_can_start(options)
