@@ -10,6 +10,11 @@ records. Here the same work is committed piece by piece:
 
 - models in morango's own order (``syncable_models.get_models``, foreign-key
   dependency order), so a row is committed no earlier than the rows it references;
+  records another push merges while the pieces run keep that order: a model's
+  records are listed, and if records of an earlier model were merged since that
+  model was listed (a push merges a learner with the learner's logs), the pass
+  starts again from the first model before the listed ones are applied (see
+  :meth:`_Run.deserialize_all`);
 - within a model, the dirty Store records in batches sized so that each batch's
   transaction lasts about :data:`~.runner.TARGET_PIECE_SECONDS`;
 - a model with a foreign key to itself (Kolibri's collections) level by level,
@@ -73,15 +78,20 @@ __all__ = ["deserialize_in_pieces"]
 _RECORD_ERRORS = (exceptions.ValidationError, exceptions.ObjectDoesNotExist, ValueError)
 _ERROR_FIELDS = ["deserialization_error", "deserialization_exception"]
 
+#: How many times one run goes back to the first model for records merged by
+#: other pushes while it runs; past it, later arrivals wait for the next run.
+MAX_PASS_RESTARTS = 20
+
 
 def deserialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     """
     Deserialize the dirty Store records under ``sync_filter`` as morango would, one
     short transaction at a time. Like morango's, the caller serializes first.
 
-    Records another push merges while the pieces run are deserialized here if
-    they arrive before their model is listed, and otherwise by that push's own
-    stage, as with morango.
+    Records another push merges while the pieces run are deserialized here,
+    after the records they depend on, if they arrive before their model is listed
+    (within :data:`MAX_PASS_RESTARTS`), and otherwise by that push's own stage,
+    as with morango.
 
     :type profile: str
     :type sync_filter: morango.models.certificates.Filter
@@ -96,7 +106,7 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     """
 
     run = _Run(profile, sync_filter, on_piece, pause)
-    run.one_pass()
+    run.deserialize_all()
     run.log_end("Deserialized")
     return run.longest
 
@@ -126,6 +136,10 @@ class _Run(PieceRun):
         self.fk_cache = {}
         self.excluded = set()
         self.deleted = set()
+        #: the Store records this run has listed to apply (applied, failed or
+        #: found clean): morango's transaction looks at each record once
+        self.listed = set()
+        self.restarts = 0
 
     def _kept(self):
         return dict(self.fk_cache), set(self.excluded), set(self.deleted)
@@ -133,30 +147,75 @@ class _Run(PieceRun):
     def _restore(self, kept):
         self.fk_cache, self.excluded, self.deleted = kept
 
-    def one_pass(self):
-        for model in syncable_models.get_models(self.profile):
+    def deserialize_all(self):
+        """
+        Every model in morango's order. Each model's records are listed first;
+        then, if records of an earlier model were merged after that model was
+        listed, the pass starts again from the first model and the listing is
+        dropped (it is made again on the way back). A push merges a record with
+        the records it references in one transaction, so whatever a listing holds,
+        the records it depends on are in the store by then: they are applied
+        first, as in morango's one transaction, rather than the listed ones failing
+        for want of them.
+        """
+        models = list(syncable_models.get_models(self.profile))
+        index = 0
+        while index < len(models):
+            model = models[index]
             if _self_referential_fk(model):
                 self._self_referential_model(model)
-            else:
-                self._model(model)
+                index += 1
+                continue
+            listing = self._unlisted_dirty(model)
+            if index and self._merged_since_listed(models[:index]):
+                self.restarts += 1
+                index = 0
+                continue
+            self.listed.update(listing)
+            self._apply(model, listing)
+            index += 1
+
+    def _unlisted_dirty(self, model):
+        """
+        The dirty Store records of ``model`` this run has not listed, read as
+        morango reads them, so they come in the same order: a record may depend
+        on one before it (a group membership on the classroom's).
+        """
+        dirty = self._store_records(model).filter(dirty_bit=True)
+        return [r.id for r in dirty.iterator() if r.id not in self.listed]
+
+    def _merged_since_listed(self, earlier_models):
+        """Whether another push merged records of ``earlier_models`` since they were listed."""
+        if self.restarts >= MAX_PASS_RESTARTS:
+            return False
+        condition = Q()
+        for model in earlier_models:
+            condition |= self._model_condition(model)
+        dirty = Store.objects.filter(
+            condition,
+            under_filter(self.sync_filter, "partition"),
+            profile=self.profile,
+            dirty_bit=True,
+        ).values_list("id", flat=True)
+        return any(id_ not in self.listed for id_ in dirty.iterator())
+
+    @staticmethod
+    def _model_condition(model):
+        """Which Store records morango deserializes with ``model``."""
+        condition = Q(model_name=model.morango_model_name)
+        for klass in model.morango_model_dependencies:
+            condition |= Q(model_name=klass.morango_model_name)
+        return condition
 
     def _store_records(self, model):
         """The Store records morango deserializes with ``model``, as it selects them."""
-
-        model_condition = Q(model_name=model.morango_model_name)
-        for klass in model.morango_model_dependencies:
-            model_condition |= Q(model_name=klass.morango_model_name)
         return Store.objects.filter(
-            model_condition,
+            self._model_condition(model),
             under_filter(self.sync_filter, "partition"),
             profile=self.profile,
         )
 
-    def _model(self, model):
-        store_records = self._store_records(model)
-        # read as morango reads them, so they come in the same order: a record may
-        # depend on one before it (a group membership on the classroom's)
-        dirty = [r.id for r in store_records.filter(dirty_bit=True).iterator()]
+    def _apply(self, model, dirty):
         self.restart_sizing()
         for batch in batches(dirty, self._piece_size):
             self.commit_piece(
@@ -213,9 +272,10 @@ class _Run(PieceRun):
         children = store_records.filter(dirty_bit=True).filter(
             Q(_self_ref_fk__in=clean_parents) | Q(_self_ref_fk="")
         )
-        level = [r.id for r in children.iterator()]
+        level = [r.id for r in children.iterator() if r.id not in self.listed]
         self.restart_sizing()
         while level:
+            self.listed.update(level)
             for batch in batches(level, self._piece_size):
                 self.commit_piece(
                     lambda: self._deserialize_children(model, batch),
@@ -230,8 +290,11 @@ class _Run(PieceRun):
                 )
                 .exclude(id__in=self.excluded)
                 .iterator()
+                if r.id not in self.listed
             ]
         self.commit_piece(lambda: self._mark_orphans(store_records), 0, model.__name__)
+        # what is left dirty is marked with why: not merged since, for this run
+        self.listed.update(self._unlisted_dirty(model))
 
     def _deserialize_children(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)

@@ -20,14 +20,21 @@ properties morango's one transaction gives, and that must survive the pieces:
    morango's one-transaction stage: either way, the edit is what the app holds.
 3. **Every client ends with the server's data.** After quiescence, a client that
    pulls once more holds exactly the server's store for its filter.
-4. **At least once is safe.** The same stage run twice at once (a job run again
+4. **A push merged meanwhile keeps morango's order.** Another device's push
+   merged between two pieces (a new learner with the learner's log, in one
+   transaction as dequeuing merges it) ends applied with no deserialization
+   error on any record: what the run applies of it, it applies after the
+   records it depends on, as morango's one transaction does, and the rest waits
+   for that push's own stage. (:mod:`kolibri_sync_extras_plugin.piecewise.deserialize`)
+5. **At least once is safe.** The same stage run twice at once (a job run again
    while its first run still commits pieces) ends as one run would, and so does
    a stage run in the request that stops at its time budget after some pieces
    and is then run again as a whole in a job.
 
 A seeded scheduler picks, after each committed piece, what else happens before
 the next one (the same stage run again meanwhile among it), and the piece sizes;
-the oracle checks (1) after every step and the rest at the end. Against the
+the oracle checks (1) after every step, (4) when the stage ends, and the rest at
+the end. Against the
 plugin before each piece took its own counter and merged local changes, about one
 schedule in four failed: records stamped at or below a published counter (one in
 ten, some of them never reaching a client) and local edits overwritten by the
@@ -200,6 +207,9 @@ class _Schedule:
         self.steps = []
         self.nested = False
         self.expected = {}
+        #: another device's pushes merged between pieces (each restarts a run)
+        self.merges_left = 3
+        self.merged = []
 
     # the data -----------------------------------------------------------------
 
@@ -320,6 +330,7 @@ class _Schedule:
                     self.serialize_in_one_transaction,
                     self.serialize_in_pieces_meanwhile,
                     self.deserialize_in_pieces_meanwhile,
+                    self.merge_another_push,
                 )
             )
             action()
@@ -375,6 +386,70 @@ class _Schedule:
                 "hard" if hard else "soft", model.__name__, id_
             )
         )
+
+    def merge_another_push(self):
+        """
+        Another device's push dequeued meanwhile: a new learner and the learner's
+        log, merged into the store in one transaction, waiting to be deserialized.
+        """
+        if not self.merges_left:
+            return
+        self.merges_left -= 1
+        device = uuid.uuid4().hex
+        held = Store.objects.filter(deleted=False, hard_deleted=False)
+        template_user = held.filter(model_name="facilityuser").first()
+        template_log = held.filter(model_name="contentsummarylog").first()
+        user_id, log_id = uuid.uuid4().hex, uuid.uuid4().hex
+        name = "Merged {}".format(len(self.steps))
+        progress = self.rng.random()
+        with transaction.atomic():
+            for counter, (template, id_, changes) in enumerate(
+                (
+                    (
+                        template_user,
+                        user_id,
+                        {"username": "m" + user_id[:20], "full_name": name},
+                    ),
+                    (template_log, log_id, {"user_id": user_id, "progress": progress}),
+                ),
+                start=1,
+            ):
+                data = dict(json.loads(template.serialized), id=id_, **changes)
+                owner = json.loads(template.serialized).get("user_id") or template.id
+                Store.objects.create(
+                    id=id_,
+                    serialized=json.dumps(data),
+                    model_name=template.model_name,
+                    profile=template.profile,
+                    partition=template.partition.replace(owner, user_id),
+                    source_id=uuid.uuid4().hex,
+                    last_saved_instance=device,
+                    last_saved_counter=counter,
+                    last_transfer_session_id=uuid.uuid4().hex,
+                    dirty_bit=True,
+                )
+                RecordMaxCounter.objects.create(
+                    store_model_id=id_, instance_id=device, counter=counter
+                )
+            DatabaseMaxCounter.objects.create(
+                instance_id=device, partition=self.facility.dataset_id, counter=2
+            )
+        self.merged.extend((user_id, log_id))
+        self.expected[(FacilityUser, user_id)] = name
+        self.expected[(ContentSummaryLog, log_id)] = progress
+        self.step("another device's push merged: learner {}".format(user_id))
+
+    def failed_records(self):
+        """The records of pushes merged meanwhile that the stage marked as failed."""
+        failed = Store.objects.filter(id__in=self.merged).exclude(
+            deserialization_error__isnull=True
+        )
+        return [
+            "{} {} failed to deserialize: {}".format(
+                record.model_name, record.id, record.deserialization_error
+            )
+            for record in failed.exclude(deserialization_error="")
+        ]
 
     def pull(self):
         client = self.rng.choice(self.clients)
@@ -466,8 +541,8 @@ class _Schedule:
         for client in self.clients:
             client.pull()
 
-    def failures(self):
-        failures = list(self.oracle.violations[:3])
+    def failures(self, failed_records=()):
+        failures = list(self.oracle.violations[:3]) + list(failed_records[:3])
         for client in self.clients:
             missing = client.differences()
             if missing:
@@ -511,10 +586,11 @@ def _run_schedule(seed, facility, monkeypatch):
             piece_runner.PIECE_COMMITTED.connect(schedule.between_pieces, weak=False)
             try:
                 schedule.run()
+                failed_records = schedule.failed_records()
                 schedule.quiesce()
             finally:
                 piece_runner.PIECE_COMMITTED.disconnect(schedule.between_pieces)
-            return schedule, schedule.failures()
+            return schedule, schedule.failures(failed_records)
     finally:
         transaction.savepoint_rollback(sid)
 

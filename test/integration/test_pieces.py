@@ -436,3 +436,65 @@ def test_pieces__the_same_stage_job_run_twice__ends_as_one_run(
     assert pieces_of_the_first_run > 10
     assert without_own_counters(_snapshot()) == without_own_counters(expected)
     assert _broken_foreign_keys() == []
+
+
+def _merge_newcomers(dataset, count):
+    """
+    New learners and their memberships of a classroom, merged into the store in
+    one go as another client's dequeuing merges its push.
+
+    :return: The new learners' ids
+    """
+    learner = Store.objects.filter(model_name="facilityuser").first()
+    membership = Store.objects.filter(model_name="membership").first()
+    classroom = Collection.objects.get(kind="classroom")
+    user_ids = []
+    with transaction.atomic():
+        for number in range(count):
+            user_id = uuid.uuid4().hex
+            _clone(
+                learner,
+                id=user_id,
+                partition="{}:user-ro:{}".format(dataset, user_id),
+                fields=dict(username="late{}".format(number), full_name="Late"),
+            )
+            _clone(
+                membership,
+                partition="{}:user-ro:{}".format(dataset, user_id),
+                fields=dict(user_id=user_id, collection_id=classroom.id),
+            )
+            user_ids.append(user_id)
+    return user_ids
+
+
+def test_pieces__a_push_merged_after_its_users_model__users_applied_first_same_run(
+    pushed_and_dequeued, facility, small_pieces
+):
+    """
+    morango applies every dirty record in foreign-key order in one transaction.
+    Pieces list each model's records as they reach it: learners merged with their
+    memberships after the learners' model was listed must still be applied before
+    the memberships, in the same run, and no membership marked failed.
+    """
+    merged = []
+
+    def merge_once_learners_are_applied(records, seconds):
+        learners_left = Store.objects.filter(model_name="facilityuser", dirty_bit=True)
+        if not merged and not learners_left.exists():
+            merged.extend(_merge_newcomers(facility.dataset_id, 4))
+
+    transfer = _transfer(pushed_and_dequeued)
+    deserialize.deserialize_in_pieces(
+        transfer.sync_session.profile,
+        transfer.get_filter(),
+        on_piece=merge_once_learners_are_applied,
+    )
+
+    assert len(merged) == 4
+    failed = Store.objects.exclude(deserialization_error__isnull=True).exclude(
+        deserialization_error=""
+    )
+    assert list(failed.values_list("model_name", "deserialization_error")) == []
+    assert not Store.objects.filter(dirty_bit=True).exists()
+    assert FacilityUser.objects.filter(id__in=merged).count() == 4
+    assert Membership.objects.filter(user_id__in=merged).count() == 4
