@@ -19,12 +19,14 @@ record (:func:`~sync_lab.harness.checks.compare_digests`).
 """
 
 import contextlib
+import os
 
 from ..harness.checks import compare_digests
 from ..harness.checks import expected_server_counts
 from ..harness.checks import sync_states
 from ..harness.churn import KINDS as CHURN_KINDS
 from ..harness.churn import Churn
+from ..harness.cpu import PhaseCpuMeter
 from ..harness.dataset import COUNTED
 from ..harness.dataset import generate_activity
 from ..harness.jobs import wait_for_stage_jobs
@@ -90,6 +92,8 @@ class ManyClientsRun:
         #: the stage jobs the server logged (``None`` on PostgreSQL)
         self.lock_waits = None
         self.stage_spans = []
+        #: :class:`~sync_lab.harness.cpu.PhaseCpu` of each phase, by name
+        self.cpu = {}
 
     @property
     def syncs(self):
@@ -329,12 +333,14 @@ def run_many_clients(
             )
 
         progress("{} clients pulling at once".format(clients))
-        run.pulls = all_at_once(
-            lambda device: device.sync(
-                *sync_args, push=False, timeout=args.sync_timeout, check=False
-            ),
-            devices,
-        )
+        with PhaseCpuMeter(server) as pull_cpu:
+            run.pulls = all_at_once(
+                lambda device: device.sync(
+                    *sync_args, push=False, timeout=args.sync_timeout, check=False
+                ),
+                devices,
+            )
+        run.cpu["pull"] = pull_cpu.result
         run.pull_exchanges = proxy.exchanges
         proxy.clear()
         progress(_phase_line("pull", run.pulls))
@@ -354,12 +360,14 @@ def run_many_clients(
                 enumerate(devices),
             )
             progress("{} clients pushing at once".format(clients))
-            run.pushes = all_at_once(
-                lambda device: device.sync(
-                    *sync_args, pull=False, timeout=args.sync_timeout, check=False
-                ),
-                devices,
-            )
+            with PhaseCpuMeter(server) as push_cpu:
+                run.pushes = all_at_once(
+                    lambda device: device.sync(
+                        *sync_args, pull=False, timeout=args.sync_timeout, check=False
+                    ),
+                    devices,
+                )
+            run.cpu["push"] = push_cpu.result
             run.push_exchanges = proxy.exchanges
             progress(_phase_line("push", run.pushes))
             _say_failures(run.pushes, progress)
@@ -564,6 +572,17 @@ def render_many_clients(runs):
                 len(run.refused()),
             )
         )
+        for phase, cpu in run.cpu.items():
+            lines.append(
+                "CPU during the {}: server {:.1f} s, clients {:.1f} s, in {:.1f} s "
+                "of {} cores".format(
+                    phase,
+                    cpu.server_seconds,
+                    cpu.clients_seconds,
+                    cpu.wall_seconds,
+                    os.cpu_count(),
+                )
+            )
         header = "client   pull       push       records pushed"
         if run.churn_rate:
             header += "  sync after   same data as the server"
@@ -593,15 +612,15 @@ def render_many_clients(runs):
     lines.append("== summary")
     lines.append(
         "clients  database    plugin  longest request  longest stage request  "
-        "over 1 s  longest lock wait  slowest pull  slowest push  syncs ok  same data  "
-        "churn rows/s  data checks"
+        "over 1 s  longest lock wait  slowest pull  slowest push  push CPU server  "
+        "syncs ok  same data  churn rows/s  data checks"
     )
     for run in runs:
         longest = run.longest
         longest_stage = run.longest_stage_request()
         lines.append(
-            "{:<8} {:<11} {:<7} {:<16} {:<22} {:<9} {:<18} {:<13} {:<13} {:<9} {:<10} "
-            "{:<13} {}".format(
+            "{:<8} {:<11} {:<7} {:<16} {:<22} {:<9} {:<18} {:<13} {:<13} {:<16} {:<9} "
+            "{:<10} {:<13} {}".format(
                 run.clients,
                 run.database,
                 run.mode,
@@ -611,6 +630,7 @@ def render_many_clients(runs):
                 _lock_cell(run),
                 _slowest(run.pulls),
                 _slowest(run.pushes),
+                _cpu_cell(run.cpu.get("push")),
                 "{}/{}".format(
                     sum(1 for sync in run.syncs if sync.ok), run.planned_syncs
                 ),
@@ -620,6 +640,10 @@ def render_many_clients(runs):
             )
         )
     return "\n".join(lines)
+
+
+def _cpu_cell(cpu):
+    return "-" if cpu is None else "{:.1f} s".format(cpu.server_seconds)
 
 
 def _nth(items, number):

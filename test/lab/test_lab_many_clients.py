@@ -5,6 +5,7 @@ How the demo's many-clients mode judges a run: its data checks and its report.
 from sync_lab.bench.many_clients import ManyClientsRun
 from sync_lab.bench.many_clients import render_many_clients
 from sync_lab.harness.checks import Differences
+from sync_lab.harness.cpu import PhaseCpu
 from sync_lab.harness.dataset import COUNTED
 from sync_lab.harness.instances import CommandResult
 from sync_lab.harness.proxy import Exchange
@@ -187,3 +188,17 @@ def test_render__session_set_up_slower_than_the_stages__longest_stage_request_ap
 
     assert "longest push stage request: 0.600 s (POST /api/morango/v1/buffers/" in text
     assert "2        sqlite      on      9.000 s          0.600 s" in text
+
+
+def test_render__cpu_of_each_phase__in_the_report_and_the_push_in_the_summary():
+    run = _clean_run()
+    run.cpu = {
+        "pull": PhaseCpu(server_seconds=40.0, clients_seconds=90.5, wall_seconds=80.0),
+        "push": PhaseCpu(server_seconds=35.2, clients_seconds=60.0, wall_seconds=62.5),
+    }
+
+    text = render_many_clients([run])
+
+    assert "CPU during the pull: server 40.0 s, clients 90.5 s, in 80.0 s" in text
+    assert "CPU during the push: server 35.2 s, clients 60.0 s, in 62.5 s" in text
+    assert "30.0 s        35.2 s" in text.splitlines()[-1]
