@@ -293,8 +293,12 @@ class _Run(PieceRun):
                 if r.id not in self.listed
             ]
         self.commit_piece(lambda: self._mark_orphans(store_records), 0, model.__name__)
-        # what is left dirty is marked with why: not merged since, for this run
-        self.listed.update(self._unlisted_dirty(model))
+        # the orphans are now marked with why, and done for this run; a record
+        # left dirty without a reason was merged since the last level was listed
+        marked = store_records.filter(dirty_bit=True).exclude(
+            Q(deserialization_error__isnull=True) | Q(deserialization_error="")
+        )
+        self.listed.update(marked.values_list("id", flat=True))
 
     def _deserialize_children(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)

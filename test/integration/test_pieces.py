@@ -498,3 +498,41 @@ def test_pieces__a_push_merged_after_its_users_model__users_applied_first_same_r
     assert not Store.objects.filter(dirty_bit=True).exists()
     assert FacilityUser.objects.filter(id__in=merged).count() == 4
     assert Membership.objects.filter(user_id__in=merged).count() == 4
+
+
+def test_pieces__a_classroom_merged_after_the_collections__applied_before_members(
+    pushed_and_dequeued, facility, small_pieces
+):
+    """The same for a model with a foreign key to itself, applied level by level."""
+    merged = {}
+    pushed_learners = Store.objects.filter(model_name="facilityuser", dirty_bit=True)
+    learners_at_first = pushed_learners.count()
+
+    def merge_once_collections_are_applied(records, seconds):
+        # the learners come after the collections: once one is applied, the
+        # collections' model is behind the run
+        if merged or pushed_learners.count() == learners_at_first:
+            return
+        learner = FacilityUser.objects.filter(facility=facility).first()
+        classroom = Store.objects.filter(model_name="classroom").first()
+        membership = Store.objects.filter(model_name="membership").first()
+        with transaction.atomic():
+            new_classroom = _clone(classroom, fields=dict(name="Class C"))
+            merged["membership"] = _clone(
+                membership,
+                partition="{}:user-ro:{}".format(facility.dataset_id, learner.id),
+                fields=dict(user_id=learner.id, collection_id=new_classroom.id),
+            ).id
+        merged["classroom"] = new_classroom.id
+
+    transfer = _transfer(pushed_and_dequeued)
+    deserialize.deserialize_in_pieces(
+        transfer.sync_session.profile,
+        transfer.get_filter(),
+        on_piece=merge_once_collections_are_applied,
+    )
+
+    assert merged
+    assert not Store.objects.filter(id__in=merged.values(), dirty_bit=True).exists()
+    assert Collection.objects.filter(id=merged["classroom"], name="Class C").exists()
+    assert Membership.objects.filter(id=merged["membership"]).exists()
