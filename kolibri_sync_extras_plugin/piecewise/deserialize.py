@@ -111,6 +111,11 @@ def deserialize_in_pieces(profile, sync_filter, on_piece=None, pause=True):
     return run.longest
 
 
+def _any_dirty(batch):
+    """Whether a Store record of the batch still waits to be applied."""
+    return Store.objects.filter(id__in=batch, dirty_bit=True).exists()
+
+
 def _still_dirty(batch):
     """
     The batch's Store records that are still dirty, read inside the piece's
@@ -218,6 +223,10 @@ class _Run(PieceRun):
     def _apply(self, model, dirty):
         self.restart_sizing()
         for batch in batches(dirty, self._piece_size):
+            if not _any_dirty(batch):
+                # another run of the filter (on PostgreSQL, the stage jobs of
+                # other pushes run at once) applied them since they were listed
+                continue
             self.commit_piece(
                 lambda: self._deserialize_batch(model, batch),
                 len(batch),
@@ -227,6 +236,9 @@ class _Run(PieceRun):
     def _deserialize_batch(self, model, batch):
         """morango's step for a model without a foreign key to itself, on ``batch``."""
 
+        if not _any_dirty(batch):
+            # applied by another run while this piece waited for its locks
+            return
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         deferred_fks = defaultdict(list)
         app_models = []

@@ -536,3 +536,30 @@ def test_pieces__a_classroom_merged_after_the_collections__applied_before_member
     assert not Store.objects.filter(id__in=merged.values(), dirty_bit=True).exists()
     assert Collection.objects.filter(id=merged["classroom"], name="Class C").exists()
     assert Membership.objects.filter(id=merged["membership"]).exists()
+
+
+def test_pieces__another_run_applied_the_rest__no_piece_left_to_commit(
+    pushed_and_dequeued, small_pieces
+):
+    """
+    On PostgreSQL the deserializing jobs of several pushes run at once over the
+    same filter: a run behind another one skips what the other applied, without
+    a transaction or a lock per piece of it.
+    """
+    transfer = _transfer(pushed_and_dequeued)
+    profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
+    first_run_pieces = []
+
+    def other_run_after_the_first_piece(records, seconds):
+        if records:
+            first_run_pieces.append(records)
+        if len(first_run_pieces) == 1 and records:
+            # the first run has listed the learners and applied a piece of them
+            deserialize.deserialize_in_pieces(profile, sync_filter)
+
+    deserialize.deserialize_in_pieces(
+        profile, sync_filter, on_piece=other_run_after_the_first_piece
+    )
+
+    assert len(first_run_pieces) == 1
+    assert not dirty_store_records([pushed_and_dequeued["filter"]]).exists()
