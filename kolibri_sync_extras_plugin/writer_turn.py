@@ -59,7 +59,7 @@ __all__ = [
     "LOCK_FILE_NAME",
     "lock_file_path",
     "writer_turn",
-    "turn_for_a_request",
+    "turn_handed_over_after",
     "turn_retry_delay",
     "waiting_jobs_in_line",
     "wake_longest_waiting_job",
@@ -153,32 +153,26 @@ def turn_handed_over_after():
     the block ends (see :func:`_hand_the_turn_over`), after it is given back, so
     the woken jobs find it free.
 
-    A stage job runs in it; so does a stage run in a request
-    (:func:`turn_for_a_request`).
+    A stage job runs in it, and so does a stage run in a request: on SQLite, one
+    that does not hold the turn would wait in the request for SQLite's lock
+    behind a stage job's pieces and the other requests' stages (seconds, with a
+    class set of devices starting their pulls at once), so its caller sends the
+    stage to a job instead.
+
+    :return: A context manager yielding whether the caller holds the turn; on a
+        database other than SQLite always ``True``, and nothing is handed over
     """
+    if not _needs_turns():
+        yield True
+        return
     held = False
     try:
         with writer_turn() as turn:
-            held = turn and _needs_turns()
+            held = turn
             yield turn
     finally:
         if held:
             _hand_the_turn_over()
-
-
-def turn_for_a_request():
-    """
-    The writers' turn for a stage run in a request, if it is free, handed over
-    when the block ends. On SQLite a stage run in the request that does not hold
-    the turn waits in the request for SQLite's lock behind a stage job's pieces
-    and behind the other requests' stages, which with a class set of devices
-    starting their pulls at once is seconds; its caller sends the stage to a job
-    instead.
-
-    :return: A context manager yielding whether the caller holds the turn; on a
-        database other than SQLite always ``True``
-    """
-    return turn_handed_over_after()
 
 
 def turn_retry_delay(waits):

@@ -3,7 +3,7 @@ Which stage jobs are small enough to run beside the job holding the writers' tur
 on SQLite, instead of waiting for it.
 
 A stage small enough to run in the request goes to a job when the turn is taken
-(see :func:`~kolibri_sync_extras_plugin.writer_turn.turn_for_a_request`). Waiting
+(see :func:`~kolibri_sync_extras_plugin.writer_turn.turn_handed_over_after`). Waiting
 in line there, behind a deserializing job of half a minute, a push's dequeuing of
 a few hundred records came too late for that job to apply its records, and each
 such push then needed a deserializing job of its own, one after the other. And a

@@ -19,7 +19,7 @@ from ..errors import RequestBudgetSpent
 from ..piecewise.partition_locks import partitions_held_if_free
 from ..piecewise.runner import pieces_within
 from ..stages import stage_middleware
-from ..writer_turn import turn_for_a_request
+from ..writer_turn import turn_handed_over_after
 from .enqueue import release_reserved_job
 from .enqueue import stage_job_request
 from .hooks import schedule_background_stage
@@ -151,13 +151,13 @@ def _free_to_write_for(context):
     """
     Hold what the stage's writes would otherwise wait for in the request, if it is
     free: on SQLite the writers' turn (see
-    :func:`~kolibri_sync_extras_plugin.writer_turn.turn_for_a_request`); on
+    :func:`~kolibri_sync_extras_plugin.writer_turn.turn_handed_over_after`); on
     PostgreSQL, for a stage whose work locks the facility's partitions, those
     partitions (see :func:`~kolibri_sync_extras_plugin.piecewise.partition_locks.partitions_held_if_free`).
     Yields whether the stage may run in the request.
     """
     if connection.vendor == "sqlite":
-        return turn_for_a_request()
+        return turn_handed_over_after()
     if context.stage in _PARTITION_LOCKING_STAGES:
         return partitions_held_if_free(context.filter)
     return contextlib.nullcontext(True)
