@@ -299,9 +299,8 @@ class _Run(PieceRun):
                 r.id
                 for r in store_records.filter(
                     dirty_bit=True, _self_ref_fk__in=clean_parents
-                )
-                .exclude(id__in=self.excluded)
-                .iterator()
+                ).iterator()
+                # what failed here was in a level, so is listed
                 if r.id not in self.listed
             ]
         self.commit_piece(lambda: self._mark_orphans(store_records), 0, model.__name__)
