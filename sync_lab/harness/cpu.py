@@ -11,11 +11,10 @@ import resource
 import time
 from collections import namedtuple
 
-from .split import SplitKolibriInstance
-from .uwsgi_server import UwsgiKolibriInstance
+from .topology import server_root_pids
 from .uwsgi_server import child_pids
 
-__all__ = ["PhaseCpu", "PhaseCpuMeter", "server_root_pids", "tree_cpu_seconds"]
+__all__ = ["PhaseCpu", "PhaseCpuMeter", "tree_cpu_seconds"]
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -24,21 +23,6 @@ PhaseCpu.__doc__ = """
 CPU seconds (user and system) of the server's processes and of the clients' sync
 commands in one phase, and the phase's length.
 """
-
-
-def server_root_pids(server):
-    """
-    The processes the server's deployment started: the HTTP server, and its job
-    workers' process or uwsgi's and nginx's masters where they have their own.
-
-    :type server: sync_lab.harness.instances.KolibriInstance
-    :rtype: list
-    """
-    if isinstance(server, UwsgiKolibriInstance):
-        return [pid for pids in server.pids().values() for pid in pids]
-    if isinstance(server, SplitKolibriInstance):
-        return [pid for pid in (server.pid, server.worker_pid) if pid]
-    return [server.pid] if server.pid else []
 
 
 def _own_and_reaped_seconds(pid):

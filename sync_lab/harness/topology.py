@@ -27,6 +27,7 @@ __all__ = [
     "peak_rss_line",
     "process_peaks_line",
     "recycling_line",
+    "server_root_pids",
     "start_server",
 ]
 
@@ -97,6 +98,21 @@ def describe_processes(server):
     if isinstance(server, SplitKolibriInstance):
         return "HTTP {}; services {}".format(server.pid, server.worker_pid)
     return "pid {}".format(server.pid)
+
+
+def server_root_pids(server):
+    """
+    The processes the server's deployment started: the HTTP server, and its job
+    workers' process or uwsgi's and nginx's masters where they have their own.
+
+    :type server: sync_lab.harness.instances.KolibriInstance
+    :rtype: list
+    """
+    if isinstance(server, UwsgiKolibriInstance):
+        return [pid for pids in server.pids().values() for pid in pids]
+    if isinstance(server, SplitKolibriInstance):
+        return [pid for pid in (server.pid, server.worker_pid) if pid]
+    return [server.pid] if server.pid else []
 
 
 def peak_rss_line(peaks):
