@@ -641,6 +641,16 @@ def parse_args(argv=None):
         + " (default {})".format(DEFAULT_SERVER),
     )
     parser.add_argument(
+        "--client-niceness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --clients: run the clients' commands at niceness N (1 to 19), so "
+        "that on one machine they take the processor only when the server leaves "
+        "it, as devices with processors of their own would (default 0: as the "
+        "server)",
+    )
+    parser.add_argument(
         "--proxy-timeout",
         type=float,
         help="the proxy answers 504 when the server is silent this many seconds",
@@ -683,6 +693,10 @@ def parse_args(argv=None):
         parser.error("--clients runs both modes itself; leave out --compare/--bench")
     if args.churn is not None and not args.clients:
         parser.error("--churn writes while --clients sync: give --clients too")
+    if args.client_niceness and not args.clients:
+        parser.error("--client-niceness is for the clients of --clients: give it too")
+    if not 0 <= args.client_niceness <= 19:
+        parser.error("--client-niceness must be from 0 to 19")
     if args.churn is not None and args.churn <= 0:
         parser.error("--churn must be above 0 rows per second")
     if args.users is not None:

@@ -20,6 +20,7 @@ record (:func:`~sync_lab.harness.checks.compare_digests`).
 
 import contextlib
 import os
+import time
 
 from ..harness.checks import compare_digests
 from ..harness.checks import expected_server_counts
@@ -35,6 +36,7 @@ from ..harness.proxy import TRANSFER_SESSIONS_PATH
 from ..harness.proxy import TimingProxy
 from ..harness.scenario import DEFAULT_CREDENTIALS
 from ..harness.scenario import all_at_once
+from ..harness.signing import signing_backend
 from ..harness.topology import DEFAULT_SERVER
 from ..harness.topology import SERVERS
 from ..harness.topology import describe_processes
@@ -94,6 +96,15 @@ class ManyClientsRun:
         self.stage_spans = []
         #: :class:`~sync_lab.harness.cpu.PhaseCpu` of each phase, by name
         self.cpu = {}
+        #: Seconds from the start of the push until its last client had exited and
+        #: the last stage job the server ran for it had ended (see
+        #: :func:`push_phase_seconds`), or ``None`` if no push ran
+        self.push_phase = None
+        #: The niceness the clients' commands ran at; 0 is the server's
+        self.client_niceness = 0
+        #: The RSA implementation morango signed with (see
+        #: :func:`~sync_lab.harness.signing.signing_backend`)
+        self.signing = None
 
     @property
     def syncs(self):
@@ -305,6 +316,10 @@ def run_many_clients(
         )
         for number in range(clients)
     ]
+    run.client_niceness = getattr(args, "client_niceness", 0)
+    for device in devices:
+        device.niceness = run.client_niceness
+    run.signing = server.call(signing_backend)
     with contextlib.ExitStack() as stack:
         for instance in [server] + devices:
             stack.enter_context(instance)
@@ -360,6 +375,7 @@ def run_many_clients(
                 enumerate(devices),
             )
             progress("{} clients pushing at once".format(clients))
+            push_started = time.time()
             with PhaseCpuMeter(server) as push_cpu:
                 run.pushes = all_at_once(
                     lambda device: device.sync(
@@ -367,6 +383,7 @@ def run_many_clients(
                     ),
                     devices,
                 )
+            clients_done = time.time()
             run.cpu["push"] = push_cpu.result
             run.push_exchanges = proxy.exchanges
             progress(_phase_line("push", run.pushes))
@@ -377,6 +394,9 @@ def run_many_clients(
             progress("{}: waiting for background stage jobs".format(server.name))
             wait_for_stage_jobs(
                 server, expected_jobs & _PUSH_STAGES, timeout=args.job_timeout
+            )
+            run.push_phase = push_phase_seconds(
+                push_started, clients_done, background_stage_spans(server.log_path)
             )
             if churn is not None:
                 _sync_after_churn(run, devices, proxy, sync_args, args, progress)
@@ -409,6 +429,23 @@ def run_many_clients(
             )
         )
     return run
+
+
+def push_phase_seconds(started, clients_done, spans):
+    """
+    How long the push took the server: from ``started`` until the last client had
+    exited (``clients_done``) and the last stage job that started meanwhile had
+    ended. Stock Kolibri ends with its last client; a server that leaves a cleanup,
+    say, to a job ends when that job does.
+
+    :param started: When the push began, in Unix time
+    :param clients_done: When its last client exited, in Unix time
+    :param spans: The server's stage jobs (see
+        :func:`~sync_lab.bench.write_lock.background_stage_spans`)
+    :rtype: float
+    """
+    ended = [end for _, _, start, end in spans if end is not None and start >= started]
+    return max([clients_done] + ended) - started
 
 
 def _sync_after_churn(run, devices, proxy, sync_args, args, progress):
@@ -535,6 +572,16 @@ def render_many_clients(runs):
         )
         if run.server != DEFAULT_SERVER:
             lines.append("server: {}".format(SERVERS[run.server][1]))
+        lines.append(
+            "RSA signing: {}; clients' niceness: {}".format(
+                run.signing or "-", run.client_niceness
+            )
+        )
+        if run.push_phase is not None:
+            lines.append(
+                "push phase: {:.1f} s, until the last client exited and the last "
+                "stage job of the push ended".format(run.push_phase)
+            )
         if run.process_peaks:
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))
@@ -612,15 +659,16 @@ def render_many_clients(runs):
     lines.append("== summary")
     lines.append(
         "clients  database    plugin  longest request  longest stage request  "
-        "over 1 s  longest lock wait  slowest pull  slowest push  push CPU server  "
+        "over 1 s  longest lock wait  slowest pull  slowest push  push phase  "
+        "push CPU server  "
         "syncs ok  same data  churn rows/s  data checks"
     )
     for run in runs:
         longest = run.longest
         longest_stage = run.longest_stage_request()
         lines.append(
-            "{:<8} {:<11} {:<7} {:<16} {:<22} {:<9} {:<18} {:<13} {:<13} {:<16} {:<9} "
-            "{:<10} {:<13} {}".format(
+            "{:<8} {:<11} {:<7} {:<16} {:<22} {:<9} {:<18} {:<13} {:<13} {:<11} "
+            "{:<16} {:<9} {:<10} {:<13} {}".format(
                 run.clients,
                 run.database,
                 run.mode,
@@ -630,6 +678,7 @@ def render_many_clients(runs):
                 _lock_cell(run),
                 _slowest(run.pulls),
                 _slowest(run.pushes),
+                "-" if run.push_phase is None else "{:.1f} s".format(run.push_phase),
                 _cpu_cell(run.cpu.get("push")),
                 "{}/{}".format(
                     sum(1 for sync in run.syncs if sync.ok), run.planned_syncs

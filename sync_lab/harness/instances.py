@@ -232,6 +232,9 @@ class KolibriInstance:
             keep_home = bool(os.environ.get(KEEP_HOMES_ENV))
         self.keep_home = keep_home
         self.python = python or sys.executable
+        #: The niceness its commands run at (see ``nice(1)``); the server's own
+        #: process is left as it is
+        self.niceness = 0
         self.port = None
         self._server = None
         self._server_output = None
@@ -414,6 +417,8 @@ class KolibriInstance:
         """
         args = [str(arg) for arg in args]
         command = [self.python, "-m", "kolibri"] + args
+        if self.niceness:
+            command = ["nice", "-n", str(self.niceness)] + command
         child_env = self.env()
         child_env.update(env or {})
         self._command_count += 1

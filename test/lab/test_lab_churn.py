@@ -107,6 +107,14 @@ def test_churn__every_client_holds_the_servers_data_record_by_record(churned):
     assert churned.server_records > 0
 
 
+def test_churn__push_phase_lasts_at_least_the_slowest_push(churned):
+    assert churned.push_phase >= max(push.duration for push in churned.pushes)
+
+
+def test_churn__the_report_names_the_servers_rsa_implementation(churned):
+    assert churned.signing in ("cryptography", "M2Crypto", "pure-Python rsa")
+
+
 def test_churn__every_other_data_check_passes(churned):
     """No row twice, no transfer left open or record unapplied, every job done."""
     failed = [(what, detail) for what, passed, detail in churned.checks() if not passed]

@@ -58,6 +58,21 @@ def test_parse_args__churn_needs_clients_and_a_positive_rate():
             demo.parse_args(argv)
 
 
+def test_parse_args__client_niceness_needs_clients_and_nice_s_range():
+    assert (
+        demo.parse_args(["--clients", "4", "--client-niceness", "10"]).client_niceness
+        == 10
+    )
+    assert demo.parse_args(["--clients", "4"]).client_niceness == 0
+    for argv in (
+        ["--client-niceness", "10"],
+        ["--clients", "4", "--client-niceness", "20"],
+        ["--clients", "4", "--client-niceness", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            demo.parse_args(argv)
+
+
 def test_certain_jobs__plugin_on_with_small_stages_inline__waits_for_cleanup_only():
     # every other stage may run in the request when small; cleanup never does
     assert demo.certain_jobs(demo.MODES["on"]) == {("push", "cleanup")}

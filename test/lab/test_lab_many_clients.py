@@ -3,6 +3,7 @@ How the demo's many-clients mode judges a run: its data checks and its report.
 """
 
 from sync_lab.bench.many_clients import ManyClientsRun
+from sync_lab.bench.many_clients import push_phase_seconds
 from sync_lab.bench.many_clients import render_many_clients
 from sync_lab.harness.checks import Differences
 from sync_lab.harness.cpu import PhaseCpu
@@ -201,4 +202,35 @@ def test_render__cpu_of_each_phase__in_the_report_and_the_push_in_the_summary():
 
     assert "CPU during the pull: server 40.0 s, clients 90.5 s, in 80.0 s" in text
     assert "CPU during the push: server 35.2 s, clients 60.0 s, in 62.5 s" in text
-    assert "30.0 s        35.2 s" in text.splitlines()[-1]
+    assert "30.0 s        -           35.2 s" in text.splitlines()[-1]
+
+
+def test_push_phase__a_job_ending_after_the_last_client__ends_it():
+    spans = [
+        ("dequeuing", "a", 105.0, 106.0),
+        ("cleanup", "a", 140.0, 152.5),
+    ]
+
+    assert push_phase_seconds(100.0, 150.0, spans) == 52.5
+
+
+def test_push_phase__jobs_of_the_pull_and_unfinished_jobs__left_out():
+    spans = [
+        ("serializing", "pull", 20.0, 160.0),
+        ("cleanup", "a", 140.0, None),
+    ]
+
+    assert push_phase_seconds(100.0, 150.0, spans) == 50.0
+
+
+def test_render__push_phase_and_signing__in_the_report_and_the_summary():
+    run = _clean_run()
+    run.push_phase = 41.25
+    run.signing = "pure-Python rsa"
+    run.client_niceness = 10
+
+    text = render_many_clients([run])
+
+    assert "RSA signing: pure-Python rsa; clients' niceness: 10" in text
+    assert "push phase: 41.2 s, until the last client exited" in text
+    assert "30.0 s        41.2 s" in text.splitlines()[-1]
