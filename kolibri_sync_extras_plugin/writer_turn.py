@@ -21,7 +21,9 @@ once, at high priority, so the turn passes on within a look of Kolibri's job
 checker, and waiting jobs take it in the order they were first queued, the
 stages a client polls for first: a cleanup, which no client waits for, gives the
 turn to them (for up to :data:`MAX_GIVE_WAY`, so it is never put off for good,
-holding its client's place under the caps). Everything
+holding its client's place under the caps) when it takes the turn at all: a push's
+cleanup runs beside the holder unless ``INLINE_STAGE_RECORDS`` is 0 (see
+:mod:`~kolibri_sync_extras_plugin.job.small_stage`). Everything
 shared lives in job storage and the lock file, so this holds across workers and
 processes. PostgreSQL lets writers of different rows proceed together, so there
 every stage job runs when a worker is free.

@@ -462,6 +462,28 @@ def test_dequeuing_job__small_enough_for_a_request__runs_while_another_holds_the
     assert _stage_status(pushed_learner_edits) == transfer_statuses.COMPLETED
 
 
+def test_cleanup_job__of_a_push__runs_while_another_job_holds_the_turn(
+    push_at_cleanup, pushed_and_dequeued, another_stage_writing
+):
+    # its facility writes are its session's row; Kolibri's notifications have
+    # their own database
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        _run(push_at_cleanup)
+
+    assert job_storage.get_orm_job(push_at_cleanup).state == "COMPLETED"
+    assert _cleanup_completed(pushed_and_dequeued)
+
+
+def test_cleanup_job__of_a_push_but_inline_stages_off__waits_for_the_turn(
+    push_at_cleanup, pushed_and_dequeued, another_stage_writing
+):
+    with sync_options(INLINE_STAGE_RECORDS=0):
+        _run(push_at_cleanup)
+
+    assert job_storage.get_orm_job(push_at_cleanup).state == "QUEUED"
+    assert not _cleanup_completed(pushed_and_dequeued)
+
+
 def test_wake__jobs_with_nothing_left__due_now_a_cleanup_not(
     push_at_cleanup, new_pull_at_serializing
 ):
