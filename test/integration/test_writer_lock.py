@@ -462,6 +462,15 @@ def test_dequeuing_job__small_enough_for_a_request__runs_while_another_holds_the
     assert _stage_status(pushed_learner_edits) == transfer_statuses.COMPLETED
 
 
+def test_cleanup_job__queued_at_regular_priority__a_stage_a_client_polls_for_at_high(
+    push_at_cleanup, new_pull_at_serializing
+):
+    polled_for = new_pull_at_serializing()
+
+    assert _priority(push_at_cleanup) == Priority.REGULAR
+    assert _priority(polled_for) == Priority.HIGH
+
+
 def test_cleanup_job__of_a_push__runs_while_another_job_holds_the_turn(
     push_at_cleanup, pushed_and_dequeued, another_stage_writing
 ):
