@@ -126,22 +126,6 @@ def _ready_job(job_request):
     return run_background_stage, job
 
 
-def _priority(task, job_request):
-    """
-    The priority a stage's job is queued at: the task's (high) for a stage a
-    client polls for; regular for a cleanup, which no client waits for, so that a
-    class set's cleanups, running beside the writers' turn, leave Kolibri's
-    high-priority workers to the stages the clients poll for.
-    """
-    from kolibri.core.tasks.constants import Priority
-
-    from ..writer_turn import UNAWAITED_STAGES
-
-    if job_request["kwargs"]["stage"] in UNAWAITED_STAGES:
-        return Priority.REGULAR
-    return task.priority
-
-
 def reserve_stage_job(job_request):
     """
     Add the stage's job PENDING, reserved by this process, unless a job with its
@@ -156,8 +140,7 @@ def reserve_stage_job(job_request):
     """
     task, job = _ready_job(job_request)
     mine = reservation_extra(current_identity())
-    priority = _priority(task, job_request)
-    if insert_job(job, priority=priority, queue=task.queue, reserved_by=mine):
+    if insert_job(job, priority=task.priority, queue=task.queue, reserved_by=mine):
         return True
     [row] = job_rows(job_id=job.job_id) or [None]
     if row is None or row.state != State.PENDING or not _reserver_gone(row):
@@ -188,7 +171,7 @@ def enqueue_stage_job(job_request):
     if queue_reserved_job(job_request["job_id"]):
         return True
     task, job = _ready_job(job_request)
-    return insert_job(job, priority=_priority(task, job_request), queue=task.queue)
+    return insert_job(job, priority=task.priority, queue=task.queue)
 
 
 def release_reserved_job(job_id):
