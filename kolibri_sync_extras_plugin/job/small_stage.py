@@ -25,11 +25,12 @@ holder too: its writes to the facility's database are its own session's row (and
 after an interrupted sync of the same client, the buffers of the transfers it
 supersedes), and what takes it time, Kolibri's notifications about the logs
 received, goes to their own database, as stock Kolibri writes them in each
-client's closing request.
-Waiting for the turn, a class set's cleanups ran one after the other once every
-client had gone (6 s after 16 pushes). Its writes are marked as a
-request's are (see :mod:`kolibri_sync_extras_plugin.requests_in_flight`), so the
-holder's pieces let them in as they let a request's in; and the job that hands the turn over wakes
+client's closing request; waiting for the turn, a class set's cleanups ran one
+after the other once every client had gone (6 s after 16 pushes).
+
+The writes of a job beside the holder are marked as a request's are (see
+:mod:`kolibri_sync_extras_plugin.requests_in_flight`), so the holder's pieces let
+them in as they let a request's in; and the job that hands the turn over wakes
 every waiting job that has become that small. Two stage jobs writing at once is
 what every stage job does on PostgreSQL, where there is no turn: each piece reads
 again what is left (see ``docs/guarantees.md``).
