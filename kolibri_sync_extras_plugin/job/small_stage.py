@@ -91,15 +91,10 @@ def _limit(stage):
     return 0
 
 
-def _cleans_up_a_push(job):
-    """Whether ``job`` is the cleanup of an open transfer session that received."""
+def _open_context(job):
+    """The job's stage's context, if its session is open and at that stage."""
     transfer_session_id = transfer_session_of_job(job)
-    transfer_session = _open_sessions([transfer_session_id]).get(transfer_session_id)
-    return (
-        transfer_session is not None
-        and transfer_session.transfer_stage == transfer_stages.CLEANUP
-        and transfer_session.push
-    )
+    return _context(job, _open_sessions([transfer_session_id]).get(transfer_session_id))
 
 
 def is_small(job):
@@ -116,14 +111,14 @@ def is_small(job):
     """
     stage = (job.kwargs or {}).get("stage")
     if stage == transfer_stages.CLEANUP:
-        return bool(get_inline_stage_records()) and _cleans_up_a_push(job)
+        if not get_inline_stage_records():
+            return False
+        context = _open_context(job)
+        return context is not None and context.is_receiver
     limit = _limit(stage)
     if limit is None:
         return False
-    transfer_session_id = transfer_session_of_job(job)
-    context = _context(
-        job, _open_sessions([transfer_session_id]).get(transfer_session_id)
-    )
+    context = _open_context(job)
     if context is None:
         return False
     records = records_touched(context, at_most=limit)
