@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from kolibri.core.tasks.constants import Priority
+from kolibri.core.tasks.job import Job
 from kolibri.core.tasks.main import job_storage
 from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
@@ -19,9 +20,11 @@ from kolibri_sync_extras_plugin.admin.status import STUCK
 from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import run_queued_job_now
+from kolibri_sync_extras_plugin.job.small_stage import is_small
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
 from kolibri_sync_extras_plugin.stage_status import has_run
 from kolibri_sync_extras_plugin.stage_status import job_id_for
+from kolibri_sync_extras_plugin.stage_status import transfer_session_of_job
 from kolibri_sync_extras_plugin.writer_turn import MAX_GIVE_WAY
 from kolibri_sync_extras_plugin.writer_turn import MAX_TURN_RETRY_DELAY
 from kolibri_sync_extras_plugin.writer_turn import TURN_RETRY_DELAY
@@ -478,6 +481,32 @@ def test_cleanup_job__of_a_push__runs_while_another_job_holds_the_turn(
 
     assert job_storage.get_orm_job(push_at_cleanup).state == "COMPLETED"
     assert _cleanup_completed(pushed_and_dequeued)
+
+
+def _as_a_cleanup_job(job_id):
+    """The stage job of ``job_id``'s session, had that session reached its cleanup."""
+    job = job_storage.get_job(job_id)
+    TransferSession.objects.filter(id=transfer_session_of_job(job)).update(
+        transfer_stage=transfer_stages.CLEANUP
+    )
+    cleanup = Job(
+        job.func,
+        job_id=job_id_for(transfer_session_of_job(job), transfer_stages.CLEANUP),
+        kwargs=dict(job.kwargs, stage=transfer_stages.CLEANUP),
+    )
+    return cleanup
+
+
+def test_cleanup_job__of_a_pull__not_small(new_pull_at_serializing):
+    # the server produced: its cleanup deletes the buffers it queued
+    pulled = new_pull_at_serializing()
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        assert not is_small(_as_a_cleanup_job(pulled))
+
+
+def test_cleanup_job__of_a_push__small(push_at_cleanup):
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        assert is_small(job_storage.get_job(push_at_cleanup))
 
 
 def test_cleanup_job__of_a_push_but_inline_stages_off__waits_for_the_turn(
