@@ -61,6 +61,7 @@ from morango.models.core import Store
 from morango.registry import syncable_models
 
 from . import stamping
+from .dataset_lookups import datasets_remembered
 from .runner import PieceRun
 from .runner import batches
 from .store_queries import under_filter
@@ -239,6 +240,10 @@ class _Run(PieceRun):
         if not _any_dirty(batch):
             # applied by another run while this piece waited for its locks
             return
+        with datasets_remembered():
+            self._deserialize_and_save(model, batch)
+
+    def _deserialize_and_save(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         deferred_fks = defaultdict(list)
         app_models = []
@@ -312,6 +317,10 @@ class _Run(PieceRun):
         self.listed.update(marked.values_list("id", flat=True))
 
     def _deserialize_children(self, model, batch):
+        with datasets_remembered():
+            self._deserialize_and_save_children(model, batch)
+
+    def _deserialize_and_save_children(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         for store_model in _still_dirty(batch):
             try:

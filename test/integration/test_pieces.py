@@ -13,9 +13,11 @@ import pytest
 from django.db import OperationalError
 from django.db import connection
 from django.db import transaction
+from kolibri.core.auth.models import AbstractFacilityDataModel
 from kolibri.core.auth.models import Collection
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
+from kolibri.core.auth.models import dataset_cache
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import DeletedModels
@@ -563,3 +565,70 @@ def test_pieces__another_run_applied_the_rest__no_piece_left_to_commit(
 
     assert len(first_run_pieces) == 1
     assert not dirty_store_records([pushed_and_dequeued["filter"]]).exists()
+
+
+def _deserialize_watching_lookups(push, after_piece=None):
+    """
+    Deserialize ``push`` in pieces and return, for each piece, the related rows
+    whose facility dataset it queried (Kolibri remembers each answer it queries).
+    ``after_piece`` is called with them as each piece commits.
+    """
+    transfer = _transfer(push)
+    pieces = []
+    with mock.patch.object(dataset_cache, "set", wraps=dataset_cache.set) as queried:
+
+        def on_piece(records, seconds):
+            pieces.append([call.args[0] for call in queried.call_args_list])
+            queried.reset_mock()
+            if after_piece is not None:
+                after_piece(pieces[-1])
+
+        deserialize.deserialize_in_pieces(
+            transfer.sync_session.profile, transfer.get_filter(), on_piece=on_piece
+        )
+    return [piece for piece in pieces if piece]
+
+
+def test_pieces__query_each_related_rows_dataset_once_a_piece(varied_push):
+    expected = _morango_stage_result(varied_push)
+
+    pieces = _deserialize_watching_lookups(varied_push)
+
+    # the newcomers' memberships share a classroom and the users a facility: one
+    # query each in a piece, where Kolibri's server otherwise makes one a record
+    assert any(len(piece) > 1 for piece in pieces)
+    assert all(len(piece) == len(set(piece)) for piece in pieces)
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
+
+
+def test_pieces__a_group_deleted_between_two_pieces__its_later_members_fail(
+    varied_push, small_pieces
+):
+    """
+    A dataset queried in one piece is not trusted in the next: a learner group
+    deleted in between fails the memberships still waiting for it, as it fails
+    every record that references no row, rather than applying them.
+    """
+    group_id = Store.objects.get(
+        model_name="learnergroup", serialized__contains='"Group 1"'
+    ).id
+    group_key = AbstractFacilityDataModel.get_related_dataset_cache_key(
+        group_id, Collection._meta.db_table
+    )
+    deleted = []
+
+    def delete_the_group_once_queried(piece_lookups):
+        if group_key in piece_lookups and not deleted:
+            deleted.append(Collection.objects.filter(id=group_id).delete())
+
+    _deserialize_watching_lookups(varied_push, delete_the_group_once_queried)
+
+    assert deleted
+    waiting = Store.objects.filter(
+        model_name="membership", serialized__contains=group_id, dirty_bit=True
+    )
+    # small pieces: the group's seven memberships do not all fit in the first
+    assert waiting.exists()
+    assert all("does not exist" in record.deserialization_error for record in waiting)
+    assert not Membership.objects.filter(collection_id=group_id).exists()
+    assert _broken_foreign_keys() == []
