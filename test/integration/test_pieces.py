@@ -13,7 +13,6 @@ import pytest
 from django.db import OperationalError
 from django.db import connection
 from django.db import transaction
-from kolibri.core.auth.models import AbstractFacilityDataModel
 from kolibri.core.auth.models import Collection
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
@@ -601,34 +600,39 @@ def test_pieces__query_each_related_rows_dataset_once_a_piece(varied_push):
     assert without_own_counters(_snapshot()) == without_own_counters(expected)
 
 
-def test_pieces__a_group_deleted_between_two_pieces__its_later_members_fail(
+def test_pieces__a_learner_deleted_between_two_pieces__their_later_memberships_fail(
     varied_push, small_pieces
 ):
     """
-    A dataset queried in one piece is not trusted in the next: a learner group
-    deleted in between fails the memberships still waiting for it, as it fails
-    every record that references no row, rather than applying them.
+    The server's own users go on writing between pieces: a learner deleted after
+    a piece looked their dataset up fails the memberships still waiting for them,
+    none applied to a user that no longer exists.
     """
-    group_id = Store.objects.get(
-        model_name="learnergroup", serialized__contains='"Group 1"'
-    ).id
-    group_key = AbstractFacilityDataModel.get_related_dataset_cache_key(
-        group_id, Collection._meta.db_table
-    )
+    users_table = "_{}_dataset".format(FacilityUser._meta.db_table)
     deleted = []
 
-    def delete_the_group_once_queried(piece_lookups):
-        if group_key in piece_lookups and not deleted:
-            deleted.append(Collection.objects.filter(id=group_id).delete())
+    def delete_a_learner_with_memberships_left(piece_lookups):
+        for key in piece_lookups:
+            user_id = key.split("_")[0]
+            if not deleted and key.endswith(users_table) and _memberships_of(user_id):
+                deleted.append(user_id)
+                FacilityUser.objects.filter(id=user_id).delete()
 
-    _deserialize_watching_lookups(varied_push, delete_the_group_once_queried)
+    _deserialize_watching_lookups(varied_push, delete_a_learner_with_memberships_left)
 
     assert deleted
-    waiting = Store.objects.filter(
-        model_name="membership", serialized__contains=group_id, dirty_bit=True
+    waiting = _memberships_of(deleted[0])
+    assert waiting and all(
+        "does not exist" in record.deserialization_error for record in waiting
     )
-    # small pieces: the group's seven memberships do not all fit in the first
-    assert waiting.exists()
-    assert all("does not exist" in record.deserialization_error for record in waiting)
-    assert not Membership.objects.filter(collection_id=group_id).exists()
+    assert not Membership.objects.filter(user_id=deleted[0]).exists()
     assert _broken_foreign_keys() == []
+
+
+def _memberships_of(user_id):
+    """The user's memberships still waiting in the store."""
+    return list(
+        Store.objects.filter(
+            model_name="membership", serialized__contains=user_id, dirty_bit=True
+        )
+    )
