@@ -17,6 +17,7 @@ the client is counted by a digest of the identity its certificates prove (see
 :mod:`.identity`).
 """
 
+import functools
 import logging
 
 from kolibri.core.tasks.job import State
@@ -46,6 +47,7 @@ __all__ = [
     "reserve_stage_job",
     "release_reserved_job",
     "settle_abandoned_reservations",
+    "dataset_of",
     "stage_job_request",
 ]
 
@@ -62,9 +64,8 @@ def _job_metadata(context):
     :rtype: dict
     """
     from kolibri.core.auth.models import Facility
-    from kolibri.core.auth.sync_event_hook_utils import get_dataset_id
 
-    dataset_id = get_dataset_id(context)
+    dataset_id = dataset_of(context.sync_session)
     facility = (
         Facility.objects.filter(dataset_id=dataset_id).values("id", "name").first()
         or {}
@@ -81,6 +82,31 @@ def _job_metadata(context):
     # the tasks API shows no status_fn text, so the job carries its own
     metadata["status_text"] = describe(metadata, State.QUEUED)
     return metadata
+
+
+def dataset_of(sync_session):
+    """
+    The facility dataset a sync session syncs, as Kolibri's ``get_dataset_id``
+    finds it: the root of this side's certificate.
+
+    :type sync_session: morango.models.core.SyncSession
+    :rtype: str
+    """
+    if sync_session.is_server:
+        return _root_of_certificate(sync_session.server_certificate_id)
+    return _root_of_certificate(sync_session.client_certificate_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _root_of_certificate(certificate_id):
+    """
+    A certificate's parent is part of what its signature covers, and morango
+    never saves a certificate again, so its root never changes: each stage
+    request of a sync asks again, the chain is read once.
+    """
+    from morango.models.certificates import Certificate
+
+    return Certificate.objects.get(id=certificate_id).get_root().id
 
 
 def _request_data_for_stage(context):
