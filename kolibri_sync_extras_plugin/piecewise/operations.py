@@ -39,8 +39,10 @@ class PiecewiseDeserializeOperation(LocalOperation):
     already applied on the context's transfer session (in memory only; the job
     reads the session again when the stage ends). Only a background job leaves
     SQLite's lock free between pieces; elsewhere someone waits for the stage. It
-    passes at once on a morango version the pieces do not mirror (see :mod:`.support`), and when
-    there is nothing waiting to be deserialized.
+    runs even when another run has applied every record the push brought, for the
+    serializing first. It passes at once on a morango version the pieces do not
+    mirror (see :mod:`.support`), and on a push that transferred nothing when
+    nothing waits to be deserialized (morango's operation does nothing then).
     """
 
     def handle(self, context):
@@ -57,13 +59,17 @@ class PiecewiseDeserializeOperation(LocalOperation):
         self._assert(context.transfer_session is not None)
         self._assert(context.filter is not None)
         self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
-        leftovers = undeserialized_records(context.filter)
-        self._assert(leftovers.exists())
         sources = ()
         if not context.transfer_session.records_transferred:
             # nothing new: only an interrupted push's records wait (see below)
+            leftovers = undeserialized_records(context.filter)
+            self._assert(leftovers.exists())
             sources = leftover_sources(context, leftovers)
             self._assert(sources is not None)
+        # a push whose records another run has already applied (every push of a
+        # class set but the first) still serializes first, as morango's receiver
+        # would, and in pieces, since morango's own takes its counter before its
+        # transaction begins
         result = _in_pieces(context)
         if result is False:
             post_transfer(sources)

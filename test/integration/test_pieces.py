@@ -23,6 +23,7 @@ from morango.models.core import DeletedModels
 from morango.models.core import InstanceIDModel
 from morango.models.core import Store
 from morango.models.core import TransferSession
+from morango.sync import operations as morango_operations
 from morango.sync.context import LocalSessionContext
 from morango.sync.operations import _deserialize_from_store
 from morango.sync.operations import _serialize_into_store
@@ -42,6 +43,7 @@ from ..helpers.pieces import count_committed_pieces
 from ..helpers.pieces import counter_rows
 from ..helpers.pieces import only_where_pieces_mirror_morango
 from ..helpers.pieces import without_own_counters
+from .test_concurrent_writers import _Oracle
 
 pytestmark = [
     pytest.mark.django_db(databases=ALL_DATABASES),
@@ -636,3 +638,70 @@ def _memberships_of(user_id):
             model_name="membership", serialized__contains=user_id, dirty_bit=True
         )
     )
+
+
+class _CounterThenAnotherStage:
+    """
+    morango's ``InstanceIDModel`` as morango's operations see it, except that right
+    after a counter is taken, before the transaction that stamps with it begins,
+    another stage serializes in pieces: with threads, any piece that gets the
+    write lock first.
+    """
+
+    def __init__(self, between):
+        self._between = between
+        self.counters = []
+
+    def __getattr__(self, name):
+        return getattr(InstanceIDModel, name)
+
+    def get_current_instance_and_increment_counter(self):
+        current = InstanceIDModel.get_current_instance_and_increment_counter()
+        self.counters.append(current.counter)
+        self._between()
+        return current
+
+
+def test_pieces__a_push_another_run_applied__serializes_first_under_its_own_counter(
+    pushed_and_dequeued, monkeypatch
+):
+    """
+    Every push of a class set but the first finds its records applied by the
+    first one's run. Its stage still serializes the server's local changes
+    first, as morango's receiver does, and every change ends stamped above the
+    counters already published, whatever other stage serializes meanwhile: a
+    client that pulled meanwhile gets the change on its next pull.
+    """
+    transfer = _transfer(pushed_and_dequeued)
+    profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
+    # the first push's run applied these records too
+    deserialize.deserialize_in_pieces(profile, sync_filter)
+    assert not dirty_store_records([pushed_and_dequeued["filter"]]).exists()
+    edited_first, edited_next = FacilityUser.objects.order_by("id")[:2]
+    oracle = _Oracle()
+
+    def a_pull_serializing_then_an_edit():
+        _rename(edited_first, "Edited before a pull's serializing")
+        serialize.serialize_in_pieces(profile, sync_filter)
+        oracle.check("a pull's serializing")
+        _rename(edited_next, "Edited after it")
+
+    monkeypatch.setattr(
+        morango_operations,
+        "InstanceIDModel",
+        _CounterThenAnotherStage(a_pull_serializing_then_an_edit),
+    )
+    # the stage's own serializing takes a counter
+    _rename(edited_first, "Edited before the stage")
+
+    _background_stage(pushed_and_dequeued)
+
+    oracle.check("the push's stage")
+    assert oracle.violations == []
+    # serialized first, as morango's receiver does
+    assert "Edited before the stage" in Store.objects.get(id=edited_first.id).serialized
+
+
+def _rename(user, full_name):
+    user.full_name = full_name
+    user.save()
