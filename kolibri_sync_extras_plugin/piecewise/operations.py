@@ -16,6 +16,7 @@ from ..recovery.leftovers import post_transfer
 from . import support
 from .deserialize import deserialize_in_pieces
 from .serialize import serialize_in_pieces
+from .store_queries import dirty_store_records
 from .store_queries import undeserialized_records
 
 __all__ = ["PiecewiseDeserializeOperation", "PiecewiseSerializeOperation"]
@@ -38,11 +39,12 @@ class PiecewiseDeserializeOperation(LocalOperation):
     it tells there is nothing left to deserialize by counting the push's records as
     already applied on the context's transfer session (in memory only; the job
     reads the session again when the stage ends). Only a background job leaves
-    SQLite's lock free between pieces; elsewhere someone waits for the stage. It
-    runs even when another run has applied every record the push brought, for the
-    serializing first. It passes at once on a morango version the pieces do not
-    mirror (see :mod:`.support`), and on a push that transferred nothing when
-    nothing waits to be deserialized (morango's operation does nothing then).
+    SQLite's lock free between pieces; elsewhere someone waits for the stage.
+    When another run has applied every record the push brought and nothing else
+    waits, it tells morango's operation so, without serializing: applying nothing
+    overwrites no local change. It passes at once on a morango version the pieces
+    do not mirror (see :mod:`.support`), and on a push that transferred nothing
+    when nothing waits to be deserialized (morango's operation does nothing then).
     """
 
     def handle(self, context):
@@ -66,10 +68,13 @@ class PiecewiseDeserializeOperation(LocalOperation):
             self._assert(leftovers.exists())
             sources = leftover_sources(context, leftovers)
             self._assert(sources is not None)
-        # a push whose records another run has already applied (every push of a
-        # class set but the first) still serializes first, as morango's receiver
-        # would, and in pieces, since morango's own takes its counter before its
-        # transaction begins
+        elif not dirty_store_records(context.filter).exists():
+            # another run has applied every record the push brought (every push
+            # of a class set but the first): morango's receiver would serialize
+            # local changes, with a counter taken before its transaction begins,
+            # and then apply nothing. Nothing applied overwrites no local change,
+            # and the next stage that sends data serializes them in pieces.
+            return _nothing_left(context)
         result = _in_pieces(context)
         if result is False:
             post_transfer(sources)
@@ -148,6 +153,15 @@ class PiecewiseSerializeOperation(LocalOperation):
 def _in_background(context):
     """Whether the stage runs in one of the plugin's background jobs."""
     return getattr(context, "in_background", False)
+
+
+def _nothing_left(context):
+    """
+    Tell morango's receiver, and the stage's later operations, that nothing is
+    left to deserialize (in memory only, as :func:`_in_pieces` does), and pass.
+    """
+    context.transfer_session.records_transferred = 0
+    return False
 
 
 def _in_pieces(context):

@@ -662,15 +662,16 @@ class _CounterThenAnotherStage:
         return current
 
 
-def test_pieces__a_push_another_run_applied__serializes_first_under_its_own_counter(
+def test_pieces__a_push_another_run_applied__stamps_nothing_below_a_published_counter(
     pushed_and_dequeued, monkeypatch
 ):
     """
     Every push of a class set but the first finds its records applied by the
-    first one's run. Its stage still serializes the server's local changes
-    first, as morango's receiver does, and every change ends stamped above the
-    counters already published, whatever other stage serializes meanwhile: a
-    client that pulled meanwhile gets the change on its next pull.
+    first one's run. Its stage applies nothing, so it overwrites no local
+    change, and it stamps nothing below a counter already published, whatever
+    other stage serializes meanwhile: a client that pulled meanwhile gets every
+    change on its next pull. (morango's receiver would serialize first with a
+    counter taken before its transaction begins.)
     """
     transfer = _transfer(pushed_and_dequeued)
     profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
@@ -698,7 +699,13 @@ def test_pieces__a_push_another_run_applied__serializes_first_under_its_own_coun
 
     oracle.check("the push's stage")
     assert oracle.violations == []
-    # serialized first, as morango's receiver does
+    assert FacilityUser.objects.get(id=edited_first.id).full_name == (
+        "Edited before the stage"
+    )
+    # the next stage that sends data serializes the edit above every counter
+    serialize.serialize_in_pieces(profile, sync_filter)
+    oracle.check("the next pull's serializing")
+    assert oracle.violations == []
     assert "Edited before the stage" in Store.objects.get(id=edited_first.id).serialized
 
 
