@@ -29,17 +29,12 @@ __all__ = ["datasets_remembered"]
 @contextlib.contextmanager
 def datasets_remembered():
     """
-    Kolibri's dataset cache on, and empty, for the block; afterwards as it was
-    (off, in a stage job's worker thread), and empty.
+    Kolibri's dataset cache on and empty for the block (or the decorated piece),
+    then off and empty again, as Kolibri's own ``with dataset_cache`` leaves it.
     """
     from kolibri.core.auth.models import dataset_cache
 
-    was_active = dataset_cache._active
+    # entering Kolibri's cache turns it on without emptying it
     dataset_cache.clear()
-    dataset_cache.activate()
-    try:
+    with dataset_cache:
         yield
-    finally:
-        dataset_cache.clear()
-        if not was_active:
-            dataset_cache.deactivate()

@@ -234,16 +234,13 @@ class _Run(PieceRun):
                 model.__name__,
             )
 
+    @datasets_remembered()
     def _deserialize_batch(self, model, batch):
         """morango's step for a model without a foreign key to itself, on ``batch``."""
 
         if not _any_dirty(batch):
             # applied by another run while this piece waited for its locks
             return
-        with datasets_remembered():
-            self._deserialize_and_save(model, batch)
-
-    def _deserialize_and_save(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         deferred_fks = defaultdict(list)
         app_models = []
@@ -316,11 +313,8 @@ class _Run(PieceRun):
         )
         self.listed.update(marked.values_list("id", flat=True))
 
+    @datasets_remembered()
     def _deserialize_children(self, model, batch):
-        with datasets_remembered():
-            self._deserialize_and_save_children(model, batch)
-
-    def _deserialize_and_save_children(self, model, batch):
         stamping.merge_local_changes(self.profile, self.sync_filter, batch)
         for store_model in _still_dirty(batch):
             try:

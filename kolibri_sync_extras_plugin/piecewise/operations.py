@@ -157,8 +157,9 @@ def _in_background(context):
 
 def _nothing_left(context):
     """
-    Tell morango's receiver, and the stage's later operations, that nothing is
-    left to deserialize (in memory only, as :func:`_in_pieces` does), and pass.
+    Tell morango's receiver, which deserializes only a push that transferred
+    records, and the stage's later operations that nothing is left to
+    deserialize (in memory only), and pass.
     """
     context.transfer_session.records_transferred = 0
     return False
@@ -172,6 +173,4 @@ def _in_pieces(context):
         deserialize_in_pieces(profile, context.filter, pause=pause)
     if outcome.status:
         return outcome.status
-    # morango's receiver deserializes only a push that transferred records
-    context.transfer_session.records_transferred = 0
-    return False
+    return _nothing_left(context)
