@@ -78,6 +78,15 @@ class PhaseCpuMeter:
         self._started = time.monotonic()
         return self
 
+    def server_seconds_so_far(self):
+        """
+        The server's CPU seconds since the phase began, read now: for work the
+        server goes on with after the phase's clients have exited.
+
+        :rtype: float
+        """
+        return tree_cpu_seconds(self._pids) - self._server
+
     def __exit__(self, *exc_info):
         self.result = PhaseCpu(
             server_seconds=tree_cpu_seconds(self._pids) - self._server,

@@ -55,3 +55,24 @@ def test_phase_meter__clients_are_the_waited_for_commands__server_its_own_tree()
     assert meter.result.clients_seconds >= 0.3
     assert 0.0 < meter.result.server_seconds <= 0.4 + 0.2
     assert meter.result.wall_seconds >= 0.3
+
+
+def test_phase_meter__server_read_after_the_phase__counts_its_work_after_the_clients():
+    server = subprocess.Popen(
+        [sys.executable, "-c", "input()\n" + BUSY.format(0.4) + "input()\n"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        with PhaseCpuMeter(_Server(server.pid)) as meter:
+            pass
+        # the server goes on working once the phase's clients are done
+        server.stdin.write(b"\n")
+        server.stdin.flush()
+        while tree_cpu_seconds([server.pid]) < 0.4:
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(0.05)"])
+        after = meter.server_seconds_so_far()
+    finally:
+        server.communicate(b"\n", timeout=30)
+
+    assert meter.result.server_seconds < 0.2
+    assert after >= 0.3

@@ -191,18 +191,23 @@ def test_render__session_set_up_slower_than_the_stages__longest_stage_request_ap
     assert "2        sqlite      on      9.000 s          0.600 s" in text
 
 
-def test_render__cpu_of_each_phase__in_the_report_and_the_push_in_the_summary():
+def test_render__cpu_of_each_phase__in_the_report_and_the_push_phase_in_the_summary():
     run = _clean_run()
     run.cpu = {
         "pull": PhaseCpu(server_seconds=40.0, clients_seconds=90.5, wall_seconds=80.0),
         "push": PhaseCpu(server_seconds=35.2, clients_seconds=60.0, wall_seconds=62.5),
     }
+    run.push_phase = 70.0
+    # the stage jobs after the last client worked 4.8 s more
+    run.push_phase_server_cpu = 40.0
 
     text = render_many_clients([run])
 
     assert "CPU during the pull: server 40.0 s, clients 90.5 s, in 80.0 s" in text
     assert "CPU during the push: server 35.2 s, clients 60.0 s, in 62.5 s" in text
-    assert "30.0 s        -           35.2 s" in text.splitlines()[-1]
+    assert "push phase: 70.0 s, until the last client exited" in text
+    assert "the server's CPU in it: 40.0 s" in text
+    assert "30.0 s        70.0 s      40.0 s" in text.splitlines()[-1]
 
 
 def test_push_phase__a_job_ending_after_the_last_client__ends_it():
