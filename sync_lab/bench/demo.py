@@ -651,6 +651,15 @@ def parse_args(argv=None):
         "server)",
     )
     parser.add_argument(
+        "--no-lock-probe",
+        dest="lock_probe",
+        action="store_false",
+        help="with --clients on SQLite: leave out the probe that asks for the "
+        "server's write lock every 50 ms to measure how long a writer waits. It is "
+        "a writer the plugin's pieces let in, so without it a run measures a "
+        "server whose own users do not write",
+    )
+    parser.add_argument(
         "--proxy-timeout",
         type=float,
         help="the proxy answers 504 when the server is silent this many seconds",
@@ -695,6 +704,8 @@ def parse_args(argv=None):
         parser.error("--churn writes while --clients sync: give --clients too")
     if args.client_niceness and not args.clients:
         parser.error("--client-niceness is for the clients of --clients: give it too")
+    if not args.lock_probe and not args.clients:
+        parser.error("--no-lock-probe is for the server of --clients: give it too")
     if not 0 <= args.client_niceness <= 19:
         parser.error("--client-niceness must be from 0 to 19")
     if args.churn is not None and args.churn <= 0:

@@ -103,6 +103,9 @@ class ManyClientsRun:
         #: The server's CPU seconds over the push phase, its stage jobs after the
         #: last client included, or ``None`` if no push ran
         self.push_phase_server_cpu = None
+        #: Whether the lab's write-lock probe ran beside the clients (SQLite
+        #: only); ``None`` until the run starts
+        self.lock_probe = None
         #: The niceness the clients' commands ran at; 0 is the server's
         self.client_niceness = 0
         #: The RSA implementation morango signed with (see
@@ -331,7 +334,8 @@ def run_many_clients(
         progress("{}: {}".format(server.name, describe_processes(server)))
         proxy = stack.enter_context(TimingProxy(server.base_url))
         probe = None
-        if database == "sqlite":
+        run.lock_probe = database == "sqlite" and getattr(args, "lock_probe", True)
+        if run.lock_probe:
             probe = stack.enter_context(WriteLockProbe(server.home / "db.sqlite3"))
         sync_args = (
             proxy.url,
@@ -579,8 +583,12 @@ def render_many_clients(runs):
         if run.server != DEFAULT_SERVER:
             lines.append("server: {}".format(SERVERS[run.server][1]))
         lines.append(
-            "RSA signing: {}; clients' niceness: {}".format(
-                run.signing or "-", run.client_niceness
+            "RSA signing: {}; clients' niceness: {}{}".format(
+                run.signing or "-",
+                run.client_niceness,
+                "; no write-lock probe"
+                if run.lock_probe is False and run.database == "sqlite"
+                else "",
             )
         )
         if run.push_phase is not None:

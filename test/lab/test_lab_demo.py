@@ -172,3 +172,10 @@ def test_parse_args__server_uwsgi_refused_when_a_program_is_missing(monkeypatch)
     monkeypatch.setattr(demo, "missing_for", lambda server: ["nginx is not installed"])
     with pytest.raises(SystemExit):
         demo.parse_args(["--server", "uwsgi"])
+
+
+def test_parse_args__lock_probe_on_unless_left_out_and_only_with_clients():
+    assert demo.parse_args(["--clients", "4"]).lock_probe is True
+    assert demo.parse_args(["--clients", "4", "--no-lock-probe"]).lock_probe is False
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--no-lock-probe"])

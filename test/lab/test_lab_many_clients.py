@@ -239,3 +239,19 @@ def test_render__push_phase_and_signing__in_the_report_and_the_summary():
     assert "RSA signing: pure-Python rsa; clients' niceness: 10" in text
     assert "push phase: 41.2 s, until the last client exited" in text
     assert "30.0 s        41.2 s" in text.splitlines()[-1]
+
+
+def test_render__sqlite_run_without_the_lock_probe__says_so():
+    run = _clean_run()
+    run.lock_probe = False
+
+    text = render_many_clients([run])
+
+    assert "clients' niceness: 0; no write-lock probe" in text
+
+
+def test_render__sqlite_run_with_the_lock_probe__says_nothing_of_it():
+    run = _clean_run()
+    run.lock_probe = True
+
+    assert "write-lock probe" not in render_many_clients([run])
