@@ -174,6 +174,7 @@ class PieceRun:
         #: seconds spent leaving the lock free after pieces
         self.paused = 0.0
         self._size = FIRST_PIECE_RECORDS
+        self._cpu_started = time.thread_time()
 
     def commit_piece(self, work, records, what, counted=None):
         """
@@ -238,13 +239,14 @@ class PieceRun:
             logging.INFO if self.retries or self.pause else logging.DEBUG,
             "%s %d records in %d pieces (%d tried again after meeting another "
             "writer); the longest held the database %.3fs; %.2fs left the "
-            "database to other writers",
+            "database to other writers; %.2fs of CPU",
             done,
             self.records,
             self.pieces,
             self.retries,
             self.longest,
             self.paused,
+            time.thread_time() - self._cpu_started,
         )
 
     def _kept(self):
