@@ -173,6 +173,9 @@ class PieceRun:
         self.longest = 0.0
         #: seconds spent leaving the lock free after pieces
         self.paused = 0.0
+        #: seconds the committed pieces waited to begin their transactions: on
+        #: SQLite, for another writer's transaction to end
+        self.lock_waited = 0.0
         self._size = FIRST_PIECE_RECORDS
         self._cpu_started = time.thread_time()
 
@@ -193,6 +196,7 @@ class PieceRun:
                     started = time.monotonic()
                     with _own_savepoint_if_nested():
                         with _begin_transaction(self.sync_filter, isolated=True):
+                            began = time.monotonic()
                             result = work()
                     elapsed = time.monotonic() - started
             except DatabaseError as e:
@@ -212,6 +216,7 @@ class PieceRun:
         self.pieces += 1
         self.records += records
         self.longest = max(self.longest, elapsed)
+        self.lock_waited += began - started
         logger.debug(
             "Piece of %d %s records held the database %.3fs", records, what, elapsed
         )
@@ -239,13 +244,14 @@ class PieceRun:
             logging.INFO if self.retries or self.pause else logging.DEBUG,
             "%s %d records in %d pieces (%d tried again after meeting another "
             "writer); the longest held the database %.3fs; %.2fs left the "
-            "database to other writers; %.2fs of CPU",
+            "database to other writers; %.2fs waiting for them; %.2fs of CPU",
             done,
             self.records,
             self.pieces,
             self.retries,
             self.longest,
             self.paused,
+            self.lock_waited,
             time.thread_time() - self._cpu_started,
         )
 
