@@ -24,6 +24,15 @@ pytestmark = [
 OTHER_WRITER_SECONDS = 0.2
 #: How long the piece's own work takes, once begun
 WORK_SECONDS = 1.0
+#: The processor time the piece's own work spends, in the closing line's test
+BUSY_SECONDS = 0.3
+
+
+def _busy(seconds):
+    """Spend ``seconds`` of this thread's processor time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 @pytest.fixture
@@ -56,7 +65,7 @@ def test_piece_run__closing_line__gives_the_wait_and_the_cpu(
     another_writer_first, caplog
 ):
     run = PieceRun("facilitydata", None, on_piece=None, pause=False)
-    run.commit_piece(lambda: None, 1, "FacilityUser")
+    run.commit_piece(lambda: _busy(BUSY_SECONDS), 1, "FacilityUser")
 
     # a run in a request logs its line at DEBUG, a job's at INFO
     with caplog.at_level(logging.DEBUG, logger=runner.__name__):
@@ -66,3 +75,6 @@ def test_piece_run__closing_line__gives_the_wait_and_the_cpu(
     waited = float(line.split("s waiting for them")[0].rsplit("; ", 1)[1])
     assert waited >= OTHER_WRITER_SECONDS
     assert line.endswith("s of CPU")
+    cpu = float(line[: -len("s of CPU")].rsplit("; ", 1)[1])
+    # the thread's own processor time: its work, not the wait for the other writer
+    assert BUSY_SECONDS <= cpu < BUSY_SECONDS + OTHER_WRITER_SECONDS
