@@ -10,19 +10,25 @@ exclusive, non-blocking lock on a file in ``KOLIBRI_HOME``, which the operating
 system releases if the process dies.
 
 A job that finds the turn taken gives its worker back at once and asks Kolibri to
-run it again later (``Job.retry_in``). Retrying every half second would keep
-Kolibri's workers and job storage busy with a backlog of waiting jobs, ahead of
-Kolibri's own jobs; so a waiting job backs off (the delay doubles up to
-:data:`MAX_TURN_RETRY_DELAY`, counted in its metadata), and only the longest
-waiting one waits at high priority: the others wait at regular priority, where a
-Kolibri job queued before their retry comes first. Back-off does not slow the
-hand-over: the job that gives the turn back makes the longest waiting job due at
-once, at high priority, so the turn passes on within a look of Kolibri's job
-checker, and waiting jobs take it in the order they were first queued, the
-stages a client polls for first: a cleanup, which no client waits for, gives the
-turn to them (for up to :data:`MAX_GIVE_WAY`, so it is never put off for good,
-holding its client's place under the caps) when it takes the turn at all: a push's
-cleanup runs beside the holder unless ``INLINE_STAGE_RECORDS`` is 0 (see
+run it again later (``Job.retry_in``). What moves the line on is the hand-over:
+the job that gives the turn back makes the longest waiting job due at once, at
+high priority, so the turn passes on within a look of Kolibri's job checker, and
+waiting jobs take it in the order they were first queued, the stages a client
+polls for first. A waiting job's own tries are only the safety net for a turn
+freed without a hand-over (its holder's process died), and each is a run of a
+job in the server's process (19 ms of its processor in the job alone, besides
+Kolibri's own work to run and requeue it), taken from the job that holds the
+turn; so they back off steeply: the delay doubles from
+:data:`TURN_RETRY_DELAY` up to :data:`MAX_TURN_RETRY_DELAY`, counted in the job's
+metadata. A stage a client polls for does not depend on them: each poll of a
+waiting stage looks whether the turn is free and, if so, wakes the line (see
+:func:`wake_the_line_if_the_turn_is_free`). Only the longest waiting job waits at
+high priority: the others wait at regular priority, where a Kolibri job queued
+before their retry comes first. A cleanup, which no client waits for, gives the
+turn to the stages a client polls for (for up to :data:`MAX_GIVE_WAY`, so it is
+never put off for good, holding its client's place under the caps) when it takes
+the turn at all: a push's cleanup runs beside the holder unless
+``INLINE_STAGE_RECORDS`` is 0 (see
 :mod:`~kolibri_sync_extras_plugin.job.small_stage`). Everything
 shared lives in job storage and the lock file, so this holds across workers and
 processes. PostgreSQL lets writers of different rows proceed together, so there
@@ -66,15 +72,21 @@ __all__ = [
     "waiting_jobs_in_line",
     "wake_longest_waiting_job",
     "wake_small_jobs",
+    "wake_the_line_if_the_turn_is_free",
     "one_writer_at_a_time",
     "FIRST_ENQUEUED_KEY",
 ]
 
-#: How soon a stage job that first found the writers' turn taken is tried again.
-TURN_RETRY_DELAY = timedelta(seconds=0.5)
+#: How soon a stage job that first found the writers' turn taken is tried again,
+#: unless a hand-over or its client's poll wakes it first.
+TURN_RETRY_DELAY = timedelta(seconds=5)
 #: The longest a waiting stage job waits between two tries: the bound on how late
-#: a turn freed without a hand-over (its holder's process died) is taken.
-MAX_TURN_RETRY_DELAY = timedelta(seconds=4)
+#: a turn freed without a hand-over (its holder's process died) is taken by a
+#: stage no client polls for. With 32 devices pushing at once, 31 deserializing
+#: jobs wait about 25 s for the one applying every device's records: backing off
+#: to 4 s they ran 260 times, and took 4.9 s of the processor of the server's
+#: process, which that job shares.
+MAX_TURN_RETRY_DELAY = timedelta(seconds=60)
 #: The stages no client waits for: morango's client closes its transfer session
 #: without waiting for the server's cleanup.
 UNAWAITED_STAGES = frozenset([transfer_stages.CLEANUP])
@@ -247,6 +259,30 @@ def wake_longest_waiting_job():
         if run_queued_job_now(job.job_id, Priority.HIGH):
             return job.job_id
     return None
+
+
+def wake_the_line_if_the_turn_is_free():
+    """
+    Wake the longest waiting stage job if the writers' turn is free this moment:
+    called on a client's poll of a stage whose job waits for the turn, so a turn
+    freed without a hand-over (its holder's process died, or the job began
+    waiting in the very moment of one) is taken at that client's next poll, not
+    after the job's back-off. The longest waiting job is woken rather than the
+    polled one, so the line keeps its order.
+
+    The turn is looked at by taking it and giving it back at once: a job trying
+    it in that moment finds it taken and waits, to be woken by the next hand-over
+    or poll.
+
+    :return: The woken job's id, or ``None`` if the turn is held, no job waits,
+        or the database is not SQLite
+    :rtype: str|None
+    """
+    if not _needs_turns():
+        return None
+    with writer_turn() as turn:
+        free = turn
+    return wake_longest_waiting_job() if free else None
 
 
 def _first_enqueued(job):

@@ -7,7 +7,9 @@ storage; this catches what the hook cannot see: a job row that vanished, a worke
 process that died without marking its job, a job Kolibri will never run or queue
 again, and a stage put back to STARTED by a repeated request after its job had
 settled it. Only the job of the stage the session is at counts: a job of an
-earlier stage ending late says nothing about the current one.
+earlier stage ending late says nothing about the current one. The poll of a stage
+whose job backs off for the writers' turn also wakes the line of waiting jobs if
+the turn is free (see :mod:`~kolibri_sync_extras_plugin.writer_turn`).
 """
 
 import logging
@@ -105,7 +107,9 @@ def check_background_stage(transfer_session_id):
       is not requeued behind the client's back,
     - the job is still QUEUED, no worker ever picked it up, no other stage job
       runs, and it has waited longer than ``STAGE_JOB_START_TIMEOUT`` (see
-      :func:`_settle_if_no_worker`),
+      :func:`_settle_if_no_worker`); one backing off for the writers' turn, which
+      is free, is not settled but woken with the line (see
+      :func:`_wake_the_line_if_waiting_for_the_turn`),
     - the job is SELECTED by Kolibri's workers but never started (see
       :func:`_settle_if_never_started`),
     - the job gave its worker back to wait for its writer's turn and Kolibri
@@ -140,6 +144,7 @@ def check_background_stage(transfer_session_id):
         if job_state == State.PENDING:
             return _queue_reserved_job(transfer_session_id, stage, orm_job)
         if job_state == State.QUEUED:
+            _wake_the_line_if_waiting_for_the_turn(orm_job)
             return _settle_if_no_worker(transfer_session_id, stage, orm_job)
         if job_state == State.SELECTED:
             return _settle_if_never_started(transfer_session_id, stage, orm_job)
@@ -237,8 +242,7 @@ def never_picked_up(orm_job):
     """
     if identity_of(orm_job.worker_extra) is not None:
         return False
-    metadata = Job.from_json(orm_job.saved_job).extra_metadata or {}
-    return not metadata.get(FIRST_ENQUEUED_KEY)
+    return not _waits_for_the_turn(orm_job)
 
 
 def stage_job_running():
@@ -246,6 +250,28 @@ def stage_job_running():
     return bool(
         jobs_in_states([State.RUNNING], queue=SYNC_EXTRAS_QUEUE, func=RUN_STAGE_TASK)
     )
+
+
+def _wake_the_line_if_waiting_for_the_turn(orm_job):
+    """
+    A job backing off for the writers' turn (queued again, due later) runs at its
+    client's next poll once the turn is free, whoever freed it: see
+    :func:`~kolibri_sync_extras_plugin.writer_turn.wake_the_line_if_the_turn_is_free`.
+    """
+    from ..writer_turn import wake_the_line_if_the_turn_is_free
+
+    waited = _seconds_since_due(orm_job)
+    if waited is None or waited >= 0 or not _waits_for_the_turn(orm_job):
+        return
+    woken = wake_the_line_if_the_turn_is_free()
+    if woken is not None:
+        logger.debug("Woke stage job %s on a poll: the writers' turn was free", woken)
+
+
+def _waits_for_the_turn(orm_job):
+    """Whether the job gave its worker back to wait for the writers' turn."""
+    metadata = Job.from_json(orm_job.saved_job).extra_metadata or {}
+    return bool(metadata.get(FIRST_ENQUEUED_KEY))
 
 
 def _settle_if_no_worker(transfer_session_id, stage, orm_job):

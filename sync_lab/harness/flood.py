@@ -243,7 +243,9 @@ def ask_for_stages_at_once(base_url, sync_session_ids, sync_filter):
 def holding_the_writers_turn(server):
     """
     Hold the plugin's writer lock of a SQLite ``server`` from the lab, so its stage
-    jobs wait for their turn: they pile up queued, as behind a long stage.
+    jobs wait for their turn: they pile up queued, as behind a long stage. On
+    release the turn is handed over as a stage's end hands it over: the longest
+    waiting job is made due now.
 
     :type server: sync_lab.harness.instances.KolibriInstance
     """
@@ -257,6 +259,22 @@ def holding_the_writers_turn(server):
             yield
         finally:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    server.call(hand_the_turn_over)
+
+
+def hand_the_turn_over():
+    """
+    Inside the server: what a stage does as it gives the writers' turn back, wake
+    the longest waiting stage job and every one that has become small.
+
+    :return: The ids of the woken jobs
+    :rtype: list[str]
+    """
+    from kolibri_sync_extras_plugin.writer_turn import wake_longest_waiting_job
+    from kolibri_sync_extras_plugin.writer_turn import wake_small_jobs
+
+    longest = wake_longest_waiting_job()
+    return ([longest] if longest else []) + wake_small_jobs()
 
 
 def enqueue_kolibri_job():

@@ -181,10 +181,62 @@ def _priority(job_id):
     return job_storage.get_orm_job(job_id).priority
 
 
+def _waits(job_id):
+    return job_storage.get_job(job_id).extra_metadata.get(TURN_WAITS_KEY) or 0
+
+
+def _session_of(job_id):
+    return transfer_session_of_job(job_storage.get_job(job_id))
+
+
+def test_poll__turn_freed_without_a_hand_over__wakes_the_longest_waiting_job(
+    new_pull_at_serializing,
+):
+    first, second = new_pull_at_serializing(), new_pull_at_serializing()
+    with writer_turn():
+        _run(first)
+        _run(second)
+    # the turn is free, but its holder handed nothing over (its process died)
+    assert _scheduled(first) > timezone.now()
+
+    check_background_stage(_session_of(second))
+
+    assert _scheduled(first) <= timezone.now()
+    assert _priority(first) == Priority.HIGH
+    assert _scheduled(second) > timezone.now()
+
+
+def test_poll__turn_still_held__wakes_no_waiting_job(
+    new_pull_at_serializing, another_stage_writing
+):
+    first, second = new_pull_at_serializing(), new_pull_at_serializing()
+    _run(first)
+    _run(second)
+
+    check_background_stage(_session_of(second))
+
+    assert _scheduled(first) > timezone.now()
+    assert _scheduled(second) > timezone.now()
+
+
+def test_client_poll__turn_free__the_polled_stage_job_is_due_now(
+    new_pull_at_serializing, async_client
+):
+    job_id = new_pull_at_serializing()
+    with writer_turn():
+        _run(job_id)
+    assert _scheduled(job_id) > timezone.now()
+
+    polled = async_client.get(_session_of(job_id))
+
+    assert polled["transfer_stage_status"] == transfer_statuses.STARTED
+    assert _scheduled(job_id) <= timezone.now()
+
+
 def test_turn_retry_delay__doubles_per_wait_up_to_the_cap():
     delays = [turn_retry_delay(waits).total_seconds() for waits in range(6)]
 
-    assert delays == [0.5, 1, 2, 4, 4, 4]
+    assert delays == [5, 10, 20, 40, 60, 60]
     assert turn_retry_delay(10**6) == MAX_TURN_RETRY_DELAY
 
 
@@ -249,9 +301,11 @@ def test_stage_run_in_the_request__wakes_the_longest_waiting_job(
     waiting = new_pull_at_serializing()
     with writer_turn():
         # it has waited long enough to back off for the longest delay
-        for _ in range(4):
+        while turn_retry_delay(_waits(waiting)) < MAX_TURN_RETRY_DELAY:
             _due_now(waiting)
             _run(waiting)
+        _due_now(waiting)
+        _run(waiting)
     assert _scheduled(waiting) > timezone.now() + MAX_TURN_RETRY_DELAY / 2
 
     with sync_options(INLINE_STAGE_RECORDS=500):
