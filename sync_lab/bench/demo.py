@@ -660,6 +660,14 @@ def parse_args(argv=None):
         "server whose own users do not write",
     )
     parser.add_argument(
+        "--time-server-threads",
+        action="store_true",
+        help="with --clients: time each request and each job run inside the "
+        "server by its thread's CPU, and report the push phase's by kind (where "
+        "the server's processor goes, which wall times on a machine the clients "
+        "share cannot tell)",
+    )
+    parser.add_argument(
         "--proxy-timeout",
         type=float,
         help="the proxy answers 504 when the server is silent this many seconds",
@@ -706,6 +714,10 @@ def parse_args(argv=None):
         parser.error("--client-niceness is for the clients of --clients: give it too")
     if not args.lock_probe and not args.clients:
         parser.error("--no-lock-probe is for the server of --clients: give it too")
+    if args.time_server_threads and not args.clients:
+        parser.error(
+            "--time-server-threads is for the server of --clients: give it too"
+        )
     if not 0 <= args.client_niceness <= 19:
         parser.error("--client-niceness must be from 0 to 19")
     if args.churn is not None and args.churn <= 0:

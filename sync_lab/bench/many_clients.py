@@ -22,6 +22,7 @@ import contextlib
 import os
 import time
 
+from ..harness import thread_cpu
 from ..harness.checks import compare_digests
 from ..harness.checks import expected_server_counts
 from ..harness.checks import sync_states
@@ -108,6 +109,10 @@ class ManyClientsRun:
         self.lock_probe = None
         #: The niceness the clients' commands ran at; 0 is the server's
         self.client_niceness = 0
+        #: With ``--time-server-threads``: the server's requests and job runs begun
+        #: in the push phase, by kind (see
+        #: :func:`~sync_lab.harness.thread_cpu.summarize`); else ``None``
+        self.push_thread_cpu = None
         #: The RSA implementation morango signed with (see
         #: :func:`~sync_lab.harness.signing.signing_backend`)
         self.signing = None
@@ -326,6 +331,8 @@ def run_many_clients(
     for device in devices:
         device.niceness = run.client_niceness
     run.signing = server.call(signing_backend)
+    if getattr(args, "time_server_threads", False):
+        server.thread_cpu_dir = server.lab_dir / "thread-cpu"
     with contextlib.ExitStack() as stack:
         for instance in [server] + devices:
             stack.enter_context(instance)
@@ -408,6 +415,10 @@ def run_many_clients(
             # read after the wait, which runs in a process of the lab's, not the
             # server's: the jobs' work after the last client counts too
             run.push_phase_server_cpu = push_cpu.server_seconds_so_far()
+            if server.thread_cpu_dir is not None:
+                run.push_thread_cpu = _thread_cpu_of_phase(
+                    server.thread_cpu_dir, push_started, run.push_phase
+                )
             if churn is not None:
                 _sync_after_churn(run, devices, proxy, sync_args, args, progress)
                 wait_for_stage_jobs(
@@ -559,6 +570,48 @@ def is_stage_request(exchange):
     )
 
 
+def _thread_cpu_of_phase(directory, started, seconds):
+    """The requests and job runs begun in a phase, once the server has written them."""
+    # each server process appends its records every few seconds
+    time.sleep(thread_cpu.FLUSH_SECONDS + 0.5)
+    return thread_cpu.summarize(
+        thread_cpu.read_records(directory), since=started, until=started + seconds
+    )
+
+
+def thread_cpu_lines(rows, process_cpu, top=12):
+    """
+    The report's lines on the push phase's requests and job runs.
+
+    :param rows: See :func:`~sync_lab.harness.thread_cpu.summarize`
+    :param process_cpu: The server's CPU seconds over the phase, or ``None``
+    :rtype: list[str]
+    """
+    timed = sum(row[2] for row in rows)
+    lines = [
+        "push phase, by request and job run (CPU of its thread): {:.1f} s in all"
+        "{}".format(
+            timed,
+            ""
+            if process_cpu is None
+            else "; the server's processes {:.1f} s".format(process_cpu),
+        )
+    ]
+    for kind, count, cpu, wall in rows[:top]:
+        lines.append(
+            "  {:7.2f} s  {:5d} x  {:6.1f} ms each  {}".format(
+                cpu, count, 1000.0 * cpu / count, kind
+            )
+        )
+    if len(rows) > top:
+        lines.append(
+            "  {:7.2f} s  the other {} kinds".format(
+                sum(row[2] for row in rows[top:]), len(rows) - top
+            )
+        )
+    return lines
+
+
 def _over(run, seconds):
     return sum(1 for e in run.exchanges if e.duration > seconds)
 
@@ -597,6 +650,10 @@ def render_many_clients(runs):
                 "stage job of the push ended; the server's CPU in it: {}".format(
                     run.push_phase, _seconds_cell(run.push_phase_server_cpu)
                 )
+            )
+        if run.push_thread_cpu is not None:
+            lines.extend(
+                thread_cpu_lines(run.push_thread_cpu, run.push_phase_server_cpu)
             )
         if run.process_peaks:
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))

@@ -235,6 +235,9 @@ class KolibriInstance:
         #: The niceness its commands run at (see ``nice(1)``); the server's own
         #: process is left as it is
         self.niceness = 0
+        #: Where its processes record the CPU of each request and job run (see
+        #: :mod:`sync_lab.harness.thread_cpu`); ``None``: not recorded
+        self.thread_cpu_dir = None
         self.port = None
         self._server = None
         self._server_output = None
@@ -285,7 +288,15 @@ class KolibriInstance:
 
     def env(self):
         """:rtype: dict"""
-        return child_environment(self.home)
+        env = child_environment(self.home)
+        if self.thread_cpu_dir is not None:
+            from .thread_cpu import DIR_ENV
+            from .thread_cpu import SITE_DIR
+
+            Path(self.thread_cpu_dir).mkdir(parents=True, exist_ok=True)
+            env["PYTHONPATH"] = os.pathsep.join([str(SITE_DIR), env["PYTHONPATH"]])
+            env[DIR_ENV] = str(self.thread_cpu_dir)
+        return env
 
     # -- set-up -----------------------------------------------------------------
 

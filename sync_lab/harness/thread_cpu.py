@@ -1,0 +1,233 @@
+"""
+The processor time of each request and each Kolibri job inside a server, by its
+thread's CPU clock: where the server's process spends its processor, which a
+run's wall times cannot tell on a machine its clients share.
+
+Under ``kolibri start`` every request and every job is a thread of one process
+and one interpreter, so what one spends the others wait for. The server's
+processes load this module at start-up (``sitecustomize`` in
+:data:`SITE_DIR`, put on their path by
+:class:`~sync_lab.harness.instances.KolibriInstance` when its ``thread_cpu_dir``
+is set) and wrap two functions as they are imported:
+
+- Django's ``WSGIHandler.__call__``: a request, from the ``request_started``
+  signal (where the plugin checks a polled stage) to the response;
+- Kolibri's ``Job.execute``: a job's run, its marks in job storage included.
+
+Each process appends a line per request or job run to a file of its own in the
+directory the environment names (:data:`DIR_ENV`). Work outside both, such as
+cheroot's own handling of a connection or the threads that take jobs, is left
+to the process's total CPU to show.
+"""
+
+import collections
+import importlib.abc
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = [
+    "DIR_ENV",
+    "FLUSH_SECONDS",
+    "SITE_DIR",
+    "Record",
+    "install",
+    "read_records",
+    "summarize",
+]
+
+#: The environment variable naming the directory the records go to.
+DIR_ENV = "SYNC_LAB_THREAD_CPU_DIR"
+#: The directory whose ``sitecustomize`` installs the timing in a server process.
+SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
+
+#: One request or job run: when it began (epoch seconds), its kind, the CPU
+#: seconds of its thread and its wall seconds.
+Record = collections.namedtuple("Record", ("started", "kind", "cpu", "wall"))
+
+#: How often a process appends its records to its file.
+FLUSH_SECONDS = 2
+_ID_IN_PATH = re.compile(r"[0-9a-f]{32}")
+
+
+class _Recorder:
+    """Lines kept in memory and appended to this process's file now and then."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.lock = threading.Lock()
+        self.lines = []
+        self.path = None
+        self.start()
+
+    def start(self):
+        """Write to a file of this process's own, every few seconds."""
+        self.path = self.directory / "thread-cpu-{}.tsv".format(os.getpid())
+        threading.Thread(
+            target=self._flush_forever, name="sync-lab-thread-cpu", daemon=True
+        ).start()
+
+    def restart_in_child(self):
+        """After a fork (uwsgi's workers): a file and a flushing thread of its own."""
+        self.lock = threading.Lock()
+        self.lines = []
+        self.start()
+
+    def add(self, started, kind, cpu, wall):
+        with self.lock:
+            self.lines.append(
+                "{:.3f}\t{}\t{:.5f}\t{:.5f}\n".format(started, kind, cpu, wall)
+            )
+
+    def flush(self):
+        with self.lock:
+            lines, self.lines = self.lines, []
+        if lines:
+            with open(self.path, "a") as out:
+                out.write("".join(lines))
+
+    def _flush_forever(self):
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+
+
+def _timed(recorder, function, kind_of):
+    def timed(*args, **kwargs):
+        cpu_started = time.thread_time()
+        started = time.time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            recorder.add(
+                started,
+                kind_of(*args),
+                time.thread_time() - cpu_started,
+                time.time() - started,
+            )
+
+    timed.__wrapped__ = function
+    return timed
+
+
+def request_kind(environ):
+    """``"GET /api/morango/v1/transfersessions/<id>/"``: ids left out. :rtype: str"""
+    path = _ID_IN_PATH.sub("<id>", environ.get("PATH_INFO", ""))
+    return "{} {}".format(environ.get("REQUEST_METHOD", "?"), path)
+
+
+def job_kind(job):
+    """``"job run_background_stage deserializing"``. :rtype: str"""
+    stage = (job.kwargs or {}).get("stage", "")
+    return "job {} {}".format(job.func.rsplit(".", 1)[-1], stage).rstrip()
+
+
+def _wrap_wsgi(module, recorder):
+    handler = module.WSGIHandler
+    handler.__call__ = _timed(
+        recorder, handler.__call__, lambda self, environ, *rest: request_kind(environ)
+    )
+
+
+def _wrap_job(module, recorder):
+    job = module.Job
+    job.execute = _timed(recorder, job.execute, job_kind)
+
+
+_WRAPPERS = {
+    "django.core.handlers.wsgi": _wrap_wsgi,
+    "kolibri.core.tasks.job": _wrap_job,
+}
+
+
+class _WrapOnImport(importlib.abc.MetaPathFinder):
+    """Wraps a module of :data:`_WRAPPERS` once it has been executed."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def find_spec(self, name, path, target=None):
+        if name not in _WRAPPERS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                self._wrap_after_exec(spec, _WRAPPERS[name])
+                return spec
+        return None
+
+    def _wrap_after_exec(self, spec, wrap):
+        exec_module = spec.loader.exec_module
+        recorder = self.recorder
+
+        def exec_and_wrap(module):
+            exec_module(module)
+            wrap(module, recorder)
+
+        spec.loader.exec_module = exec_and_wrap
+
+
+def install(directory=None):
+    """
+    Time every request and job run of this process into ``directory`` (by default
+    the one :data:`DIR_ENV` names; nothing is done without one). Modules already
+    imported are wrapped at once, the others as they are imported.
+
+    :return: The recorder, or ``None`` when there is no directory
+    """
+    directory = directory or os.environ.get(DIR_ENV)
+    if not directory:
+        return None
+    recorder = _Recorder(directory)
+    for name, wrap in _WRAPPERS.items():
+        if name in sys.modules:
+            wrap(sys.modules[name], recorder)
+    if any(name not in sys.modules for name in _WRAPPERS):
+        sys.meta_path.insert(0, _WrapOnImport(recorder))
+    import atexit
+
+    atexit.register(recorder.flush)
+    os.register_at_fork(after_in_child=recorder.restart_in_child)
+    return recorder
+
+
+def read_records(directory):
+    """
+    :return: Every record the server's processes wrote, oldest first
+    :rtype: list[Record]
+    """
+    records = []
+    for path in sorted(Path(directory).glob("thread-cpu-*.tsv")):
+        with open(path) as lines:
+            for line in lines:
+                started, kind, cpu, wall = line.rstrip("\n").split("\t")
+                records.append(Record(float(started), kind, float(cpu), float(wall)))
+    return sorted(records)
+
+
+def summarize(records, since=None, until=None):
+    """
+    The records begun between ``since`` and ``until`` (epoch seconds), by kind:
+    how many, their threads' CPU seconds and their wall seconds, the most CPU
+    first.
+
+    :return: ``[(kind, count, cpu, wall)]``
+    :rtype: list[tuple]
+    """
+    totals = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for record in records:
+        if since is not None and record.started < since:
+            continue
+        if until is not None and record.started > until:
+            continue
+        total = totals[record.kind]
+        total[0] += 1
+        total[1] += record.cpu
+        total[2] += record.wall
+    rows = [(kind, n, cpu, wall) for kind, (n, cpu, wall) in totals.items()]
+    return sorted(rows, key=lambda row: (-row[2], row[0]))

@@ -1,0 +1,165 @@
+"""
+With ``--time-server-threads`` the server's processes time each request and job
+run by its thread's CPU, and the report gives the push phase's by kind.
+"""
+
+import subprocess
+import textwrap
+from collections import namedtuple
+
+import pytest
+
+from sync_lab.bench import demo
+from sync_lab.bench.many_clients import thread_cpu_lines
+from sync_lab.harness.instances import KolibriInstance
+from sync_lab.harness.thread_cpu import DIR_ENV
+from sync_lab.harness.thread_cpu import SITE_DIR
+from sync_lab.harness.thread_cpu import Record
+from sync_lab.harness.thread_cpu import job_kind
+from sync_lab.harness.thread_cpu import read_records
+from sync_lab.harness.thread_cpu import request_kind
+from sync_lab.harness.thread_cpu import summarize
+
+SESSION_ID = "0123456789abcdef0123456789abcdef"
+
+
+def test_instance_env__timing_on__loads_the_timing_in_its_processes(tmp_path):
+    instance = KolibriInstance("server", root=tmp_path)
+    instance.thread_cpu_dir = tmp_path / "thread-cpu"
+
+    env = instance.env()
+
+    assert env["PYTHONPATH"].split(":")[0] == str(SITE_DIR)
+    assert env[DIR_ENV] == str(tmp_path / "thread-cpu")
+    assert (tmp_path / "thread-cpu").is_dir()
+
+
+def test_instance_env__timing_off__nothing_added(tmp_path):
+    env = KolibriInstance("client", root=tmp_path).env()
+
+    assert str(SITE_DIR) not in env["PYTHONPATH"]
+    assert DIR_ENV not in env
+
+
+def test_server_process__a_request__recorded_with_its_cpu(tmp_path):
+    """A process started with a timed instance's environment records each request,
+    even one that fails, once it exits."""
+    instance = KolibriInstance("server", root=tmp_path)
+    instance.thread_cpu_dir = tmp_path / "thread-cpu"
+    script = textwrap.dedent(
+        """
+        import time
+        from kolibri.utils.env import set_env
+        set_env()
+        from django.core.handlers.wsgi import WSGIHandler
+        environ = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/api/x/{}/"}}
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:
+            pass
+        try:
+            # no settings in this process: the handler fails, and is timed anyway
+            WSGIHandler.__call__(object(), environ, None)
+        except Exception:
+            pass
+        """
+    ).format(SESSION_ID)
+
+    subprocess.run(
+        [instance.python, "-c", script], env=instance.env(), check=True, timeout=120
+    )
+
+    [record] = read_records(tmp_path / "thread-cpu")
+    assert record.kind == "GET /api/x/<id>/"
+    assert 0 <= record.cpu <= record.wall + 0.01
+
+
+def test_server_process__forked_worker__records_into_a_file_of_its_own(tmp_path):
+    """uwsgi forks its workers from a process that has loaded the timing."""
+    instance = KolibriInstance("server", root=tmp_path)
+    instance.thread_cpu_dir = tmp_path / "thread-cpu"
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from kolibri.utils.env import set_env
+        set_env()
+        from django.core.handlers.wsgi import WSGIHandler
+        child = os.fork()
+        path = "/child/" if child == 0 else "/parent/"
+        try:
+            WSGIHandler.__call__(object(), {"REQUEST_METHOD": "GET", "PATH_INFO": path}, None)
+        except Exception:
+            pass
+        if child:
+            os.waitpid(child, 0)
+        sys.exit(0)
+        """
+    )
+
+    subprocess.run(
+        [instance.python, "-c", script], env=instance.env(), check=True, timeout=120
+    )
+
+    files = sorted((tmp_path / "thread-cpu").glob("thread-cpu-*.tsv"))
+    assert len(files) == 2
+    assert sorted(r.kind for r in read_records(tmp_path / "thread-cpu")) == [
+        "GET /child/",
+        "GET /parent/",
+    ]
+
+
+def test_request_kind__ids_left_out():
+    environ = {
+        "REQUEST_METHOD": "PATCH",
+        "PATH_INFO": "/api/morango/v1/transfersessions/{}/".format(SESSION_ID),
+    }
+
+    assert request_kind(environ) == "PATCH /api/morango/v1/transfersessions/<id>/"
+
+
+def test_job_kind__names_the_task_and_its_stage():
+    FakeJob = namedtuple("FakeJob", ("func", "kwargs"))
+
+    stage_job = FakeJob(
+        "kolibri_sync_extras_plugin.tasks.run_background_stage",
+        {"stage": "deserializing"},
+    )
+    other_job = FakeJob("kolibri.core.auth.tasks.cleanupsync", {})
+
+    assert job_kind(stage_job) == "job run_background_stage deserializing"
+    assert job_kind(other_job) == "job cleanupsync"
+
+
+def test_summarize__by_kind_within_the_phase__most_cpu_first():
+    records = [
+        Record(9.0, "GET poll", 5.0, 5.0),  # before the phase
+        Record(10.0, "GET poll", 0.002, 0.01),
+        Record(11.0, "job deserializing", 1.5, 3.0),
+        Record(12.0, "GET poll", 0.003, 0.02),
+        Record(21.0, "job deserializing", 9.0, 9.0),  # after it
+    ]
+
+    rows = summarize(records, since=10.0, until=20.0)
+
+    assert rows[0] == ("job deserializing", 1, 1.5, 3.0)
+    assert rows[1][:2] == ("GET poll", 2)
+    assert rows[1][2] == pytest.approx(0.005)
+
+
+def test_thread_cpu_lines__total_each_kind_and_the_rest():
+    rows = [("job a", 2, 4.0, 5.0), ("GET b", 100, 0.2, 1.0), ("GET c", 1, 0.1, 0.1)]
+
+    lines = thread_cpu_lines(rows, process_cpu=6.0, top=2)
+
+    assert lines[0].endswith("4.3 s in all; the server's processes 6.0 s")
+    assert "2 x" in lines[1] and "2000.0 ms each" in lines[1] and "job a" in lines[1]
+    assert "GET b" in lines[2]
+    assert lines[3].strip() == "0.10 s  the other 1 kinds"
+
+
+def test_parse_args__time_server_threads_only_with_clients():
+    assert demo.parse_args(
+        ["--clients", "4", "--time-server-threads"]
+    ).time_server_threads
+    assert not demo.parse_args(["--clients", "4"]).time_server_threads
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--time-server-threads"])
