@@ -41,6 +41,20 @@ def stages_never_inline():
         yield
 
 
+@pytest.fixture(autouse=True)
+def every_poll_checked(monkeypatch):
+    """
+    Every poll checks its stage's job, as the tests poll and then assert what the
+    check did; a test of how often a server checks sets the interval itself.
+    """
+    from kolibri_sync_extras_plugin.request import poll
+
+    monkeypatch.setattr(poll, "POLL_CHECK_SECONDS", 0.0)
+    poll.forget_checks()
+    yield
+    poll.forget_checks()
+
+
 @pytest.fixture
 def background_everything():
     with sync_options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True):

@@ -4,8 +4,9 @@ Where a background stage meets the HTTP request that asked for it.
 A stage's job, reserved while the request runs (see :mod:`.limits`), is queued
 only once that request has finished: morango's PATCH view saves the whole
 transfer session row after its controller returns, which would overwrite the
-status of a job that had already finished. Each client poll (``GET`` of a transfer
-session) first checks that the stage's job can still settle it (see :mod:`.poll`).
+status of a job that had already finished. A client's poll (``GET`` of a transfer
+session) first checks that the stage's job can still settle it, every few
+seconds of polls (see :mod:`.poll`).
 """
 
 import logging
@@ -21,6 +22,7 @@ from .enqueue import enqueue_stage_job
 from .enqueue import release_reserved_job
 from .morango_urls import morango_endpoint
 from .poll import check_background_stage
+from .poll import check_is_due
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def _on_request_started(environ=None, **kwargs):
     requests_in_flight.request_started()
     _request_state.jobs = []
     transfer_session_id = _polled_transfer_session_id(environ or {})
-    if transfer_session_id is not None:
+    if transfer_session_id is not None and check_is_due(transfer_session_id):
         try:
             check_background_stage(transfer_session_id)
         except Exception:

@@ -10,9 +10,18 @@ settled it. Only the job of the stage the session is at counts: a job of an
 earlier stage ending late says nothing about the current one. The poll of a stage
 whose job backs off for the writers' turn also wakes the line of waiting jobs if
 the turn is free (see :mod:`~kolibri_sync_extras_plugin.writer_turn`).
+
+A client polls about once a second, and the check reads the transfer session and
+the job in job storage, a database of its own on SQLite, whose connection each
+request opens again: with 32 clients polling, it doubled a poll's processor time
+in the server's process (5.6 ms against 3.4 ms for stock's). What it catches is
+rare and has grace periods of seconds, so a server process checks one session at
+most every :data:`POLL_CHECK_SECONDS` (see :func:`check_is_due`).
 """
 
 import logging
+import threading
+import time
 
 from django.utils import timezone
 from kolibri.core.tasks.exceptions import JobNotFound
@@ -43,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MISSING_JOB_GRACE_SECONDS",
+    "POLL_CHECK_SECONDS",
+    "check_is_due",
+    "forget_checks",
     "worker_is_gone",
     "check_background_stage",
     "never_picked_up",
@@ -52,6 +64,45 @@ __all__ = [
 #: How long a stage may show STARTED with no job in job storage before it errors:
 #: the job is enqueued just after the request that started the stage has ended.
 MISSING_JOB_GRACE_SECONDS = 10
+
+
+#: The least time between two checks of one polled transfer session in a server
+#: process: a client polls about once a second.
+POLL_CHECK_SECONDS = 5.0
+#: How many sessions' last checks a process remembers before forgetting the
+#: ones past :data:`POLL_CHECK_SECONDS`.
+_REMEMBERED_CHECKS = 1000
+
+_last_checks = {}
+_last_checks_lock = threading.Lock()
+
+
+def check_is_due(transfer_session_id, now=None):
+    """
+    Whether a poll of this transfer session should run
+    :func:`check_background_stage`: none has run in this process for
+    :data:`POLL_CHECK_SECONDS`. Calling it counts as running one.
+
+    :param now: ``time.monotonic()``, by default
+    :rtype: bool
+    """
+    now = time.monotonic() if now is None else now
+    with _last_checks_lock:
+        last = _last_checks.get(transfer_session_id)
+        if last is not None and now - last < POLL_CHECK_SECONDS:
+            return False
+        _last_checks[transfer_session_id] = now
+        if len(_last_checks) > _REMEMBERED_CHECKS:
+            for session_id, checked in list(_last_checks.items()):
+                if now - checked >= POLL_CHECK_SECONDS:
+                    del _last_checks[session_id]
+        return True
+
+
+def forget_checks():
+    """Forget every session's last check (the tests start each with none)."""
+    with _last_checks_lock:
+        _last_checks.clear()
 
 
 #: The states of a job that a worker has taken and not yet finished: Kolibri's
