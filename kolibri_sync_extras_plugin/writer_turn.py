@@ -266,7 +266,9 @@ def wake_the_line_if_the_turn_is_free():
     Wake the longest waiting stage job if the writers' turn is free this moment:
     called on a client's poll of a stage whose job waits for the turn, so a turn
     freed without a hand-over (its holder's process died, or the job began
-    waiting in the very moment of one) is taken at that client's next poll, not
+    waiting in the very moment of one) is taken at one of that client's polls
+    (checked every few seconds, see
+    :data:`~kolibri_sync_extras_plugin.request.poll.POLL_CHECK_SECONDS`), not
     after the job's back-off. The longest waiting job is woken rather than the
     polled one, so the line keeps its order.
 

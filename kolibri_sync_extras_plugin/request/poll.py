@@ -305,8 +305,8 @@ def stage_job_running():
 
 def _wake_the_line_if_waiting_for_the_turn(orm_job):
     """
-    A job backing off for the writers' turn (queued again, due later) runs at its
-    client's next poll once the turn is free, whoever freed it: see
+    A job backing off for the writers' turn (queued again, due later) runs at a
+    poll of its client once the turn is free, whoever freed it: see
     :func:`~kolibri_sync_extras_plugin.writer_turn.wake_the_line_if_the_turn_is_free`.
     """
     from ..writer_turn import wake_the_line_if_the_turn_is_free
