@@ -42,7 +42,7 @@ def _on_request_started(environ=None, **kwargs):
         try:
             check_background_stage(transfer_session_id)
         except Exception:
-            # a failed check must not fail the client's poll; the next poll retries it
+            # a failed check must not fail the client's poll; a poll 5 s on retries it
             logger.exception("Could not check the background stage of a polled session")
 
 
