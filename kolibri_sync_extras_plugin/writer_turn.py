@@ -73,6 +73,7 @@ __all__ = [
     "wake_longest_waiting_job",
     "wake_small_jobs",
     "wake_the_line_if_the_turn_is_free",
+    "hand_the_turn_over",
     "one_writer_at_a_time",
     "FIRST_ENQUEUED_KEY",
 ]
@@ -164,7 +165,7 @@ def writer_turn():
 def turn_handed_over_after():
     """
     The writers' turn if it is free (see :func:`writer_turn`), handed over when
-    the block ends (see :func:`_hand_the_turn_over`), after it is given back, so
+    the block ends (see :func:`hand_the_turn_over`), after it is given back, so
     the woken jobs find it free.
 
     A stage job runs in it, and so does a stage run in a request: on SQLite, one
@@ -186,7 +187,7 @@ def turn_handed_over_after():
             yield turn
     finally:
         if held:
-            _hand_the_turn_over()
+            hand_the_turn_over()
 
 
 def turn_retry_delay(waits):
@@ -363,12 +364,17 @@ def wake_small_jobs():
     ]
 
 
-def _hand_the_turn_over():
+def hand_the_turn_over():
+    """
+    What the holder of the writers' turn does once it has given the turn back:
+    wake the longest waiting stage job and every one that has become small.
+    """
     try:
         wake_longest_waiting_job()
         wake_small_jobs()
     except Exception:
-        # the stage has run; the waiting jobs still take the turn, after their back-off
+        # the stage has run; the waiting jobs still take the turn, at a poll of
+        # their clients or after their back-off
         logger.exception("Could not hand the writers' turn to a waiting stage job")
 
 

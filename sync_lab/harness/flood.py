@@ -252,6 +252,7 @@ def holding_the_writers_turn(server):
     import fcntl
 
     from kolibri_sync_extras_plugin.writer_turn import LOCK_FILE_NAME
+    from kolibri_sync_extras_plugin.writer_turn import hand_the_turn_over
 
     with open(str(server.home / LOCK_FILE_NAME), "a") as lock_file:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
@@ -260,21 +261,6 @@ def holding_the_writers_turn(server):
         finally:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
     server.call(hand_the_turn_over)
-
-
-def hand_the_turn_over():
-    """
-    Inside the server: what a stage does as it gives the writers' turn back, wake
-    the longest waiting stage job and every one that has become small.
-
-    :return: The ids of the woken jobs
-    :rtype: list[str]
-    """
-    from kolibri_sync_extras_plugin.writer_turn import wake_longest_waiting_job
-    from kolibri_sync_extras_plugin.writer_turn import wake_small_jobs
-
-    longest = wake_longest_waiting_job()
-    return ([longest] if longest else []) + wake_small_jobs()
 
 
 def enqueue_kolibri_job():
