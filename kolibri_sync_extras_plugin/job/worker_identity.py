@@ -19,6 +19,7 @@ __all__ = [
     "current_identity",
     "identity_of",
     "is_gone",
+    "is_running",
     "record_current_worker",
     "worker_extra",
     "CLAIMED_KEY",
@@ -163,18 +164,45 @@ def is_gone(identity):
     :return: ``False`` whenever that cannot be told from here
     :rtype: bool
     """
+    process = _process_seen_from_here(identity)
+    return process is not None and _process_ended(*process)
+
+
+def is_running(identity):
+    """
+    Whether the process ``identity`` names certainly still runs: it ran in this
+    boot and in this pid namespace, and its pid still belongs to it.
+
+    :param identity: See :func:`current_identity`; ``None`` when unknown
+    :return: ``False`` whenever that cannot be told from here
+    :rtype: bool
+    """
+    process = _process_seen_from_here(identity)
+    if process is None:
+        return False
+    pid, started = process
+    return _start_time(pid) == started
+
+
+def _process_seen_from_here(identity):
+    """
+    :return: ``(pid, start_time)`` of the process ``identity`` names, if it ran in
+        this boot and this pid namespace, where its pid means the same; else
+        ``None``
+    :rtype: tuple|None
+    """
     here = current_identity()
     if not identity or here is None:
-        return False
+        return None
     try:
         same_boot = identity["boot_id"] == here["boot_id"]
         same_namespace = int(identity["pid_namespace"]) == here["pid_namespace"]
         pid, started = int(identity["pid"]), int(identity["start_time"])
     except (KeyError, TypeError, ValueError):
-        return False
+        return None
     if not (same_boot and same_namespace):
-        return False
-    return _process_ended(pid, started)
+        return None
+    return pid, started
 
 
 def _process_ended(pid, started):

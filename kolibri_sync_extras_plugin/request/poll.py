@@ -218,17 +218,32 @@ def _queue_reserved_job(transfer_session_id, stage, orm_job):
     request that reserved it answered after morango had saved the stage as held,
     so the job may run now. Its process normally queues it as the request ends; a
     process killed in between (uwsgi's ``harakiri``, the out-of-memory killer)
-    leaves it to this poll.
+    leaves it to this poll. So, for a moment, does a busy process whose thread has
+    sent the answer but not yet finished the request, when the client polls
+    first: that is no fault, and is logged as information, not as a warning.
 
     :return: ``None``: the stage is not settled, its job is on its way
     """
     from ..compat import queue_reserved_job
+    from ..job.worker_identity import is_running
+    from ..job.worker_identity import reserver_of
 
-    if queue_reserved_job(orm_job.id):
+    reserver_runs = is_running(reserver_of(orm_job.worker_extra))
+    if not queue_reserved_job(orm_job.id):
+        return None
+    if not reserver_runs:
         logger.warning(
             "Queued job %s of stage %s of transfer session %s on its client's "
             "poll: the server process that reserved it ended its request without "
             "queueing it (killed or recycled mid-request?)",
+            orm_job.id,
+            stage,
+            transfer_session_id,
+        )
+    else:
+        logger.info(
+            "Queued job %s of stage %s of transfer session %s on its client's "
+            "poll, which came before the request that reserved it had finished",
             orm_job.id,
             stage,
             transfer_session_id,

@@ -24,6 +24,7 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from kolibri_sync_extras_plugin.job.worker_identity import reservation_extra
 from kolibri_sync_extras_plugin.request import hooks
 from kolibri_sync_extras_plugin.request.poll import MISSING_JOB_GRACE_SECONDS
 from kolibri_sync_extras_plugin.stage_status import job_id_for
@@ -49,9 +50,17 @@ def _ago(seconds):
 
 def _error_logged(caplog, *words):
     """Whether one error record of the server's log says all of ``words``."""
+    return _logged(caplog, lambda level: level >= logging.ERROR, words)
+
+
+def _warning_logged(caplog, *words):
+    """Whether one warning record of the server's log says all of ``words``."""
+    return _logged(caplog, lambda level: level == logging.WARNING, words)
+
+
+def _logged(caplog, at_level, words):
     return any(
-        record.levelno >= logging.ERROR
-        and all(word in record.getMessage() for word in words)
+        at_level(record.levelno) and all(word in record.getMessage() for word in words)
         for record in caplog.records
     )
 
@@ -131,11 +140,8 @@ def test_next_stage_enqueue_fails__stage_errored_at_once_and_log_names_the_job(
     )
 
 
-def test_next_stage_job_reserved_never_queued__client_poll_queues_it(
-    pull_at_serializing, async_client, monkeypatch, caplog
-):
-    # the server process was killed between answering the request and queueing
-    # its job (uwsgi's harakiri): the reservation is left PENDING
+def _reserved_never_queued(pull_at_serializing, async_client, monkeypatch):
+    """The queuing stage's job left PENDING by the request that reserved it."""
     transfer_id = pull_at_serializing["id"]
     run_stage_jobs()
     monkeypatch.setattr(hooks, "enqueue_stage_job", lambda job_request: False)
@@ -143,18 +149,54 @@ def test_next_stage_job_reserved_never_queued__client_poll_queues_it(
     monkeypatch.undo()
     queuing_job_id = job_id_for(transfer_id, transfer_stages.QUEUING)
     assert job_storage.get_orm_job(queuing_job_id).state == "PENDING"
+    return transfer_id, queuing_job_id
+
+
+def test_next_stage_job_reserved_never_queued__client_poll_queues_it(
+    pull_at_serializing, async_client, monkeypatch, caplog
+):
+    # the server process was killed between answering the request and queueing
+    # its job (uwsgi's harakiri): the reservation is left PENDING
+    transfer_id, queuing_job_id = _reserved_never_queued(
+        pull_at_serializing, async_client, monkeypatch
+    )
+    update_job_row(
+        queuing_job_id, worker_extra=reservation_extra(ended_process_identity())
+    )
 
     with caplog.at_level(logging.WARNING):
         async_client.get(transfer_id)
 
     assert job_storage.get_orm_job(queuing_job_id).state == "QUEUED"
-    assert queuing_job_id in caplog.text
-    assert "without queueing it" in caplog.text
+    assert _warning_logged(caplog, queuing_job_id, "without queueing it")
     [ran] = run_stage_jobs()
     assert ran.job_id == queuing_job_id
     assert async_client.get(transfer_id)["transfer_stage_status"] == (
         transfer_statuses.COMPLETED
     )
+
+
+def test_next_stage_job_reserved__poll_before_its_request_finished__queued_without_a_warning(
+    pull_at_serializing, async_client, monkeypatch, caplog
+):
+    # a busy server: the client read the answer and polled before the thread
+    # that sent it had finished the request and queued the job; the reserving
+    # process (this one) still runs
+    transfer_id, queuing_job_id = _reserved_never_queued(
+        pull_at_serializing, async_client, monkeypatch
+    )
+
+    with caplog.at_level(logging.INFO):
+        async_client.get(transfer_id)
+
+    assert job_storage.get_orm_job(queuing_job_id).state == "QUEUED"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(
+        queuing_job_id in r.getMessage() and "before the request" in r.getMessage()
+        for r in caplog.records
+    )
+    [ran] = run_stage_jobs()
+    assert ran.job_id == queuing_job_id
 
 
 def test_next_stage_job_gone__poll_after_grace__errored_naming_the_job(

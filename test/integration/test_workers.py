@@ -15,6 +15,7 @@ from morango.constants import transfer_statuses
 from kolibri_sync_extras_plugin.job.worker_identity import current_identity
 from kolibri_sync_extras_plugin.job.worker_identity import identity_of
 from kolibri_sync_extras_plugin.job.worker_identity import is_gone
+from kolibri_sync_extras_plugin.job.worker_identity import is_running
 
 from ..helpers.constants import ALL_DATABASES
 from ..helpers.jobs import queued_stage_jobs
@@ -53,6 +54,31 @@ def test_is_gone__ended_process_of_another_boot__not_gone():
 @pytest.mark.parametrize("recorded", [None, "", "not json", '{"other": 1}'])
 def test_is_gone__no_identity_recorded__not_gone(recorded):
     assert not is_gone(identity_of(recorded))
+
+
+def test_is_running__live_process__running():
+    assert is_running(live_identity())
+
+
+def test_is_running__process_ended__not_running():
+    assert not is_running(ended_process_identity())
+
+
+def test_is_running__pid_now_held_by_a_newer_process__not_running():
+    reused = dict(live_identity(), start_time=live_identity()["start_time"] - 1)
+
+    assert not is_running(reused)
+
+
+def test_is_running__process_of_another_boot__cannot_tell_so_not_running():
+    other_boot = dict(live_identity(), boot_id="another-boot")
+
+    assert not is_running(other_boot)
+
+
+@pytest.mark.parametrize("recorded", [None, "", "not json", '{"other": 1}'])
+def test_is_running__no_identity_recorded__not_running(recorded):
+    assert not is_running(identity_of(recorded))
 
 
 @pytest.mark.django_db(databases=ALL_DATABASES)
