@@ -31,6 +31,8 @@ from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 from morango.models.core import TransferSession
 
+from .poll_hold import stage_settled
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -305,10 +307,13 @@ def _settle(transfer_session_id, stage, stage_status, touch=True):
         transfer_stage_status__in=transfer_statuses.IN_PROGRESS_STATES,
     )
     if not touch:
-        return bool(waiting.update(transfer_stage_status=stage_status))
-    updated = waiting.update(
-        transfer_stage_status=stage_status, last_activity_timestamp=timezone.now()
-    )
+        updated = waiting.update(transfer_stage_status=stage_status)
+    else:
+        updated = waiting.update(
+            transfer_stage_status=stage_status, last_activity_timestamp=timezone.now()
+        )
+    if updated:
+        stage_settled(transfer_session_id)
     return bool(updated)
 
 

@@ -58,7 +58,9 @@ def run_background_stage(
     :mod:`.job.run`). ``transfer_session_id`` is given only by jobs of 1.0.0.
     """
     from .job.run import run_stage_of_current_job
+    from .poll_hold import stage_jobs_run_here
 
+    stage_jobs_run_here()
     return run_stage_of_current_job(
         stage,
         request_data=request_data,

@@ -55,6 +55,20 @@ def every_poll_checked(monkeypatch):
     poll.forget_checks()
 
 
+@pytest.fixture(autouse=True)
+def polls_answered_at_once(monkeypatch):
+    """
+    No poll is held: the suite's tests poll and assert at once, in a process that
+    runs their stage jobs. The hold's own tests turn it on themselves.
+    """
+    import threading
+
+    from kolibri_sync_extras_plugin import poll_hold
+
+    monkeypatch.setattr(poll_hold, "POLL_HOLD_SECONDS", 0.0)
+    monkeypatch.setattr(poll_hold, "_runs_stage_jobs", threading.Event())
+
+
 @pytest.fixture
 def background_everything():
     with sync_options(BACKGROUND_INITIALIZATION=True, BACKGROUND_FINALIZATION=True):

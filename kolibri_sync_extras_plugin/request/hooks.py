@@ -6,7 +6,8 @@ only once that request has finished: morango's PATCH view saves the whole
 transfer session row after its controller returns, which would overwrite the
 status of a job that had already finished. A client's poll (``GET`` of a transfer
 session) first checks that the stage's job can still settle it, every few
-seconds of polls (see :mod:`.poll`).
+seconds of polls (see :mod:`.poll`), and is held a moment while a job of this
+process runs the stage (see :mod:`..poll_hold`).
 """
 
 import logging
@@ -17,7 +18,9 @@ from django.core.signals import request_finished
 from django.core.signals import request_started
 
 from .. import requests_in_flight
+from ..poll_hold import hold_poll_while_stage_runs
 from ..stage_status import error_stage
+from ..stage_status import held_stage
 from .enqueue import enqueue_stage_job
 from .enqueue import release_reserved_job
 from .morango_urls import morango_endpoint
@@ -38,12 +41,21 @@ def _on_request_started(environ=None, **kwargs):
     requests_in_flight.request_started()
     _request_state.jobs = []
     transfer_session_id = _polled_transfer_session_id(environ or {})
-    if transfer_session_id is not None and check_is_due(transfer_session_id):
+    if transfer_session_id is None:
+        return
+    if check_is_due(transfer_session_id):
         try:
             check_background_stage(transfer_session_id)
         except Exception:
             # a failed check must not fail the client's poll; a poll 5 s on retries it
             logger.exception("Could not check the background stage of a polled session")
+    try:
+        hold_poll_while_stage_runs(
+            transfer_session_id, lambda: held_stage(transfer_session_id) is not None
+        )
+    except Exception:
+        # the poll is answered at once, as it would be without the hold
+        logger.exception("Could not hold the poll of a background stage")
 
 
 def _polled_transfer_session_id(environ):

@@ -1,0 +1,96 @@
+"""
+A client's poll of a stage that a job of this very process runs is held for a
+moment, and answered as soon as the stage is settled.
+
+morango's client polls a stage the server holds about once a second (its back-off
+stops at the local context's one second), whatever the stage's size: with a class
+set of 32 devices waiting on the server's stages, some 30 polls a second, each a
+full trip through Django, Kolibri's middleware and morango's view (10 ms of the
+processor on a 2-core server). Under ``kolibri start`` the stage jobs run in the
+same process and interpreter as those polls, so every poll is time taken from the
+job the clients wait for.
+
+The client sleeps a second after each answer, not before: a poll held for
+:data:`POLL_HOLD_SECONDS` before it is answered makes the next one come that much
+later, so a third fewer polls reach the server, and no client waits longer for its
+stage, as the hold ends the moment the job settles the stage (see
+:func:`stage_settled`). Waiting costs no processor and holds no database lock.
+
+Only a process that runs stage jobs holds polls: elsewhere (uwsgi's workers, whose
+jobs run in ``kolibri services``) a settled stage would not end the hold.
+"""
+
+import threading
+
+from django.db import transaction
+
+__all__ = [
+    "POLL_HOLD_SECONDS",
+    "stage_jobs_run_here",
+    "hold_poll_while_stage_runs",
+    "stage_settled",
+]
+
+#: The longest a poll of a stage still running is held before it is answered:
+#: short beside a request's second, so a held poll is still a short request.
+POLL_HOLD_SECONDS = 0.5
+#: Past this many sessions waited on, the oldest waits are ended (answered at
+#: once): a session whose stage was settled elsewhere never ends its own.
+_MAX_SESSIONS = 1000
+
+_lock = threading.Lock()
+_settled_events = {}
+_runs_stage_jobs = threading.Event()
+
+
+def stage_jobs_run_here():
+    """Called as a stage job starts: from now on this process holds polls."""
+    _runs_stage_jobs.set()
+
+
+def stage_settled(transfer_session_id):
+    """
+    A stage of the transfer session has been settled: answer its held polls, once
+    the settling is committed, so they read it.
+    """
+    transaction.on_commit(lambda: _end_holds(transfer_session_id))
+
+
+def _end_holds(transfer_session_id):
+    with _lock:
+        settled = _settled_events.pop(transfer_session_id, None)
+    if settled is not None:
+        settled.set()
+
+
+def _settled_event(transfer_session_id):
+    with _lock:
+        if len(_settled_events) >= _MAX_SESSIONS:
+            for stale in _settled_events.values():
+                stale.set()
+            _settled_events.clear()
+        return _settled_events.setdefault(transfer_session_id, threading.Event())
+
+
+def hold_poll_while_stage_runs(transfer_session_id, stage_is_held):
+    """
+    Hold a poll of the transfer session for up to :data:`POLL_HOLD_SECONDS` while
+    a stage job of this process still runs its stage, or until the stage is
+    settled.
+
+    :param stage_is_held: Called once: whether the plugin holds a stage of the
+        session now (see :func:`~kolibri_sync_extras_plugin.stage_status.held_stage`)
+    :return: Whether the poll was held
+    :rtype: bool
+    """
+    if not _runs_stage_jobs.is_set():
+        return False
+    # waited on before the stage is read, so a settling in between ends the wait
+    settled = _settled_event(transfer_session_id)
+    if not stage_is_held():
+        with _lock:
+            if _settled_events.get(transfer_session_id) is settled:
+                del _settled_events[transfer_session_id]
+        return False
+    settled.wait(POLL_HOLD_SECONDS)
+    return True

@@ -1,0 +1,134 @@
+"""
+A client's poll of a stage that a job of this process runs is held a moment, and
+answered the moment the stage is settled: morango's client polls every second, and
+each poll takes the processor from the job it waits for.
+"""
+
+import threading
+import time
+
+import pytest
+from morango.constants import transfer_stages
+from morango.constants import transfer_statuses
+
+from kolibri_sync_extras_plugin import poll_hold
+from kolibri_sync_extras_plugin.stage_status import complete_stage
+
+from ..helpers.constants import ALL_DATABASES
+from ..helpers.jobs import run_stage_jobs
+
+# committed for real: the poll is answered in another thread, and a settling
+# ends the hold once it commits
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+
+
+@pytest.fixture
+def hold_of(monkeypatch):
+    def hold(seconds):
+        monkeypatch.setattr(poll_hold, "POLL_HOLD_SECONDS", seconds)
+
+    return hold
+
+
+@pytest.fixture
+def stage_jobs_run_here():
+    poll_hold.stage_jobs_run_here()
+
+
+class PollInAnotherThread:
+    """A client's poll, answered in a thread of its own (as cheroot answers it)."""
+
+    def __init__(self, client, transfer_session_id):
+        self.answer = None
+        self.seconds = None
+        self.answered_at = None
+        self._thread = threading.Thread(
+            target=self._poll, args=(client, transfer_session_id)
+        )
+
+    def _poll(self, client, transfer_session_id):
+        started = time.monotonic()
+        self.answer = client.get(transfer_session_id)
+        self.answered_at = time.monotonic()
+        self.seconds = self.answered_at - started
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._thread.join(30)
+
+
+def _timed_poll(client, transfer_session_id):
+    started = time.monotonic()
+    answer = client.get(transfer_session_id)
+    return answer, time.monotonic() - started
+
+
+def test_stage_still_running__poll_held_then_answered_in_progress(
+    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+):
+    hold_of(0.4)
+
+    answer, seconds = _timed_poll(async_client, pull_at_serializing["id"])
+
+    assert seconds >= 0.4
+    assert answer["transfer_stage"] == transfer_stages.SERIALIZING
+    assert answer["transfer_stage_status"] == transfer_statuses.STARTED
+
+
+def test_job_settles_the_stage_during_the_hold__poll_answered_at_once_with_it(
+    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+):
+    hold_of(20.0)
+
+    with PollInAnotherThread(async_client, pull_at_serializing["id"]) as poll:
+        time.sleep(0.5)  # the poll is held by now
+        assert poll.answer is None
+        [job] = run_stage_jobs()
+        settled_at = time.monotonic()
+
+    assert job.state == "COMPLETED"
+    assert poll.answer["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert poll.seconds < 10.0
+    assert poll.answered_at - settled_at < 5.0
+
+
+def test_stage_settled_outside_a_job__held_poll_answered_at_once(
+    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+):
+    # a poll's own check settles stages too: every settling ends the holds
+    hold_of(20.0)
+
+    with PollInAnotherThread(async_client, pull_at_serializing["id"]) as poll:
+        time.sleep(0.5)  # the poll is held by now
+        assert poll.answer is None
+        assert complete_stage(pull_at_serializing["id"], transfer_stages.SERIALIZING)
+
+    assert poll.seconds < 10.0
+    assert poll.answer["transfer_stage_status"] == transfer_statuses.COMPLETED
+
+
+def test_process_runs_no_stage_jobs__poll_answered_at_once(
+    pull_at_serializing, async_client, hold_of
+):
+    # uwsgi's workers: the job runs in kolibri services, which would not end the hold
+    hold_of(20.0)
+
+    answer, seconds = _timed_poll(async_client, pull_at_serializing["id"])
+
+    assert seconds < 10.0
+    assert answer["transfer_stage_status"] == transfer_statuses.STARTED
+
+
+def test_stage_no_longer_held__poll_answered_at_once(
+    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+):
+    run_stage_jobs()
+    hold_of(20.0)
+
+    answer, seconds = _timed_poll(async_client, pull_at_serializing["id"])
+
+    assert seconds < 10.0
+    assert answer["transfer_stage_status"] == transfer_statuses.COMPLETED
