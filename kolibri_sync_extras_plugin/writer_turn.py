@@ -80,14 +80,15 @@ __all__ = [
 
 #: How soon a stage job that first found the writers' turn taken is tried again,
 #: unless a hand-over or its client's poll wakes it first.
-TURN_RETRY_DELAY = timedelta(seconds=5)
+TURN_RETRY_DELAY = timedelta(seconds=20)
 #: The longest a waiting stage job waits between two tries: the bound on how late
 #: a turn freed without a hand-over (its holder's process died) is taken by a
 #: stage no client polls for. With 32 devices pushing at once, 31 deserializing
-#: jobs wait about 25 s for the one applying every device's records: backing off
-#: to 4 s they ran 260 times, and took 4.9 s of the processor of the server's
-#: process, which that job shares.
-MAX_TURN_RETRY_DELAY = timedelta(seconds=60)
+#: jobs wait for the one applying every device's records (25 s on one 2-core
+#: server, 100 s on a slower one): backing off to 4 s they ran 260 times and
+#: took 4.9 s of the processor of the server's process, which that job shares;
+#: from 5 s to 60 s, 155 times (7 s on the slower server).
+MAX_TURN_RETRY_DELAY = timedelta(seconds=120)
 #: The stages no client waits for: morango's client closes its transfer session
 #: without waiting for the server's cleanup.
 UNAWAITED_STAGES = frozenset([transfer_stages.CLEANUP])

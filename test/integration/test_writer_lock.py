@@ -236,7 +236,7 @@ def test_client_poll__turn_free__the_polled_stage_job_is_due_now(
 def test_turn_retry_delay__doubles_per_wait_up_to_the_cap():
     delays = [turn_retry_delay(waits).total_seconds() for waits in range(6)]
 
-    assert delays == [5, 10, 20, 40, 60, 60]
+    assert delays == [20, 40, 80, 120, 120, 120]
     assert turn_retry_delay(10**6) == MAX_TURN_RETRY_DELAY
 
 
