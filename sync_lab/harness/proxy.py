@@ -239,6 +239,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 class _ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    #: Connections the kernel keeps waiting for the accept loop (socketserver's
+    #: default is 5): a class set of devices starting at once on a busy machine
+    #: overflowed 5, and a device whose connection was dropped from the full
+    #: queue timed out on its first request and failed its sync before it began.
+    request_queue_size = 128
 
 
 class TimingProxy:

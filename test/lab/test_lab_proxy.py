@@ -4,6 +4,7 @@ answers each test chooses.
 """
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -147,3 +148,20 @@ def test_proxy__notes_pull_buffer_requests_as_transferring(upstream):
         "transferring",
         False,
     )
+
+
+def test_many_devices_connecting_at_once__every_connection_waits_for_the_accept_loop():
+    # a class set starts its syncs at once while the lab's process is busy: the
+    # connections wait in the listen queue until the accept loop takes them
+    proxy = TimingProxy("http://127.0.0.1:9")  # listening, not yet accepting
+    address = proxy._server.server_address[:2]
+    connections = []
+    try:
+        for _ in range(40):
+            connections.append(socket.create_connection(address, timeout=3))
+    finally:
+        for connection in connections:
+            connection.close()
+        proxy.stop()
+
+    assert len(connections) == 40
