@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from django.db import connections
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
 
@@ -48,9 +49,12 @@ class PollInAnotherThread:
 
     def _poll(self, client, transfer_session_id):
         started = time.monotonic()
-        self.answer = client.get(transfer_session_id)
-        self.answered_at = time.monotonic()
-        self.seconds = self.answered_at - started
+        try:
+            self.answer = client.get(transfer_session_id)
+            self.answered_at = time.monotonic()
+            self.seconds = self.answered_at - started
+        finally:
+            connections.close_all()
 
     def __enter__(self):
         self._thread.start()
