@@ -27,6 +27,7 @@ from django.db import transaction
 __all__ = [
     "POLL_HOLD_SECONDS",
     "stage_jobs_run_here",
+    "stage_held_here",
     "hold_poll_while_stage_runs",
     "stage_settled",
 ]
@@ -34,11 +35,15 @@ __all__ = [
 #: The longest a poll of a stage still running is held before it is answered:
 #: short beside a request's second, so a held poll is still a short request.
 POLL_HOLD_SECONDS = 0.5
-#: Past this many sessions waited on, the oldest waits are ended (answered at
-#: once): a session whose stage was settled elsewhere never ends its own.
+#: Past this many sessions held, every hold ends (its poll is answered at once)
+#: and the memory of them is dropped: a session closed while its stage was held
+#: is never settled here.
 _MAX_SESSIONS = 1000
 
 _lock = threading.Lock()
+# the sessions whose stage this process handed to a job and has not seen
+# settled, and the event each held poll of one waits on
+_held_sessions = set()
 _settled_events = {}
 _runs_stage_jobs = threading.Event()
 
@@ -46,6 +51,18 @@ _runs_stage_jobs = threading.Event()
 def stage_jobs_run_here():
     """Called as a stage job starts: from now on this process holds polls."""
     _runs_stage_jobs.set()
+
+
+def stage_held_here(transfer_session_id):
+    """
+    Called when a request of this process hands a stage of the transfer session
+    to a job: its polls may be held until the stage is settled. Remembered in
+    memory, so that a poll costs no query to tell.
+    """
+    with _lock:
+        if len(_held_sessions) >= _MAX_SESSIONS:
+            _forget_all()
+        _held_sessions.add(transfer_session_id)
 
 
 def stage_settled(transfer_session_id):
@@ -58,39 +75,33 @@ def stage_settled(transfer_session_id):
 
 def _end_holds(transfer_session_id):
     with _lock:
+        _held_sessions.discard(transfer_session_id)
         settled = _settled_events.pop(transfer_session_id, None)
     if settled is not None:
         settled.set()
 
 
-def _settled_event(transfer_session_id):
-    with _lock:
-        if len(_settled_events) >= _MAX_SESSIONS:
-            for stale in _settled_events.values():
-                stale.set()
-            _settled_events.clear()
-        return _settled_events.setdefault(transfer_session_id, threading.Event())
+def _forget_all():
+    for settled in _settled_events.values():
+        settled.set()
+    _settled_events.clear()
+    _held_sessions.clear()
 
 
-def hold_poll_while_stage_runs(transfer_session_id, stage_is_held):
+def hold_poll_while_stage_runs(transfer_session_id):
     """
     Hold a poll of the transfer session for up to :data:`POLL_HOLD_SECONDS` while
-    a stage job of this process still runs its stage, or until the stage is
-    settled.
+    its stage, handed to a job by this process, is not settled; answer it the
+    moment it is.
 
-    :param stage_is_held: Called once: whether the plugin holds a stage of the
-        session now (see :func:`~kolibri_sync_extras_plugin.stage_status.held_stage`)
     :return: Whether the poll was held
     :rtype: bool
     """
     if not _runs_stage_jobs.is_set():
         return False
-    # waited on before the stage is read, so a settling in between ends the wait
-    settled = _settled_event(transfer_session_id)
-    if not stage_is_held():
-        with _lock:
-            if _settled_events.get(transfer_session_id) is settled:
-                del _settled_events[transfer_session_id]
-        return False
+    with _lock:
+        if transfer_session_id not in _held_sessions:
+            return False
+        settled = _settled_events.setdefault(transfer_session_id, threading.Event())
     settled.wait(POLL_HOLD_SECONDS)
     return True

@@ -19,8 +19,8 @@ from django.core.signals import request_started
 
 from .. import requests_in_flight
 from ..poll_hold import hold_poll_while_stage_runs
+from ..poll_hold import stage_held_here
 from ..stage_status import error_stage
-from ..stage_status import held_stage
 from .enqueue import enqueue_stage_job
 from .enqueue import release_reserved_job
 from .morango_urls import morango_endpoint
@@ -50,9 +50,7 @@ def _on_request_started(environ=None, **kwargs):
             # a failed check must not fail the client's poll; a poll 5 s on retries it
             logger.exception("Could not check the background stage of a polled session")
     try:
-        hold_poll_while_stage_runs(
-            transfer_session_id, lambda: held_stage(transfer_session_id) is not None
-        )
+        hold_poll_while_stage_runs(transfer_session_id)
     except Exception:
         # the poll is answered at once, as it would be without the hold
         logger.exception("Could not hold the poll of a background stage")
@@ -131,6 +129,7 @@ def schedule_background_stage(job_request):
 
     :param job_request: See :func:`~.enqueue.stage_job_request`
     """
+    stage_held_here(job_request["transfer_session_id"])
     pending = getattr(_request_state, "jobs", None)
     if pending is None:
         _enqueue_or_fail_stage(job_request)
