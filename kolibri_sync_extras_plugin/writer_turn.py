@@ -87,7 +87,7 @@ TURN_RETRY_DELAY = timedelta(seconds=20)
 #: jobs wait for the one applying every device's records (25 s on one 2-core
 #: server, 100 s on a slower one): backing off to 4 s they ran 260 times and
 #: took 4.9 s of the processor of the server's process, which that job shares;
-#: from 5 s to 60 s, 155 times (7 s on the slower server).
+#: from 5 s to 60 s, 156 times (7 s on the slower server).
 MAX_TURN_RETRY_DELAY = timedelta(seconds=120)
 #: The stages no client waits for: morango's client closes its transfer session
 #: without waiting for the server's cleanup.
