@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -154,7 +155,8 @@ def test_many_devices_connecting_at_once__every_connection_waits_for_the_accept_
     # a class set starts its syncs at once while the lab's process is busy: the
     # connections wait in the listen queue until the accept loop takes them
     proxy = TimingProxy("http://127.0.0.1:9")  # listening, not yet accepting
-    address = proxy._server.server_address[:2]
+    parsed = urllib.parse.urlsplit(proxy.url)
+    address = (parsed.hostname, parsed.port)
     connections = []
     try:
         for _ in range(40):
