@@ -17,7 +17,9 @@ include every record of that kind the stage will touch, as morango selects them
   the filter, which is what the push brought, what an interrupted push left and
   every record that failed before (morango keeps those dirty and tries each one
   again), and then what morango serializes first so that local changes win: the
-  changed app rows and logged deletions, as above.
+  changed app rows and logged deletions, as above. Where the plugin's pieces run
+  it and no record under the filter is dirty, it touches none (see
+  :func:`~kolibri_sync_extras_plugin.piecewise.operations.deserializes_nothing`).
 
 The sum over a stage's sources therefore bounds its work. Counted with a limit,
 each source's query stops at what is left of it, so a large stage costs no more
@@ -33,6 +35,7 @@ from morango.models.core import HardDeletedModels
 from morango.models.core import Store
 from morango.registry import syncable_models
 
+from .piecewise.operations import deserializes_nothing
 from .piecewise.stamping import changed_rows_of
 from .piecewise.store_queries import dirty_store_records
 from .piecewise.store_queries import under_filter
@@ -84,6 +87,9 @@ def _serializing_sources(context):
 
 
 def _deserializing_sources(context):
+    if deserializes_nothing(context):
+        # one query, where the sources below take one for each syncable model
+        return []
     # the indexed and the small first: a stage past the limit is then known
     # before the app's tables are read
     return (

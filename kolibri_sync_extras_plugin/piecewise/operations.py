@@ -19,7 +19,11 @@ from .serialize import serialize_in_pieces
 from .store_queries import dirty_store_records
 from .store_queries import undeserialized_records
 
-__all__ = ["PiecewiseDeserializeOperation", "PiecewiseSerializeOperation"]
+__all__ = [
+    "PiecewiseDeserializeOperation",
+    "PiecewiseSerializeOperation",
+    "deserializes_nothing",
+]
 
 
 class PiecewiseDeserializeOperation(LocalOperation):
@@ -148,6 +152,31 @@ class PiecewiseSerializeOperation(LocalOperation):
             update_fields = ["client_fsic"]
         context.transfer_session.save(update_fields=update_fields)
         return transfer_statuses.COMPLETED
+
+
+def deserializes_nothing(context):
+    """
+    Whether a push's deserializing on this server touches no record at all: the
+    pieces run it (see :class:`PiecewiseDeserializeOperation`) and no record under
+    its filter is dirty. The operation then serializes nothing first, and morango's
+    receiver applies nothing: told so after a push that transferred records, finding
+    nothing to apply after one that did not. So the app's changed rows, which the
+    stage would otherwise serialize first, are not its work; with a class set
+    pushing at once, every push's deserializing but the first is such a stage.
+
+    :type context: morango.sync.context.LocalSessionContext
+    :rtype: bool
+    """
+    from morango.utils import SETTINGS
+
+    return (
+        support.supports_installed_morango()
+        and SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING
+        and context.is_server
+        and context.is_push
+        and context.stage == transfer_stages.DESERIALIZING
+        and not dirty_store_records(context.filter).exists()
+    )
 
 
 def _in_background(context):

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from kolibri.core.auth.models import Classroom
 from kolibri.core.tasks.constants import Priority
 from kolibri.core.tasks.job import Job
 from kolibri.core.tasks.main import job_storage
@@ -21,6 +22,7 @@ from kolibri_sync_extras_plugin.admin.status import report_background_stages
 from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import run_queued_job_now
 from kolibri_sync_extras_plugin.job.small_stage import is_small
+from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
 from kolibri_sync_extras_plugin.stage_status import has_run
 from kolibri_sync_extras_plugin.stage_status import job_id_for
@@ -505,6 +507,24 @@ def test_deserializing_job__nothing_left__runs_while_another_job_holds_the_turn(
 
     assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
     assert _stage_status(pushed_and_dequeued) == transfer_statuses.COMPLETED
+
+
+def test_deserializing_job__nothing_left_but_a_local_change__runs_while_another_job_holds_the_turn(
+    pushed_and_dequeued, another_stage_writing
+):
+    # the pieces serialize nothing first when nothing is left to apply
+    if not supports_installed_morango():
+        pytest.skip("morango's own receiver serializes first whatever is left")
+    _applied_by_another_job()
+    Classroom.objects.filter(name="Class A").update(name="Class A, renamed")
+    job = _deserializing_job()
+
+    with sync_options(INLINE_STAGE_RECORDS=ONE):
+        job.execute()
+
+    assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
+    assert _stage_status(pushed_and_dequeued) == transfer_statuses.COMPLETED
+    assert Classroom.objects.filter(name="Class A, renamed").exists()
 
 
 def test_dequeuing_job__small_enough_for_a_request__runs_while_another_holds_the_turn(
