@@ -5,8 +5,15 @@ one machine leave the processor to the server first.
 
 import os
 import stat
+import subprocess
+
+import pytest
 
 from sync_lab.harness.instances import KolibriInstance
+from sync_lab.harness.instances import niced
+
+#: The scheduling group of this process's session, on Linux with autogroups on.
+AUTOGROUP = "/proc/self/autogroup"
 
 
 def _interpreter_printing_its_niceness(folder):
@@ -36,3 +43,26 @@ def test_kolibri_command__no_niceness_given__runs_as_the_lab(tmp_path):
         result = instance.kolibri("--version")
 
     assert "niceness {}".format(os.nice(0)) in result.output
+
+
+@pytest.mark.skipif(
+    not os.path.exists(AUTOGROUP), reason="the kernel groups no sessions here"
+)
+def test_niced_command__own_session__its_group_runs_at_the_niceness_too():
+    # each session its own group: a niceness counting only inside it would leave
+    # 32 clients 32 shares of the processor to the server's one
+    command = niced(["cat", AUTOGROUP], 19)
+
+    output = subprocess.run(
+        command, capture_output=True, text=True, start_new_session=True, check=True
+    ).stdout
+
+    assert output.split()[-2:] == ["nice", "19"]
+
+
+def test_niced_command__runs_at_the_niceness_and_passes_its_arguments():
+    command = niced(["sh", "-c", 'echo "$(nice) $0 $1"', "a b", "c"], 5)
+
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert output.split() == [str(os.nice(0) + 5), "a", "b", "c"]
