@@ -179,10 +179,12 @@ def import_path(func):
     return "{}:{}".format(func.__module__, func.__qualname__)
 
 
-#: Run its arguments at the niceness given first, its session's scheduling group
-#: included (see :func:`niced`).
+#: Run its arguments at the niceness given first, and so the scheduling group of
+#: its session if it leads that session (field 6 of ``/proc/PID/stat``): the
+#: group of a session it only belongs to is its parent's too (see :func:`niced`).
 _NICE_SESSION_SCRIPT = (
-    'if [ -w /proc/self/autogroup ]; then echo "$0" > /proc/self/autogroup; fi; '
+    'if [ -w /proc/self/autogroup ] && [ "$(cut -d" " -f6 /proc/$$/stat)" = "$$" ]; '
+    'then echo "$0" > /proc/self/autogroup; fi; '
     'exec nice -n "$0" "$@"'
 )
 
@@ -197,7 +199,8 @@ def niced(command, niceness):
     other, and a process's niceness counts only against the processes of its own
     group: 32 clients at niceness 19, each in its own session, took 32 shares of
     the processor to the server's one. So the group's niceness is set as well,
-    where the kernel has one.
+    where the kernel has one and the command leads its session; run in its
+    parent's session, it leaves that session's group alone.
 
     :type command: list[str]
     :type niceness: int

@@ -60,9 +60,30 @@ def test_niced_command__own_session__its_group_runs_at_the_niceness_too():
     assert output.split()[-2:] == ["nice", "19"]
 
 
+@pytest.mark.skipif(
+    not os.path.exists(AUTOGROUP), reason="the kernel groups no sessions here"
+)
+def test_niced_command__in_its_parents_session__leaves_that_sessions_group_alone():
+    # the group is this test run's own, and every process's of its session
+    before = _read(AUTOGROUP)
+    command = niced(["cat", AUTOGROUP], 19)
+
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert output == before
+    assert _read(AUTOGROUP) == before
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def test_niced_command__runs_at_the_niceness_and_passes_its_arguments():
     command = niced(["sh", "-c", 'echo "$(nice) $0 $1"', "a b", "c"], 5)
 
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    output = subprocess.run(
+        command, capture_output=True, text=True, start_new_session=True, check=True
+    ).stdout
 
     assert output.split() == [str(os.nice(0) + 5), "a", "b", "c"]
