@@ -19,7 +19,7 @@ include every record of that kind the stage will touch, as morango selects them
   again), and then what morango serializes first so that local changes win: the
   changed app rows and logged deletions, as above. Where the plugin's pieces run
   it and no record under the filter is dirty, it touches none (see
-  :func:`~kolibri_sync_extras_plugin.piecewise.operations.deserializes_nothing`).
+  :func:`~kolibri_sync_extras_plugin.piecewise.operations.deserialized_in_pieces`).
 
 The sum over a stage's sources therefore bounds its work. Counted with a limit,
 each source's query stops at what is left of it, so a large stage costs no more
@@ -35,7 +35,7 @@ from morango.models.core import HardDeletedModels
 from morango.models.core import Store
 from morango.registry import syncable_models
 
-from .piecewise.operations import deserializes_nothing
+from .piecewise.operations import deserialized_in_pieces
 from .piecewise.stamping import changed_rows_of
 from .piecewise.store_queries import dirty_store_records
 from .piecewise.store_queries import under_filter
@@ -87,9 +87,6 @@ def _serializing_sources(context):
 
 
 def _deserializing_sources(context):
-    if deserializes_nothing(context):
-        # one query, where the sources below take one for each syncable model
-        return []
     # the indexed and the small first: a stage past the limit is then known
     # before the app's tables are read
     return (
@@ -134,7 +131,24 @@ def records_touched(context, at_most=None):
     """
     sources = _SOURCES.get(context.stage)
     querysets = None if sources is None else sources(context)
-    return None if querysets is None else _count(querysets, at_most)
+    if querysets is None:
+        return None
+    if deserialized_in_pieces(context):
+        return _count_unless_nothing_dirty(querysets, at_most)
+    return _count(querysets, at_most)
+
+
+def _count_unless_nothing_dirty(querysets, at_most):
+    """
+    The deserializing sources' sum, or 0 with no dirty record: the pieces then
+    serialize nothing first. One query decides that, where the rest would take
+    one for each syncable model.
+    """
+    dirty, rest = querysets[:1], querysets[1:]
+    total = _count(dirty, at_most)
+    if total == 0 or (at_most is not None and total > at_most):
+        return total
+    return total + _count(rest, None if at_most is None else at_most - total)
 
 
 def changed_rows_to_serialize(context):

@@ -22,7 +22,7 @@ from .store_queries import undeserialized_records
 __all__ = [
     "PiecewiseDeserializeOperation",
     "PiecewiseSerializeOperation",
-    "deserializes_nothing",
+    "deserialized_in_pieces",
 ]
 
 
@@ -154,15 +154,16 @@ class PiecewiseSerializeOperation(LocalOperation):
         return transfer_statuses.COMPLETED
 
 
-def deserializes_nothing(context):
+def deserialized_in_pieces(context):
     """
-    Whether a push's deserializing on this server touches no record at all: the
-    pieces run it (see :class:`PiecewiseDeserializeOperation`) and no record under
-    its filter is dirty. The operation then serializes nothing first, and morango's
-    receiver applies nothing: told so after a push that transferred records, finding
-    nothing to apply after one that did not. So the app's changed rows, which the
-    stage would otherwise serialize first, are not its work; with a class set
-    pushing at once, every push's deserializing but the first is such a stage.
+    Whether :class:`PiecewiseDeserializeOperation` runs this context's stage: a
+    push's deserializing on this server, with a morango the pieces follow. With no
+    record dirty under the filter it then touches none at all: it serializes
+    nothing first, and morango's receiver applies nothing (told so after a push
+    that transferred records, finding nothing to apply after one that did not).
+    So the app's changed rows, which the stage would otherwise serialize first,
+    are not its work; with a class set pushing at once, every push's
+    deserializing but the first is such a stage.
 
     :type context: morango.sync.context.LocalSessionContext
     :rtype: bool
@@ -175,7 +176,6 @@ def deserializes_nothing(context):
         and context.is_server
         and context.is_push
         and context.stage == transfer_stages.DESERIALIZING
-        and not dirty_store_records(context.filter).exists()
     )
 
 
