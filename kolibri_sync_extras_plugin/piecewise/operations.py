@@ -56,15 +56,10 @@ class PiecewiseDeserializeOperation(LocalOperation):
         :type context: morango.sync.context.LocalSessionContext
         :rtype: str|bool
         """
-        from morango.utils import SETTINGS
-
-        self._assert(support.supports_installed_morango())
-        self._assert(context.is_server and context.is_push)
-        self._assert(context.stage == transfer_stages.DESERIALIZING)
+        self._assert(deserialized_in_pieces(context))
         self._assert(context.sync_session is not None)
         self._assert(context.transfer_session is not None)
         self._assert(context.filter is not None)
-        self._assert(SETTINGS.MORANGO_DESERIALIZE_AFTER_DEQUEUING)
         sources = ()
         if not context.transfer_session.records_transferred:
             # nothing new: only an interrupted push's records wait (see below)
