@@ -48,6 +48,7 @@ from ..harness.topology import start_server
 from ..harness.uwsgi_server import UWSGI_SETTINGS
 from .many_clients import render_many_clients
 from .many_clients import run_many_clients
+from .many_clients import write_many_clients_chart
 from .report import ModeRun
 from .report import render_bench
 from .report import render_bench_processes
@@ -499,6 +500,10 @@ def run_many(args, workdir, output, progress):
     text = render_many_clients(runs)
     print("\n" + text)
     _write(output / "many-clients.txt", text, progress)
+    chart = write_many_clients_chart(runs, str(output / "many-clients.png"))
+    progress.say(
+        "wrote {}".format(chart) if chart else "no chart: matplotlib is not installed"
+    )
     return [_ManyClientsResult(run) for run in runs]
 
 

@@ -43,6 +43,7 @@ from ..harness.topology import SERVERS
 from ..harness.topology import describe_processes
 from ..harness.topology import peak_rss_line
 from ..harness.topology import start_server
+from .report import _pyplot
 from .write_lock import WriteLockProbe
 from .write_lock import background_stage_spans
 from .write_lock import describe_wait
@@ -51,6 +52,8 @@ __all__ = [
     "ManyClientsRun",
     "run_many_clients",
     "render_many_clients",
+    "many_clients_chart_figures",
+    "write_many_clients_chart",
 ]
 
 _PUSH_STAGES = {("push", "dequeuing"), ("push", "deserializing"), ("push", "cleanup")}
@@ -808,3 +811,97 @@ def _slowest(syncs):
 def _lock_cell(run):
     wait = run.longest_lock_wait()
     return "{:.3f} s".format(wait.seconds) if wait else "-"
+
+
+#: The chart's panels: what each shows, and how it is read from a run
+_CHART_PANELS = (
+    ("Slowest push (s)", lambda run: _longest_duration(run.pushes)),
+    ("Push phase (s)", lambda run: run.push_phase),
+    ("Longest request (s, log scale)", lambda run: _duration(run.longest)),
+)
+
+
+def _longest_duration(syncs):
+    return max((sync.duration for sync in syncs), default=None)
+
+
+def _duration(exchange):
+    return None if exchange is None else exchange.duration
+
+
+def many_clients_chart_figures(runs):
+    """
+    What the chart draws: one label per number of clients (with its database when
+    the runs span several), in the order run, and for each panel each mode's
+    figure per label, ``None`` where that mode did not run or has no figure.
+
+    :type runs: list[ManyClientsRun]
+    :return: ``(labels, {panel title: {"on": [...], "off": [...]}})``
+    """
+    groups = []
+    for run in runs:
+        if (run.clients, run.database) not in groups:
+            groups.append((run.clients, run.database))
+    several_databases = len({database for _, database in groups}) > 1
+    labels = [
+        "{}\n{}".format(clients, database) if several_databases else str(clients)
+        for clients, database in groups
+    ]
+    figures = {}
+    for title, measure in _CHART_PANELS:
+        figures[title] = {}
+        for mode in ("on", "off"):
+            by_group = {(r.clients, r.database): r for r in runs if r.mode == mode}
+            figures[title][mode] = [
+                measure(by_group[group]) if group in by_group else None
+                for group in groups
+            ]
+    return labels, figures
+
+
+def write_many_clients_chart(runs, path):
+    """
+    The slowest push, the push phase and the longest request of each run, plugin
+    on beside off for each number of clients: what a class set waits for, and
+    whether any request came near a proxy's timeout. The longest request is on a
+    log scale, since stock's run to a minute where the plugin's stay near a
+    second; a dashed line marks one second.
+
+    :type runs: list[ManyClientsRun]
+    :return: The path written, or ``None`` without matplotlib or runs
+    """
+    pyplot = _pyplot()
+    if pyplot is None or not runs:
+        return None
+    labels, figures = many_clients_chart_figures(runs)
+    positions = list(range(len(labels)))
+    width = 0.38
+    figure, axes = pyplot.subplots(1, len(figures), figsize=(14, 4))
+    for axis, (title, by_mode) in zip(axes, figures.items()):
+        for offset, mode, colour in ((-1, "on", "tab:green"), (1, "off", "tab:gray")):
+            values = by_mode[mode]
+            if all(value is None for value in values):
+                continue
+            bars = axis.bar(
+                [p + offset * width / 2 for p in positions],
+                [value or 0 for value in values],
+                width,
+                color=colour,
+                label="plugin " + mode,
+            )
+            axis.bar_label(
+                bars,
+                labels=["" if v is None else "{:.1f}".format(v) for v in values],
+                fontsize=8,
+            )
+        axis.set_title(title)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(labels)
+        axis.set_xlabel("clients at once")
+        axis.legend()
+    axes[-1].set_yscale("log")
+    axes[-1].axhline(1.0, color="tab:red", linestyle="--", linewidth=1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

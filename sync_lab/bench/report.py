@@ -720,8 +720,9 @@ def write_comparison_chart(runs, path):
 
 def write_bench_chart(results, path):
     """
-    Pull time, round trip time and the longest request per mode, at each size of
-    the bench (sizes as categories, since they span three orders of magnitude).
+    Pull, push and round trip times and the longest request per mode, at each
+    size of the bench (sizes as categories, since they span three orders of
+    magnitude).
 
     :param results: As for :func:`render_bench`
     :return: The path written, or ``None`` without matplotlib
@@ -732,9 +733,10 @@ def write_bench_chart(results, path):
     labels = [str(records) for records, _ in results]
     positions = list(range(len(labels)))
     width = 0.38
-    figure, axes = pyplot.subplots(1, 3, figsize=(13, 4))
+    figure, axes = pyplot.subplots(1, 4, figsize=(17, 4))
     panels = (
         ("pull", "Pull (s)"),
+        ("push", "Push (s)"),
         ("round_trip", "Round trip (s)"),
         ("longest", "Longest single request (s)"),
     )

@@ -3,8 +3,10 @@ How the demo's many-clients mode judges a run: its data checks and its report.
 """
 
 from sync_lab.bench.many_clients import ManyClientsRun
+from sync_lab.bench.many_clients import many_clients_chart_figures
 from sync_lab.bench.many_clients import push_phase_seconds
 from sync_lab.bench.many_clients import render_many_clients
+from sync_lab.bench.many_clients import write_many_clients_chart
 from sync_lab.harness.checks import Differences
 from sync_lab.harness.cpu import PhaseCpu
 from sync_lab.harness.dataset import COUNTED
@@ -255,3 +257,49 @@ def test_render__sqlite_run_with_the_lock_probe__says_nothing_of_it():
     run.lock_probe = True
 
     assert "write-lock probe" not in render_many_clients([run])
+
+
+def _timed_run(mode, clients, slowest_push, push_phase, longest):
+    run = _clean_run(clients)
+    run.mode = mode
+    run.pushes = [_sync(duration=slowest_push / 2), _sync(duration=slowest_push)]
+    run.push_phase = push_phase
+    run.push_exchanges = [_exchange("DELETE", "/api/morango/v1/x/", longest)]
+    return run
+
+
+def test_chart_figures__each_count_with_the_plugin_on_beside_off():
+    runs = [
+        _timed_run("on", 8, 14.0, 16.5, 0.7),
+        _timed_run("off", 8, 16.0, 16.0, 4.2),
+        _timed_run("on", 32, 60.0, 80.0, 1.6),
+    ]
+
+    labels, figures = many_clients_chart_figures(runs)
+
+    assert labels == ["8", "32"]
+    assert figures["Slowest push (s)"] == {"on": [14.0, 60.0], "off": [16.0, None]}
+    assert figures["Push phase (s)"] == {"on": [16.5, 80.0], "off": [16.0, None]}
+    assert figures["Longest request (s, log scale)"]["off"] == [4.2, None]
+
+
+def test_chart_figures__several_databases__named_under_the_count():
+    runs = [
+        _timed_run("on", 8, 14.0, 16.5, 0.7),
+        _timed_run("on", 8, 20.0, 22.0, 0.9),
+    ]
+    runs[1].database = "postgresql"
+
+    labels, figures = many_clients_chart_figures(runs)
+
+    assert labels == ["8\nsqlite", "8\npostgresql"]
+    assert figures["Slowest push (s)"]["on"] == [14.0, 20.0]
+
+
+def test_chart__written_as_a_picture(tmp_path):
+    runs = [_timed_run("on", 8, 14.0, 16.5, 0.7), _timed_run("off", 8, 16.0, 16.0, 4.2)]
+
+    path = write_many_clients_chart(runs, str(tmp_path / "many-clients.png"))
+
+    with open(path, "rb") as picture:
+        assert picture.read(8) == b"\x89PNG\r\n\x1a\n"
