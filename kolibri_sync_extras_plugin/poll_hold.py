@@ -17,7 +17,10 @@ stage, as the hold ends the moment the job settles the stage (see
 :func:`stage_settled`). Waiting costs no processor and holds no database lock.
 
 Only a process that runs stage jobs holds polls: elsewhere (uwsgi's workers, whose
-jobs run in ``kolibri services``) a settled stage would not end the hold.
+jobs run in ``kolibri services``) a settled stage would not end the hold. And only
+while the stages of several clients wait on it (:data:`POLL_HOLD_MIN_SESSIONS`):
+a client or two polling take a few per cent of the processor, and are answered
+at once, so a device syncing alone never sees a request held.
 """
 
 import threading
@@ -26,6 +29,7 @@ from django.db import transaction
 
 __all__ = [
     "POLL_HOLD_SECONDS",
+    "POLL_HOLD_MIN_SESSIONS",
     "stage_jobs_run_here",
     "stage_held_here",
     "hold_poll_while_stage_runs",
@@ -35,6 +39,9 @@ __all__ = [
 #: The longest a poll of a stage still running is held before it is answered:
 #: short beside a request's second, so a held poll is still a short request.
 POLL_HOLD_SECONDS = 0.5
+#: Polls are held only while the stages of at least this many transfer sessions
+#: wait on this process's jobs: fewer clients' polls cost the job little.
+POLL_HOLD_MIN_SESSIONS = 4
 #: Past this many sessions held, every hold ends (its poll is answered at once)
 #: and the memory of them is dropped: a session closed while its stage was held
 #: is never settled here.
@@ -91,8 +98,9 @@ def _forget_all():
 def hold_poll_while_stage_runs(transfer_session_id):
     """
     Hold a poll of the transfer session for up to :data:`POLL_HOLD_SECONDS` while
-    its stage, handed to a job by this process, is not settled; answer it the
-    moment it is.
+    its stage, handed to a job by this process, is not settled, and the stages of
+    :data:`POLL_HOLD_MIN_SESSIONS` sessions or more wait here; answer it the
+    moment it is settled.
 
     :return: Whether the poll was held
     :rtype: bool
@@ -101,6 +109,8 @@ def hold_poll_while_stage_runs(transfer_session_id):
         return False
     with _lock:
         if transfer_session_id not in _held_sessions:
+            return False
+        if len(_held_sessions) < POLL_HOLD_MIN_SESSIONS:
             return False
         settled = _settled_events.setdefault(transfer_session_id, threading.Event())
     settled.wait(POLL_HOLD_SECONDS)

@@ -6,6 +6,7 @@ each poll takes the processor from the job it waits for.
 
 import threading
 import time
+import uuid
 
 import pytest
 from django.db import connections
@@ -34,6 +35,17 @@ def hold_of(monkeypatch):
 @pytest.fixture
 def stage_jobs_run_here():
     poll_hold.stage_jobs_run_here()
+
+
+@pytest.fixture
+def other_clients_waiting():
+    """Other clients' stages wait on this process's jobs too: a class set."""
+    others = [uuid.uuid4().hex for _ in range(poll_hold.POLL_HOLD_MIN_SESSIONS - 1)]
+    for transfer_session_id in others:
+        poll_hold.stage_held_here(transfer_session_id)
+    yield
+    for transfer_session_id in others:
+        poll_hold.stage_settled(transfer_session_id)
 
 
 class PollInAnotherThread:
@@ -71,7 +83,11 @@ def _timed_poll(client, transfer_session_id):
 
 
 def test_stage_still_running__poll_held_then_answered_in_progress(
-    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+    pull_at_serializing,
+    async_client,
+    hold_of,
+    stage_jobs_run_here,
+    other_clients_waiting,
 ):
     hold_of(0.4)
 
@@ -95,7 +111,12 @@ def _a_poll_check_settles_it(transfer_session_id):
 
 @pytest.mark.parametrize("settle", [_its_job_runs, _a_poll_check_settles_it])
 def test_stage_settled_during_the_hold__poll_answered_at_once_with_it(
-    settle, pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+    settle,
+    pull_at_serializing,
+    async_client,
+    hold_of,
+    stage_jobs_run_here,
+    other_clients_waiting,
 ):
     hold_of(20.0)
 
@@ -110,7 +131,7 @@ def test_stage_settled_during_the_hold__poll_answered_at_once_with_it(
 
 
 def test_process_runs_no_stage_jobs__poll_answered_at_once(
-    pull_at_serializing, async_client, hold_of
+    pull_at_serializing, async_client, hold_of, other_clients_waiting
 ):
     # uwsgi's workers: the job runs in kolibri services, which would not end the hold
     hold_of(20.0)
@@ -122,7 +143,11 @@ def test_process_runs_no_stage_jobs__poll_answered_at_once(
 
 
 def test_stage_no_longer_held__poll_answered_at_once(
-    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+    pull_at_serializing,
+    async_client,
+    hold_of,
+    stage_jobs_run_here,
+    other_clients_waiting,
 ):
     run_stage_jobs()
     hold_of(20.0)
@@ -131,3 +156,15 @@ def test_stage_no_longer_held__poll_answered_at_once(
 
     assert seconds < 10.0
     assert answer["transfer_stage_status"] == transfer_statuses.COMPLETED
+
+
+def test_a_client_alone__poll_answered_at_once(
+    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
+):
+    # one device syncing: its polls cost the job little, and no request is held
+    hold_of(20.0)
+
+    answer, seconds = _timed_poll(async_client, pull_at_serializing["id"])
+
+    assert seconds < 10.0
+    assert answer["transfer_stage_status"] == transfer_statuses.STARTED
