@@ -23,6 +23,19 @@ endif
 # the fast, in-process tests (no Kolibri process started), for the development
 # loop; `make test` runs everything
 FAST := -m "not e2e"
+# `make test` runs the end-to-end tests two modules at a time (pytest-xdist, each
+# module wholly in one worker): they mostly wait on Kolibri processes, so two
+# share the machine's cores; E2E_WORKERS=0 runs them one at a time. They use no
+# in-process database, so pytest-django stays out: a worker inherits the
+# DJANGO_SETTINGS_MODULE conftest.py sets, and pytest-django would look for
+# Django before conftest.py has put Kolibri's vendored copy on the path.
+E2E_WORKERS ?= 2
+ifeq ($(E2E_WORKERS),0)
+E2E_PARALLEL :=
+else
+E2E_PARALLEL := -n $(E2E_WORKERS) --dist loadfile -p no:django \
+	-W ignore::pytest.PytestUnknownMarkWarning
+endif
 
 .PHONY: venv test test-fast demo bench package-check lint clean
 
@@ -37,9 +50,10 @@ $(BIN)/kolibri: requirements.txt requirements-test.txt $(UWSGI_REQUIREMENTS) set
 
 venv: $(BIN)/kolibri
 
-# the full suite, as CI runs it
+# the full suite, as CI runs it: the in-process tests, then the end-to-end ones
 test: venv
-	$(BIN)/python -m pytest test/ $(PYTEST_ARGS)
+	$(BIN)/python -m pytest test/ $(FAST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest test/ -m e2e $(E2E_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/python -m pytest test/ $(FAST) $(PYTEST_ARGS)

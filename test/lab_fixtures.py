@@ -49,6 +49,20 @@ def lab_report():
     return record
 
 
+def pytest_sessionfinish(session):
+    """In a pytest-xdist worker: hand this worker's measurements to the controller."""
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output["lab_measurements"] = list(_measurements)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """In pytest-xdist's controller: gather a finished worker's measurements."""
+    worker_output = getattr(node, "workeroutput", None) or {}
+    _measurements.extend(tuple(m) for m in worker_output.get("lab_measurements", ()))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _measurements:
         terminalreporter.section("sync lab measurements")

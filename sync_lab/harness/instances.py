@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -126,16 +127,49 @@ class CommandResult:
         return "\n".join(self.output.splitlines()[-lines:])
 
 
+#: Set by pytest-xdist in each of its worker processes: ``gw0``, ``gw1``, ...
+XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
+#: Under pytest-xdist, each worker draws its ports from a block of its own below
+#: the kernel's range for outgoing connections (32768 up), so that two test
+#: modules running at once never draw the same free port: a server that lost
+#: such a race could not tell, as the other module's server would answer for it.
+WORKER_PORTS_START = 20000
+WORKER_PORTS_PER_WORKER = 1500
+
+
 def free_port(host=LOCALHOST):
     """
     A port nothing listens on right now. Another process could take it before the
     caller binds it; :meth:`KolibriInstance.start` retries on a new port if so.
+    Under pytest-xdist the port comes from the worker's own block (see
+    :data:`WORKER_PORTS_START`).
 
     :rtype: int
     """
+    worker = os.environ.get(XDIST_WORKER_ENV, "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return _free_port_of_worker(host, int(worker[2:]))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _free_port_of_worker(host, worker):
+    low = WORKER_PORTS_START + WORKER_PORTS_PER_WORKER * worker
+    ports = list(range(low, low + WORKER_PORTS_PER_WORKER))
+    random.shuffle(ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise InstanceError(
+        "no free port in {}-{} for xdist worker gw{}".format(
+            low, low + WORKER_PORTS_PER_WORKER - 1, worker
+        )
+    )
 
 
 def child_environment(home, base=None):
