@@ -24,6 +24,7 @@ at once, so a device syncing alone never sees a request held.
 """
 
 import threading
+import time
 
 from django.db import transaction
 
@@ -42,15 +43,19 @@ POLL_HOLD_SECONDS = 0.5
 #: Polls are held only while the stages of at least this many transfer sessions
 #: wait on this process's jobs: fewer clients' polls cost the job little.
 POLL_HOLD_MIN_SESSIONS = 4
+#: How long a session handed to a job counts towards
+#: :data:`POLL_HOLD_MIN_SESSIONS`: a session closed while its stage ran (its
+#: client gave up) is never settled here, and would otherwise count for ever.
+HELD_SESSION_MEMORY_SECONDS = 3600.0
 #: Past this many sessions held, every hold ends (its poll is answered at once)
-#: and the memory of them is dropped: a session closed while its stage was held
-#: is never settled here.
+#: and the memory of them is dropped.
 _MAX_SESSIONS = 1000
 
 _lock = threading.Lock()
 # the sessions whose stage this process handed to a job and has not seen
-# settled, and the event each held poll of one waits on
-_held_sessions = set()
+# settled, with when (time.monotonic()), and the event each held poll of one
+# waits on
+_held_sessions = {}
 _settled_events = {}
 _runs_stage_jobs = threading.Event()
 
@@ -69,7 +74,7 @@ def stage_held_here(transfer_session_id):
     with _lock:
         if len(_held_sessions) >= _MAX_SESSIONS:
             _forget_all()
-        _held_sessions.add(transfer_session_id)
+        _held_sessions[transfer_session_id] = time.monotonic()
 
 
 def stage_settled(transfer_session_id):
@@ -82,7 +87,7 @@ def stage_settled(transfer_session_id):
 
 def _end_holds(transfer_session_id):
     with _lock:
-        _held_sessions.discard(transfer_session_id)
+        _held_sessions.pop(transfer_session_id, None)
         settled = _settled_events.pop(transfer_session_id, None)
     if settled is not None:
         settled.set()
@@ -93,6 +98,12 @@ def _forget_all():
         settled.set()
     _settled_events.clear()
     _held_sessions.clear()
+
+
+def _sessions_waiting():
+    """How many sessions handed to a job here within the memory wait on it."""
+    since = time.monotonic() - HELD_SESSION_MEMORY_SECONDS
+    return sum(1 for handed in _held_sessions.values() if handed > since)
 
 
 def hold_poll_while_stage_runs(transfer_session_id):
@@ -110,7 +121,7 @@ def hold_poll_while_stage_runs(transfer_session_id):
     with _lock:
         if transfer_session_id not in _held_sessions:
             return False
-        if len(_held_sessions) < POLL_HOLD_MIN_SESSIONS:
+        if _sessions_waiting() < POLL_HOLD_MIN_SESSIONS:
             return False
         settled = _settled_events.setdefault(transfer_session_id, threading.Event())
     settled.wait(POLL_HOLD_SECONDS)

@@ -67,6 +67,9 @@ def polls_answered_at_once(monkeypatch):
 
     monkeypatch.setattr(poll_hold, "POLL_HOLD_SECONDS", 0.0)
     monkeypatch.setattr(poll_hold, "_runs_stage_jobs", threading.Event())
+    # each test starts with no session remembered as waiting on this process
+    monkeypatch.setattr(poll_hold, "_held_sessions", {})
+    monkeypatch.setattr(poll_hold, "_settled_events", {})
 
 
 @pytest.fixture

@@ -172,3 +172,22 @@ def test_a_client_alone__poll_answered_at_once(
     answer = _poll_answered_at_once(async_client, pull_at_serializing["id"])
 
     assert answer["transfer_stage_status"] == transfer_statuses.STARTED
+
+
+def test_others_handed_over_long_ago__count_no_more__poll_answered_at_once(
+    pull_at_serializing,
+    async_client,
+    hold_of,
+    stage_jobs_run_here,
+    other_clients_waiting,
+    monkeypatch,
+):
+    # the other sessions' clients gave up long ago: never settled, they no
+    # longer count, and this client is alone
+    time.sleep(0.05)
+    monkeypatch.setattr(poll_hold, "HELD_SESSION_MEMORY_SECONDS", 0.01)
+    hold_of(20.0)
+
+    answer = _poll_answered_at_once(async_client, pull_at_serializing["id"])
+
+    assert answer["transfer_stage_status"] == transfer_statuses.STARTED
