@@ -89,11 +89,12 @@ def _serializing_sources(context):
 def _deserializing_sources(context):
     # the indexed and the small first: a stage past the limit is then known
     # before the app's tables are read
-    return (
-        _dirty_store_records(context)
-        + _logged_deletions(context)
-        + _changed_app_rows(context)
-    )
+    return _dirty_store_records(context) + _serialized_first(context)
+
+
+def _serialized_first(context):
+    """What a deserializing stage serializes before it applies the dirty records."""
+    return _logged_deletions(context) + _changed_app_rows(context)
 
 
 _SOURCES = {
@@ -129,26 +130,24 @@ def records_touched(context, at_most=None):
     :return: The count, or ``None`` for a stage with no count before it runs
     :rtype: int|None
     """
+    if deserialized_in_pieces(context):
+        return _count_unless_nothing_dirty(context, at_most)
     sources = _SOURCES.get(context.stage)
     querysets = None if sources is None else sources(context)
-    if querysets is None:
-        return None
-    if deserialized_in_pieces(context):
-        return _count_unless_nothing_dirty(querysets, at_most)
-    return _count(querysets, at_most)
+    return None if querysets is None else _count(querysets, at_most)
 
 
-def _count_unless_nothing_dirty(querysets, at_most):
+def _count_unless_nothing_dirty(context, at_most):
     """
     The deserializing sources' sum, or 0 with no dirty record: the pieces then
     serialize nothing first. One query decides that, where the rest would take
-    one for each syncable model.
+    one for each syncable model (and are not even built).
     """
-    dirty, rest = querysets[:1], querysets[1:]
-    total = _count(dirty, at_most)
+    total = _count(_dirty_store_records(context), at_most)
     if total == 0 or (at_most is not None and total > at_most):
         return total
-    return total + _count(rest, None if at_most is None else at_most - total)
+    left = None if at_most is None else at_most - total
+    return total + _count(_serialized_first(context), left)
 
 
 def changed_rows_to_serialize(context):
