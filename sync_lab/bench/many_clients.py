@@ -803,9 +803,8 @@ def _sync_cell(sync):
 
 
 def _slowest(syncs):
-    if not syncs:
-        return "-"
-    return "{:.1f} s".format(max(sync.duration for sync in syncs))
+    slowest = _longest_duration(syncs)
+    return "-" if slowest is None else "{:.1f} s".format(slowest)
 
 
 def _lock_cell(run):
@@ -847,15 +846,17 @@ def many_clients_chart_figures(runs):
         "{}\n{}".format(clients, database) if several_databases else str(clients)
         for clients, database in groups
     ]
-    figures = {}
-    for title, measure in _CHART_PANELS:
-        figures[title] = {}
-        for mode in ("on", "off"):
-            by_group = {(r.clients, r.database): r for r in runs if r.mode == mode}
-            figures[title][mode] = [
-                measure(by_group[group]) if group in by_group else None
-                for group in groups
-            ]
+    runs_of_mode = {
+        mode: {(r.clients, r.database): r for r in runs if r.mode == mode}
+        for mode in ("on", "off")
+    }
+    figures = {
+        title: {
+            mode: [measure(by_group[g]) if g in by_group else None for g in groups]
+            for mode, by_group in runs_of_mode.items()
+        }
+        for title, measure in _CHART_PANELS
+    }
     return labels, figures
 
 

@@ -163,29 +163,31 @@ def test_stage_no_longer_held__poll_answered_at_once(
     assert answer["transfer_stage_status"] == transfer_statuses.COMPLETED
 
 
-def test_a_client_alone__poll_answered_at_once(
-    pull_at_serializing, async_client, hold_of, stage_jobs_run_here
-):
-    # one device syncing: its polls cost the job little, and no request is held
-    hold_of(20.0)
-
-    answer = _poll_answered_at_once(async_client, pull_at_serializing["id"])
-
-    assert answer["transfer_stage_status"] == transfer_statuses.STARTED
+def _a_client_alone(request):
+    """One device syncing: its polls cost the job little, and no request is held."""
 
 
-def test_others_handed_over_long_ago__count_no_more__poll_answered_at_once(
+def _others_handed_over_long_ago(request):
+    """The other sessions' clients gave up long ago: never settled, they no longer count."""
+    request.getfixturevalue("other_clients_waiting")
+    time.sleep(0.05)
+    request.getfixturevalue("monkeypatch").setattr(
+        poll_hold, "HELD_SESSION_MEMORY_SECONDS", 0.01
+    )
+
+
+@pytest.mark.parametrize(
+    "no_class_set", [_a_client_alone, _others_handed_over_long_ago]
+)
+def test_no_class_set_waiting__poll_answered_at_once(
+    no_class_set,
+    request,
     pull_at_serializing,
     async_client,
     hold_of,
     stage_jobs_run_here,
-    other_clients_waiting,
-    monkeypatch,
 ):
-    # the other sessions' clients gave up long ago: never settled, they no
-    # longer count, and this client is alone
-    time.sleep(0.05)
-    monkeypatch.setattr(poll_hold, "HELD_SESSION_MEMORY_SECONDS", 0.01)
+    no_class_set(request)
     hold_of(20.0)
 
     answer = _poll_answered_at_once(async_client, pull_at_serializing["id"])
