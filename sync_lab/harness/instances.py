@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -63,6 +64,8 @@ KEEP_HOMES_ENV = "SYNC_LAB_KEEP_HOMES"
 _RESULT_MARKER = "SYNC_LAB_RESULT "
 _READY_PATH = "/api/public/info/"
 _OUTPUT_TAIL_LINES = 40
+#: A line of a command's output that says what went wrong.
+_ERROR_LINE = re.compile(r"Error|Exception|refused|denied")
 # what a copied home must not inherit: the template's logs, process state and caches
 _NOT_COPIED = frozenset(
     (
@@ -125,6 +128,20 @@ class CommandResult:
     def tail(self, lines=_OUTPUT_TAIL_LINES):
         """:rtype: str"""
         return "\n".join(self.output.splitlines()[-lines:])
+
+    def reason(self):
+        """
+        One line on how the command ended: its exit and its last error line, for
+        the first line of a failure message (a test run's closing summary keeps
+        only that line).
+
+        :rtype: str
+        """
+        ended = "timed out" if self.timed_out else "exited {}".format(self.returncode)
+        lines = [line.strip() for line in self.output.splitlines() if line.strip()]
+        errors = [line for line in lines if _ERROR_LINE.search(line)]
+        last = errors[-1] if errors else (lines[-1] if lines else "no output")
+        return "{} after {:.1f}s: {}".format(ended, self.duration, last[:300])
 
 
 #: Set by pytest-xdist in each of its worker processes: ``gw0``, ``gw1``, ...

@@ -23,6 +23,7 @@ from ..helpers.constants import PUSH_STAGES
 from ..helpers.round_trips import assert_counted_alike
 from ..helpers.round_trips import assert_server_has_both_sides_learners
 from ..helpers.round_trips import completed_stage_jobs
+from ..helpers.round_trips import failed_sync_message
 
 pytestmark = pytest.mark.e2e
 
@@ -95,9 +96,7 @@ def _job_summary(outcome):
 
 
 def _failed_sync(outcome, sync):
-    return "client:\n{}\n\nserver log:\n{}".format(
-        sync.tail(), outcome.server.log_tail()
-    )
+    return failed_sync_message(sync, outcome.server.log_tail())
 
 
 def test_pull__exits_0(synced):

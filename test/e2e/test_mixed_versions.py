@@ -23,6 +23,7 @@ from ..helpers.constants import PUSH_STAGES
 from ..helpers.round_trips import assert_counted_alike
 from ..helpers.round_trips import assert_server_has_both_sides_learners
 from ..helpers.round_trips import completed_stage_jobs
+from ..helpers.round_trips import failed_sync_message
 from .test_end_to_end import CLIENT_RECORDS
 
 pytestmark = pytest.mark.e2e
@@ -83,9 +84,7 @@ def synced(request, lab_root, line_templates):
 
 
 def _failed_sync(outcome, sync):
-    return "client:\n{}\n\nserver log:\n{}".format(
-        sync.tail(), outcome.server.log_tail()
-    )
+    return failed_sync_message(sync, outcome.server.log_tail())
 
 
 def _job_summary(outcome):

@@ -64,6 +64,7 @@ from ..helpers.constants import PUSH_STAGES
 from ..helpers.round_trips import assert_job_failed_as_worker_gone
 from ..helpers.round_trips import assert_no_row_twice
 from ..helpers.round_trips import assert_stopped_at_failed_stage
+from ..helpers.round_trips import failed_sync_message
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +98,7 @@ def _whole_log(server):
 
 
 def _failed_sync(sync, log):
-    return "client:\n{}\n\nserver log:\n{}".format(sync.tail(), log[-6000:])
+    return failed_sync_message(sync, log[-6000:])
 
 
 def _wait_for_new_uwsgi_worker(server, killed, timeout=30):

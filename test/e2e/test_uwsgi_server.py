@@ -44,6 +44,7 @@ from sync_lab.harness.uwsgi_server import UwsgiKolibriInstance
 from ..helpers.constants import BACKGROUND_EVERYTHING
 from ..helpers.constants import PULL_STAGES
 from ..helpers.constants import PUSH_STAGES
+from ..helpers.round_trips import failed_sync_message
 
 pytestmark = pytest.mark.e2e
 
@@ -125,10 +126,6 @@ def _status(url):
         return repr(e)
 
 
-def _failed_sync(sync, log):
-    return "client:\n{}\n\nserver log:\n{}".format(sync.tail(), log)
-
-
 @pytest.fixture(scope="module", params=DATABASES)
 def database(request):
     """The server's database: ``sqlite`` or ``postgresql``."""
@@ -203,13 +200,13 @@ def test_uwsgi__runs_with_kolibri_servers_limits(single):
 
 def test_uwsgi__pull_completes(single):
     pull = single.round_trip.pull
-    assert pull.ok, _failed_sync(pull, single.server_log)
+    assert pull.ok, failed_sync_message(pull, single.server_log)
 
 
 def test_uwsgi__push_completes(single):
     push = single.round_trip.push
     assert push is not None, "the pull failed, so nothing was pushed"
-    assert push.ok, _failed_sync(push, single.server_log)
+    assert push.ok, failed_sync_message(push, single.server_log)
 
 
 def test_uwsgi__every_request_went_through_nginx_to_uwsgi(single):

@@ -47,3 +47,14 @@ def assert_job_failed_as_worker_gone(server_state, job_id):
     [job] = [job for job in server_state["jobs"] if job["job_id"] == job_id]
     assert job["job_state"] == "FAILED"
     assert "WorkerGone" in (job["detail"] or ""), job
+
+
+def failed_sync_message(sync, server_log):
+    """
+    Why a client's sync failed: its exit and last error on the first line, which
+    is all a run's closing summary keeps, then the client's output and the
+    server's log.
+    """
+    return "{}\n\nclient:\n{}\n\nserver log:\n{}".format(
+        sync.reason(), sync.tail(), server_log
+    )
