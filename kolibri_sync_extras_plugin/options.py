@@ -130,8 +130,9 @@ option_spec = {
             "default": 2000,
             "envvars": ("KOLIBRI_SYNC_PULL_PAGE_SIZE",),
             "description": """
-                Records the server sends per page of a pull when the client asked for
-                fewer and its morango version is known to accept a larger page. 0
+                The most records the server sends per page of a pull when the client
+                asked for fewer and its morango version is known to accept a larger
+                page; a page is cut to what the server answers in about 0.3 s. 0
                 sends what the client asked for.
             """,
         },

@@ -1,6 +1,7 @@
 """
-A pulling client known to accept larger pages gets them, and ends with exactly the
-server's records; any other client gets the page size it asked for. A stock
+A pulling client known to accept larger pages gets them, as large as the server
+answers in about ``PAGE_SECONDS``, and ends with exactly the server's records; any
+other client gets the page size it asked for. A stock
 client's whole pull, against a real server, is in
 ``test/e2e/test_pull_pages_stock_client.py``.
 """
@@ -29,6 +30,29 @@ from ..helpers.options import sync_options
 #: What the client asks for per page in these tests, and what the server sends.
 ASKED = 5
 PAGE = 20
+
+
+@pytest.fixture(autouse=True)
+def no_page_timed_yet():
+    """Each test starts as a server process that has timed no pull page."""
+    pull_pages.forget_page_times()
+    yield
+    pull_pages.forget_page_times()
+
+
+@pytest.fixture
+def small_timed_pages(monkeypatch):
+    """Pages of these tests' few records are timed, and the time bound may cut them
+    to any size; ``PAGE_SECONDS`` is what the tests teach the process against."""
+    monkeypatch.setattr(pull_pages, "TIMED_PAGE_MIN_RECORDS", 1)
+    monkeypatch.setattr(pull_pages, "LEAST_TIMED_PAGE_SIZE", 1)
+    monkeypatch.setattr(pull_pages, "PAGE_SECONDS", 0.3)
+
+
+def _teach_seconds_per_record(seconds):
+    """As if this process had just sent a page whose records took ``seconds`` each."""
+    pull_pages.forget_page_times()
+    pull_pages._learn_page_time(1000, 1000 * seconds)
 
 
 @pytest.mark.parametrize(
@@ -247,5 +271,145 @@ def test_pull_pages__offsets_of_the_records_received__cover_every_record_once(
                 break
             received.extend(record["model_uuid"] for record in page["results"])
 
+    assert len(received) == page["count"]
+    assert len(set(received)) == len(received)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__no_page_timed_yet__at_most_the_untimed_size(
+    queued_pull, async_client, monkeypatch
+):
+    monkeypatch.setattr(pull_pages, "UNTIMED_PAGE_SIZE", PAGE // 2)
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE // 2
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__slow_pages__the_next_holds_what_fits_in_the_time(
+    queued_pull, async_client, small_timed_pages
+):
+    transfer_session_id = queued_pull("0.19.5")
+    # 8 records take the page's 0.3 s
+    _teach_seconds_per_record(0.3 / 8)
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == 8
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__fast_pages__never_more_than_the_configured_size(
+    queued_pull, async_client, small_timed_pages
+):
+    transfer_session_id = queued_pull("0.19.5")
+    _teach_seconds_per_record(0.3 / 10_000)
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == PAGE
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__very_slow_pages__never_fewer_than_asked(
+    queued_pull, async_client, small_timed_pages
+):
+    transfer_session_id = queued_pull("0.19.5")
+    _teach_seconds_per_record(1.0)
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        page = _page(async_client, transfer_session_id, ASKED)
+
+    assert len(page["results"]) == ASKED
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__an_enlarged_page__timed_by_the_records_it_held(
+    queued_pull, async_client, small_timed_pages, monkeypatch
+):
+    transfer_session_id = queued_pull("0.19.5")
+    total = _page(async_client, transfer_session_id, ASKED)["count"]
+    timed = []
+    monkeypatch.setattr(
+        pull_pages, "_learn_page_time", lambda *page_time: timed.append(page_time)
+    )
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        # a pull's last page: 3 records left
+        last = _page(async_client, transfer_session_id, ASKED, total - 3)
+
+    assert len(last["results"]) == 3
+    [(records, seconds)] = timed
+    assert records == 3
+    assert 0 < seconds < 30
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__the_clients_own_page_size__not_timed(
+    queued_pull, async_client, small_timed_pages
+):
+    transfer_session_id = queued_pull("0.18.3")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        _page(async_client, transfer_session_id, ASKED)
+
+    assert pull_pages.seconds_per_record() is None
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_page__a_page_sent__teaches_the_process_its_time(
+    queued_pull, async_client, small_timed_pages
+):
+    transfer_session_id = queued_pull("0.19.5")
+
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        _page(async_client, transfer_session_id, ASKED)
+
+    assert 0 < pull_pages.seconds_per_record() < 30
+
+
+def test_page_times__one_slow_page__soon_outweighed(small_timed_pages):
+    # 1,000 records in 0.1 s: 3,000 fit in the page's 0.3 s
+    pull_pages._learn_page_time(1000, 0.1)
+    # one page 300 times as slow (the machine was busy with something else)
+    pull_pages._learn_page_time(1000, 30.0)
+    assert pull_pages._records_in_time() < 20
+
+    for _ in range(12):
+        pull_pages._learn_page_time(1000, 0.1)
+
+    assert pull_pages._records_in_time() >= 0.9 * 3000
+
+
+def test_page_times__pages_smaller_than_the_timed_least__not_learnt():
+    pull_pages._learn_page_time(pull_pages.TIMED_PAGE_MIN_RECORDS - 1, 5.0)
+
+    assert pull_pages.seconds_per_record() is None
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_pull_pages__page_sizes_change_midway__every_record_received_once(
+    queued_pull, async_client, small_timed_pages
+):
+    # the process learns a different speed after each page, so each page has a
+    # size of its own; the client still asks at the offset of what it received
+    transfer_session_id = queued_pull("0.19.5")
+    speeds = [0.3 / 7, 0.3 / 13, 0.3 / 9]
+    received, sizes = [], []
+    with sync_options(PULL_PAGE_SIZE=PAGE):
+        while True:
+            _teach_seconds_per_record(speeds[len(sizes) % len(speeds)])
+            page = _page(async_client, transfer_session_id, ASKED, len(received))
+            if not page["results"]:
+                break
+            sizes.append(len(page["results"]))
+            received.extend(record["model_uuid"] for record in page["results"])
+
+    assert len(set(sizes[:-1])) > 1
     assert len(received) == page["count"]
     assert len(set(received)) == len(received)
