@@ -288,44 +288,33 @@ def test_pull_page__no_page_timed_yet__at_most_the_untimed_size(
     assert len(page["results"]) == PAGE // 2
 
 
+@pytest.mark.parametrize(
+    "seconds_per_record, records",
+    [
+        # 8 records take the page's 0.3 s
+        (0.3 / 8, 8),
+        # the configured size, however fast
+        (0.3 / 10_000, PAGE),
+        # what the client asked for, however slow
+        (1.0, ASKED),
+    ],
+    ids=[
+        "slow__what_fits_in_the_time",
+        "fast__the_configured_size",
+        "very_slow__asked",
+    ],
+)
 @pytest.mark.django_db(databases=ALL_DATABASES)
-def test_pull_page__slow_pages__the_next_holds_what_fits_in_the_time(
-    queued_pull, async_client, small_timed_pages
+def test_pull_page__after_timed_pages__holds_what_fits_in_the_time_within_bounds(
+    queued_pull, async_client, small_timed_pages, seconds_per_record, records
 ):
     transfer_session_id = queued_pull("0.19.5")
-    # 8 records take the page's 0.3 s
-    _teach_seconds_per_record(0.3 / 8)
+    _teach_seconds_per_record(seconds_per_record)
 
     with sync_options(PULL_PAGE_SIZE=PAGE):
         page = _page(async_client, transfer_session_id, ASKED)
 
-    assert len(page["results"]) == 8
-
-
-@pytest.mark.django_db(databases=ALL_DATABASES)
-def test_pull_page__fast_pages__never_more_than_the_configured_size(
-    queued_pull, async_client, small_timed_pages
-):
-    transfer_session_id = queued_pull("0.19.5")
-    _teach_seconds_per_record(0.3 / 10_000)
-
-    with sync_options(PULL_PAGE_SIZE=PAGE):
-        page = _page(async_client, transfer_session_id, ASKED)
-
-    assert len(page["results"]) == PAGE
-
-
-@pytest.mark.django_db(databases=ALL_DATABASES)
-def test_pull_page__very_slow_pages__never_fewer_than_asked(
-    queued_pull, async_client, small_timed_pages
-):
-    transfer_session_id = queued_pull("0.19.5")
-    _teach_seconds_per_record(1.0)
-
-    with sync_options(PULL_PAGE_SIZE=PAGE):
-        page = _page(async_client, transfer_session_id, ASKED)
-
-    assert len(page["results"]) == ASKED
+    assert len(page["results"]) == records
 
 
 @pytest.mark.django_db(databases=ALL_DATABASES)
@@ -349,28 +338,25 @@ def test_pull_page__an_enlarged_page__timed_by_the_records_it_held(
     assert 0 < seconds < 30
 
 
+@pytest.mark.parametrize(
+    "kolibri_version, timed",
+    [("0.19.5", True), ("0.18.3", False)],
+    ids=["a_page_enlarged__teaches_its_time", "the_clients_own_page__not_timed"],
+)
 @pytest.mark.django_db(databases=ALL_DATABASES)
-def test_pull_page__the_clients_own_page_size__not_timed(
-    queued_pull, async_client, small_timed_pages
+def test_pull_page__sent__timed_if_the_server_sized_it(
+    queued_pull, async_client, small_timed_pages, kolibri_version, timed
 ):
-    transfer_session_id = queued_pull("0.18.3")
+    transfer_session_id = queued_pull(kolibri_version)
 
     with sync_options(PULL_PAGE_SIZE=PAGE):
         _page(async_client, transfer_session_id, ASKED)
 
-    assert pull_pages.seconds_per_record() is None
-
-
-@pytest.mark.django_db(databases=ALL_DATABASES)
-def test_pull_page__a_page_sent__teaches_the_process_its_time(
-    queued_pull, async_client, small_timed_pages
-):
-    transfer_session_id = queued_pull("0.19.5")
-
-    with sync_options(PULL_PAGE_SIZE=PAGE):
-        _page(async_client, transfer_session_id, ASKED)
-
-    assert 0 < pull_pages.seconds_per_record() < 30
+    learnt = pull_pages.seconds_per_record()
+    if timed:
+        assert 0 < learnt < 30
+    else:
+        assert learnt is None
 
 
 def test_page_times__one_slow_page__soon_outweighed(small_timed_pages):
