@@ -32,12 +32,12 @@ FAST := -m "not e2e"
 #
 # A test that fails with two workers is run again on its own before the run is
 # called failed: the first failure stays in the output, and the run fails if the
-# test fails again alone. (CI once saw the two heaviest modules' first pushes
-# fail together as they started side by side, and pass alone; the cause is not
-# known yet, and a failed sync's message now names the client's error.) The
-# second pass reads pytest's record of the first one's failures, kept in the
-# virtual environment: pytest.ini turns that record off (its addopts), so both
-# passes clear addopts.
+# test fails again alone. (One CI run saw the first pushes of the two heaviest
+# modules fail as they started side by side; the same two passed side by side in
+# every run since. The cause is not known yet, and a failed sync's message now
+# names the client's error.) The second pass reads pytest's record of the first
+# one's failures, kept in the virtual environment: pytest.ini turns that record
+# off (its addopts), so both passes clear addopts.
 E2E_WORKERS ?= 2
 E2E_FAILURES := -o addopts= -o cache_dir=$(VENV)/pytest-e2e-cache
 ifeq ($(E2E_WORKERS),0)
