@@ -43,7 +43,7 @@ from ..harness.topology import SERVERS
 from ..harness.topology import describe_processes
 from ..harness.topology import peak_rss_line
 from ..harness.topology import start_server
-from .report import _pyplot
+from .report import chart_pyplot
 from .write_lock import WriteLockProbe
 from .write_lock import background_stage_spans
 from .write_lock import describe_wait
@@ -871,7 +871,7 @@ def write_many_clients_chart(runs, path):
     :type runs: list[ManyClientsRun]
     :return: The path written, or ``None`` without matplotlib or runs
     """
-    pyplot = _pyplot()
+    pyplot = chart_pyplot()
     if pyplot is None or not runs:
         return None
     labels, figures = many_clients_chart_figures(runs)

@@ -38,6 +38,7 @@ __all__ = [
     "render_bench_processes",
     "write_comparison_chart",
     "write_bench_chart",
+    "chart_pyplot",
 ]
 
 BACKGROUND = "background job"
@@ -668,7 +669,7 @@ def render_bench_processes(results):
     return "\n".join(_table(rows, header))
 
 
-def _pyplot():
+def chart_pyplot():
     """
     :return: matplotlib's pyplot on a file-only backend, or ``None`` if matplotlib
         is not installed (it is a test requirement, not a runtime one)
@@ -693,7 +694,7 @@ def write_comparison_chart(runs, path):
     :type runs: list[ModeRun]
     :return: The path written, or ``None`` without matplotlib
     """
-    pyplot = _pyplot()
+    pyplot = chart_pyplot()
     if pyplot is None:
         return None
     figure, axes = pyplot.subplots(1, 2, figsize=(9, 4))
@@ -727,7 +728,7 @@ def write_bench_chart(results, path):
     :param results: As for :func:`render_bench`
     :return: The path written, or ``None`` without matplotlib
     """
-    pyplot = _pyplot()
+    pyplot = chart_pyplot()
     if pyplot is None:
         return None
     labels = [str(records) for records, _ in results]
