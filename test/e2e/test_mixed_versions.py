@@ -23,7 +23,7 @@ from ..helpers.constants import PUSH_STAGES
 from ..helpers.round_trips import assert_counted_alike
 from ..helpers.round_trips import assert_server_has_both_sides_learners
 from ..helpers.round_trips import completed_stage_jobs
-from ..helpers.round_trips import failed_sync_message
+from ..helpers.round_trips import failed_round_trip_sync
 from .test_end_to_end import CLIENT_RECORDS
 
 pytestmark = pytest.mark.e2e
@@ -83,10 +83,6 @@ def synced(request, lab_root, line_templates):
         yield outcome
 
 
-def _failed_sync(outcome, sync):
-    return failed_sync_message(sync, outcome.server.log_tail())
-
-
 def _job_summary(outcome):
     return [
         (job["direction"], job["stage"], job["job_state"], job["detail"])
@@ -102,12 +98,12 @@ def test_lines__each_instance_runs_its_line(synced):
 
 
 def test_pull__exits_0(synced):
-    assert synced.pull.ok, _failed_sync(synced, synced.pull)
+    assert synced.pull.ok, failed_round_trip_sync(synced, synced.pull)
 
 
 def test_push__exits_0(synced):
     assert synced.push is not None, "the pull failed, so nothing was pushed"
-    assert synced.push.ok, _failed_sync(synced, synced.push)
+    assert synced.push.ok, failed_round_trip_sync(synced, synced.push)
 
 
 @pytest.mark.parametrize("kind", COUNTED)

@@ -58,3 +58,8 @@ def failed_sync_message(sync, server_log):
     return "{}\n\nclient:\n{}\n\nserver log:\n{}".format(
         sync.reason(), sync.tail(), server_log
     )
+
+
+def failed_round_trip_sync(outcome, sync):
+    """:func:`failed_sync_message` for a sync of a round trip, with its server's log."""
+    return failed_sync_message(sync, outcome.server.log_tail())
