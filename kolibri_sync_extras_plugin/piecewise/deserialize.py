@@ -21,8 +21,10 @@ records. Here the same work is committed piece by piece:
   parents before children, as morango does.
 
 Each piece is morango's per-model step (``_deserialize_from_store`` in morango
-|version|) applied to the batch, with morango's own helpers for deserializing,
-validating foreign keys against the store and saving. Records that fail in one
+|version|) applied to the batch, with morango's own helpers for deserializing and
+validating foreign keys against the store; its rows are saved as morango saves
+them, less the statements the piece's transaction shows to change nothing (see
+:mod:`.saving`). Records that fail in one
 piece are remembered for the rest of the run, as morango remembers them for the
 rest of its transaction, so a record referencing them fails the same way.
 
@@ -64,6 +66,7 @@ from . import stamping
 from .dataset_lookups import datasets_remembered
 from .runner import PieceRun
 from .runner import batches
+from .saving import save_deserialized_records
 from .store_queries import under_filter
 from .support import MorangoDirtyParent
 from .support import MorangoMissingParent
@@ -270,10 +273,15 @@ class _Run(PieceRun):
         )
         self.excluded.update(excluded_pks)
         self.deleted.update(deleted_pks)
-        for store_model, app_model in app_models:
-            if app_model.pk in self.excluded or app_model.pk in self.deleted:
-                continue
-            _save_deserialized_record(store_model, app_model, model.__name__)
+        save_deserialized_records(
+            [
+                (store_model, app_model)
+                for store_model, app_model in app_models
+                if app_model.pk not in self.excluded
+                and app_model.pk not in self.deleted
+            ],
+            model.__name__,
+        )
 
     def _self_referential_model(self, model):
         """

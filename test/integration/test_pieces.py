@@ -13,6 +13,7 @@ import pytest
 from django.db import OperationalError
 from django.db import connection
 from django.db import transaction
+from django.test.utils import CaptureQueriesContext
 from kolibri.core.auth.models import Collection
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.auth.models import Membership
@@ -33,6 +34,7 @@ from kolibri_sync_extras_plugin.job.context import RecordedRequest
 from kolibri_sync_extras_plugin.job.controller import run_stage_operations
 from kolibri_sync_extras_plugin.piecewise import deserialize
 from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
+from kolibri_sync_extras_plugin.piecewise import saving
 from kolibri_sync_extras_plugin.piecewise import serialize
 from kolibri_sync_extras_plugin.piecewise import support
 from kolibri_sync_extras_plugin.piecewise.store_queries import dirty_store_records
@@ -115,7 +117,9 @@ def varied_push(pushed_and_dequeued, facility):
     facility does not exist and a membership that refers to it (a failure carried
     from one model to a later one), a membership to a user missing from the store,
     a new classroom with a group inside it (parents before children), a group whose
-    parent is missing, and a learner deleted on the client.
+    parent is missing, a membership repeating an existing one under another id
+    (the database refuses its row: a failure of the save itself), and a learner
+    deleted on the client.
     """
     dataset = facility.dataset_id
     learner = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
@@ -162,6 +166,8 @@ def varied_push(pushed_and_dequeued, facility):
     stray = new_user("stray", facility_id=uuid.uuid4().hex)
     new_membership(stray, classroom.id)
     new_membership(uuid.uuid4().hex, classroom.id)
+    # the same learner in the same classroom under a new id: the row's insert fails
+    _clone(membership)
 
     Store.objects.filter(id=deleted.id).update(deleted=True)
     return pushed_and_dequeued
@@ -257,6 +263,7 @@ def test_pieces__record_the_failures_morango_records(
     }
     # the push fails in each of the ways the fixture sets up
     for kind in (
+        "UNIQUE constraint failed",
         "references non-existent facility instance",
         "references non-existent facility user instance",
         "failed to deserialize",
@@ -360,12 +367,12 @@ def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
     varied_push, small_pieces, piece_count, monkeypatch
 ):
     expected = _morango_stage_result(varied_push)
-    real_save = deserialize._save_deserialized_record
+    real_save = saving._save
     saves_by_piece = Counter()
     failed = []
 
-    def busy_once_after_two_saves(store_model, app_model, *args):
-        real_save(store_model, app_model, *args)
+    def busy_once_after_two_saves(app_model, **how):
+        real_save(app_model, **how)
         piece = len(piece_count)
         saves_by_piece[piece] += 1
         if piece > 0 and saves_by_piece[piece] == 2 and not failed:
@@ -373,9 +380,7 @@ def test_pieces__a_piece_that_meets_another_writer__is_tried_again_alone(
             failed.append(piece)
             raise OperationalError("database is locked")
 
-    monkeypatch.setattr(
-        deserialize, "_save_deserialized_record", busy_once_after_two_saves
-    )
+    monkeypatch.setattr(saving, "_save", busy_once_after_two_saves)
 
     _background_stage(varied_push)
 
@@ -392,11 +397,11 @@ def test_pieces__a_piece_that_keeps_failing__fails_the_run(
     monkeypatch.setattr(piece_runner, "RETRY_PAUSE_SECONDS", 0)
     attempts = []
 
-    def always_locked(*args):
+    def always_locked(*args, **kwargs):
         attempts.append(args)
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(deserialize, "_save_deserialized_record", always_locked)
+    monkeypatch.setattr(saving, "_save", always_locked)
 
     with pytest.raises(OperationalError):
         deserialize.deserialize_in_pieces(
@@ -599,6 +604,40 @@ def test_pieces__query_each_related_rows_dataset_once_a_piece(varied_push):
     # query each in a piece, where Kolibri's server otherwise makes one a record
     assert any(len(piece) > 1 for piece in pieces)
     assert all(len(piece) == len(set(piece)) for piece in pieces)
+    assert without_own_counters(_snapshot()) == without_own_counters(expected)
+
+
+def _store_cleanings(queries):
+    """The statements that mark Store records clean, as morango's save of one does."""
+    return [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('UPDATE "morango_store" SET "dirty_bit" = ')
+        and '"deserialization_error" = NULL' in q["sql"]
+    ]
+
+
+def test_pieces__new_rows_inserted_without_an_update__store_marked_clean_once_a_piece(
+    varied_push, small_pieces, piece_count
+):
+    expected = _morango_stage_result(varied_push)
+    memberships_before = set(Membership.objects.values_list("id", flat=True))
+    transfer = _transfer(varied_push)
+    profile, sync_filter = transfer.sync_session.profile, transfer.get_filter()
+    _serialize_into_store(profile, filter=sync_filter)
+
+    with CaptureQueriesContext(connection) as queries:
+        deserialize.deserialize_in_pieces(profile, sync_filter)
+
+    new = set(Membership.objects.values_list("id", flat=True)) - memberships_before
+    assert len(new) >= 14
+    membership_updates = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('UPDATE "{}"'.format(Membership._meta.db_table))
+    ]
+    assert not [sql for sql in membership_updates if any(id_ in sql for id_ in new)]
+    assert 0 < len(_store_cleanings(queries)) <= len(piece_count)
     assert without_own_counters(_snapshot()) == without_own_counters(expected)
 
 
