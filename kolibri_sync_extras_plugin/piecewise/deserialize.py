@@ -159,9 +159,9 @@ class _Run(PieceRun):
     def deserialize_all(self):
         """
         Every model in morango's order. Each model's records are listed first;
-        then, if records of an earlier model were merged after that model was
-        listed, the pass starts again from the first model and the listing is
-        dropped (it is made again on the way back). A push merges a record with
+        then, if any were listed and records of an earlier model were merged
+        after that model was listed, the pass starts again from the first model
+        and the listing is dropped (it is made again on the way back). A push merges a record with
         the records it references in one transaction, so whatever a listing holds,
         the records it depends on are in the store by then: they are applied
         first, as in morango's one transaction, rather than the listed ones failing
@@ -176,7 +176,9 @@ class _Run(PieceRun):
                 index += 1
                 continue
             listing = self._unlisted_dirty(model)
-            if index and self._merged_since_listed(models[:index]):
+            # with nothing listed nothing can depend on a merge: the next model
+            # that lists records looks for merges of every model before it
+            if listing and index and self._merged_since_listed(models[:index]):
                 self.restarts += 1
                 index = 0
                 continue
