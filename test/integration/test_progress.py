@@ -8,11 +8,9 @@ import logging
 import pytest
 from django.db import OperationalError
 from django.db import transaction
-from django.db.models.signals import post_save
 from kolibri.core.auth.models import FacilityUser
 from kolibri.core.tasks.storage import Storage
 from morango.constants import transfer_stages
-from morango.models.core import Store
 from morango.models.core import TransferSession
 
 from kolibri_sync_extras_plugin.compat import COUNTS_DESERIALIZED_RECORDS
@@ -20,6 +18,7 @@ from kolibri_sync_extras_plugin.job import controller
 from kolibri_sync_extras_plugin.job.context import BackgroundSessionContext
 from kolibri_sync_extras_plugin.job.progress import StageProgress
 from kolibri_sync_extras_plugin.job.progress import transaction_depth
+from kolibri_sync_extras_plugin.piecewise.runner import PIECE_COMMITTED
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 
 from ..helpers.constants import ALL_DATABASES
@@ -266,10 +265,10 @@ class _RolledBack(Exception):
 
 class _RollsBackFirstPassAfter:
     """
-    A stage whose first pass gets through ``records`` Store records, then meets a
-    busy database: morango's work is rolled back and the job runs the stage again,
-    as when another writer holds SQLite's lock. Counts the records morango saves
-    back in each pass.
+    A stage whose first pass gets through more than ``records`` Store records,
+    then meets a busy database: its work is rolled back and the job runs the stage
+    again, as when another writer holds SQLite's lock. Counts the records the
+    deserializing pieces of each pass apply.
     """
 
     def __init__(self, middleware, records):
@@ -278,9 +277,9 @@ class _RollsBackFirstPassAfter:
         self.passes = 0
         self.saved = 0
 
-    def count_saves(self, sender, update_fields=None, **kwargs):
-        if update_fields and "dirty_bit" in update_fields:
-            self.saved += 1
+    def count_applied(self, sender, records=0, **kwargs):
+        if sender == transfer_stages.DESERIALIZING:
+            self.saved += records
             if self.passes == 1 and self.saved > self.records:
                 raise _RolledBack()
 
@@ -305,11 +304,11 @@ def first_pass_rolled_back_after_6_records(monkeypatch):
     )
     monkeypatch.setattr(controller, "stage_middleware", lambda stage: middleware)
     monkeypatch.setattr(controller, "_RETRY_DELAY_SECONDS", 0.01)
-    # connected ahead of the stage's own counter, so it has counted each record
+    # connected ahead of the stage's own counter, so it has counted each piece
     # by the time the stage reports it
-    post_save.connect(middleware.count_saves, sender=Store, weak=False)
+    PIECE_COMMITTED.connect(middleware.count_applied, weak=False)
     yield middleware
-    post_save.disconnect(middleware.count_saves, sender=Store)
+    PIECE_COMMITTED.disconnect(middleware.count_applied)
 
 
 @in_pieces
