@@ -161,11 +161,11 @@ class _Run(PieceRun):
         Every model in morango's order. Each model's records are listed first;
         then, if any were listed and records of an earlier model were merged
         after that model was listed, the pass starts again from the first model
-        and the listing is dropped (it is made again on the way back). A push merges a record with
-        the records it references in one transaction, so whatever a listing holds,
-        the records it depends on are in the store by then: they are applied
-        first, as in morango's one transaction, rather than the listed ones failing
-        for want of them.
+        and the listing is dropped (it is made again on the way back). A push
+        merges a record with the records it references in one transaction, so
+        whatever a listing holds, the records it depends on are in the store by
+        then: they are applied first, as in morango's one transaction, rather
+        than the listed ones failing for want of them.
         """
         models = list(syncable_models.get_models(self.profile))
         index = 0

@@ -53,8 +53,9 @@ _SAVE_ERRORS = (
     IntegrityError,
 )
 _ERROR_FIELDS = ["deserialization_error", "deserialization_exception"]
-#: How many primary keys one query looks up (below SQLite's limit on parameters)
-_LOOKUP_BATCH = 500
+#: How many ids one query names, looking rows up or marking them clean (below
+#: SQLite's limit on query parameters)
+_IDS_PER_QUERY = 500
 
 
 def save_deserialized_records(records, model_name):
@@ -147,8 +148,8 @@ def _rows_not_in_their_tables(app_models):
     absent = set()
     for model, pks in by_model.items():
         pks = sorted(pks)
-        for start in range(0, len(pks), _LOOKUP_BATCH):
-            batch = pks[start : start + _LOOKUP_BATCH]
+        for start in range(0, len(pks), _IDS_PER_QUERY):
+            batch = pks[start : start + _IDS_PER_QUERY]
             present = set(
                 model._base_manager.filter(pk__in=batch).values_list("pk", flat=True)
             )
@@ -158,8 +159,8 @@ def _rows_not_in_their_tables(app_models):
 
 def _mark_clean(store_ids):
     """What morango's save of each Store record after its row was saved sets."""
-    for start in range(0, len(store_ids), _LOOKUP_BATCH):
-        Store.objects.filter(id__in=store_ids[start : start + _LOOKUP_BATCH]).update(
+    for start in range(0, len(store_ids), _IDS_PER_QUERY):
+        Store.objects.filter(id__in=store_ids[start : start + _IDS_PER_QUERY]).update(
             dirty_bit=False,
             deserialization_error=None,
             deserialization_exception=None,

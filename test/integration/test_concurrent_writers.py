@@ -67,6 +67,7 @@ from morango.sync.operations import _serialize_into_store
 from kolibri_sync_extras_plugin.errors import RequestBudgetSpent
 from kolibri_sync_extras_plugin.piecewise import deserialize
 from kolibri_sync_extras_plugin.piecewise import runner as piece_runner
+from kolibri_sync_extras_plugin.piecewise import saving
 from kolibri_sync_extras_plugin.piecewise import serialize
 
 from ..helpers.constants import ALL_DATABASES
@@ -604,6 +605,17 @@ def _seeds():
 def test_concurrent_writers__every_schedule__keeps_morangos_guarantees(
     facility, monkeypatch
 ):
+    # the merged pushes' new rows go through the pieces' direct inserts, which
+    # the schedules must exercise among the other writers
+    direct_inserts = []
+    insert = saving._inserted
+
+    def counted_insert(app_model):
+        inserted = insert(app_model)
+        direct_inserts.append(inserted)
+        return inserted
+
+    monkeypatch.setattr(saving, "_inserted", counted_insert)
     found = []
     for seed in _seeds():
         schedule, failures = _run_schedule(seed, facility, monkeypatch)
@@ -622,3 +634,5 @@ def test_concurrent_writers__every_schedule__keeps_morangos_guarantees(
         )
         for seed, schedule, failures in found
     )
+    if REPLAY_SEED is None:
+        assert any(direct_inserts)
