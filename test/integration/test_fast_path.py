@@ -15,10 +15,14 @@ from kolibri.core.auth.models import Classroom
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
+from morango.models.core import DeletedModels
+from morango.models.core import HardDeletedModels
 from morango.models.core import Store
 from morango.models.core import TransferSession
+from morango.registry import syncable_models
 
 from kolibri_sync_extras_plugin.job.context import BackgroundSessionContext
+from kolibri_sync_extras_plugin.piecewise.stamping import changed_rows_of
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
 from kolibri_sync_extras_plugin.request.inline import runs_inline
 from kolibri_sync_extras_plugin.stage_records import records_touched
@@ -271,6 +275,52 @@ def test_records_touched__push_at_deserializing__nothing_dirty__weighed_in_one_q
 
     # not one for each syncable model, as a stage with records left takes
     assert len(queries) == 1
+
+
+def test_records_touched__push_at_deserializing__weighed_in_two_statements(
+    pushed_and_dequeued,
+):
+    # the received records, then what is serialized first, all models at once
+    context = _context(pushed_and_dequeued)
+    records_touched(context, at_most=GENEROUS)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert records_touched(context, at_most=GENEROUS) == PUSHED
+
+    assert len(queries) == 2
+
+
+def test_records_touched__kept_statement__counts_what_changed_since(
+    pushed_and_dequeued,
+):
+    # what is kept is the compiled statement, never its count
+    context = _context(pushed_and_dequeued)
+    assert records_touched(context, at_most=GENEROUS) == PUSHED
+
+    _rename_class_a()
+
+    assert records_touched(context, at_most=GENEROUS) == PUSHED + 1
+    assert records_touched(context) == PUSHED + 1
+
+
+def test_records_touched__pull_at_serializing__changed_rows_counted_as_each_model_would(
+    pull_at_serializing,
+):
+    # one statement over every syncable model equals the counts model by model
+    _rename_class_a()
+    context = _context(pull_at_serializing)
+    profile = context.sync_session.profile
+    separately = sum(
+        changed_rows_of(model, context.filter).count()
+        for model in syncable_models.get_models(profile)
+    )
+    separately += DeletedModels.objects.filter(profile=profile).count()
+    separately += HardDeletedModels.objects.filter(profile=profile).count()
+
+    assert separately > 0
+    assert records_touched(context) == separately
+    assert records_touched(context, at_most=separately) == separately
+    assert records_touched(context, at_most=separately - 1) == separately
 
 
 def _applied_elsewhere():
