@@ -4,6 +4,7 @@ its worker back and is queued again, backing off while it waits, and runs once t
 turn is free; the job that gives the turn back wakes the longest waiting one.
 """
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -31,6 +32,7 @@ from kolibri_sync_extras_plugin.writer_turn import MAX_GIVE_WAY
 from kolibri_sync_extras_plugin.writer_turn import MAX_TURN_RETRY_DELAY
 from kolibri_sync_extras_plugin.writer_turn import TURN_RETRY_DELAY
 from kolibri_sync_extras_plugin.writer_turn import TURN_WAITS_KEY
+from kolibri_sync_extras_plugin.writer_turn import side_lane_path
 from kolibri_sync_extras_plugin.writer_turn import turn_retry_delay
 from kolibri_sync_extras_plugin.writer_turn import waiting_jobs_in_line
 from kolibri_sync_extras_plugin.writer_turn import wake_longest_waiting_job
@@ -42,6 +44,7 @@ from ..helpers.constants import EMPTY_FSIC
 from ..helpers.job_rows import update_job_row
 from ..helpers.jobs import queued_stage_jobs
 from ..helpers.jobs import run_stage_jobs
+from ..helpers.locks import other_process_holding_lock
 from ..helpers.options import sync_options
 from ..helpers.sync_sessions import new_server_sync_session
 
@@ -537,6 +540,38 @@ def test_dequeuing_job__small_enough_for_a_request__runs_while_another_holds_the
 
     assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
     assert _stage_status(pushed_learner_edits) == transfer_statuses.COMPLETED
+
+
+def test_dequeuing_job__small__waits_in_the_lane_for_the_small_job_beside_the_holder(
+    pushed_learner_edits, another_stage_writing
+):
+    # one small job writes beside the holder at a time, in a server process or
+    # another; SQLite's busy handler would let them all ask at once
+    [job] = queued_stage_jobs()
+
+    with sync_options(INLINE_STAGE_RECORDS=500), other_process_holding_lock(
+        side_lane_path(), 1.5
+    ) as released_at:
+        job.execute()
+        ended_at = time.time()
+
+        assert ended_at > released_at()
+    assert job_storage.get_orm_job(job.job_id).state == "COMPLETED"
+    assert _stage_status(pushed_learner_edits) == transfer_statuses.COMPLETED
+
+
+def test_cleanup_job__of_a_push__not_held_up_by_the_small_jobs_lane(
+    push_at_cleanup, pushed_and_dequeued, another_stage_writing
+):
+    # no client waits for it, and most of its time is Kolibri's notifications
+    with sync_options(INLINE_STAGE_RECORDS=ONE), other_process_holding_lock(
+        side_lane_path(), 3
+    ) as released_at:
+        _run(push_at_cleanup)
+        ended_at = time.time()
+
+        assert ended_at < released_at()
+    assert _cleanup_completed(pushed_and_dequeued)
 
 
 def test_cleanup_job__queued_at_high_priority_as_every_stage_job(push_at_cleanup):
