@@ -121,7 +121,8 @@ option_spec = {
             "description": """
                 A background stage estimated to touch at most this many records runs
                 in the request instead, so a small sync does not wait for the client
-                to poll. 0 sends every configured stage to the background.
+                to poll, unless other devices are syncing at the same time. 0 sends
+                every configured stage to the background.
             """,
         },
         "PULL_PAGE_SIZE": {

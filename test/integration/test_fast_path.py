@@ -5,12 +5,14 @@ waits no polling interval; larger ones still go to a job.
 
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import IntegrityError
 from django.db import OperationalError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from kolibri.core.auth.models import Classroom
 from kolibri.core.auth.models import FacilityUser
 from morango.constants import transfer_stages
@@ -24,8 +26,10 @@ from morango.registry import syncable_models
 from kolibri_sync_extras_plugin.job.context import BackgroundSessionContext
 from kolibri_sync_extras_plugin.piecewise.stamping import changed_rows_of
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
+from kolibri_sync_extras_plugin.request.inline import RECENT_ACTIVITY
 from kolibri_sync_extras_plugin.request.inline import runs_inline
 from kolibri_sync_extras_plugin.stage_records import records_touched
+from kolibri_sync_extras_plugin.stage_status import job_id_for
 from kolibri_sync_extras_plugin.writer_turn import lock_file_path
 
 from ..helpers.constants import ALL_DATABASES
@@ -74,6 +78,50 @@ def test_pull_serializing__tiny_stage__answered_completed_by_the_request_itself(
         server_sync_session.server_certificate.get_root().id in response["server_fsic"]
     )
     assert no_stage_jobs_after()
+
+
+@pytest.fixture
+def another_device_pulling(async_client, facility):
+    """Another device's pull, open on the server at its serializing stage."""
+    transfer = async_client.create(new_server_sync_session(facility), push=False)
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.SERIALIZING, client_fsic=EMPTY_FSIC
+    )
+    return transfer
+
+
+def test_pull_serializing__tiny_stage_while_another_device_syncs__goes_to_a_job(
+    background_everything, async_client, server_sync_session, another_device_pulling
+):
+    # in a request it would share the processor with every other device's work
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.STARTED
+    assert job_id_for(transfer["id"], transfer_stages.SERIALIZING) in {
+        job.job_id for job in queued_stage_jobs()
+    }
+    run_stage_jobs()
+    assert async_client.get(transfer["id"])["transfer_stage_status"] == (
+        transfer_statuses.COMPLETED
+    )
+
+
+def test_pull_serializing__tiny_stage_beside_a_transfer_idle_for_long__answered_by_the_request(
+    background_everything, async_client, server_sync_session, another_device_pulling
+):
+    # a client that died mid-sync leaves its session open: it is not syncing
+    TransferSession.objects.filter(id=another_device_pulling["id"]).update(
+        last_activity_timestamp=timezone.now() - RECENT_ACTIVITY - timedelta(seconds=1)
+    )
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert job_id_for(transfer["id"], transfer_stages.SERIALIZING) not in {
+        job.job_id for job in stage_jobs()
+    }
 
 
 def test_pull_serializing__stage_above_the_threshold__still_runs_in_a_job(
@@ -416,7 +464,10 @@ def test_push_deserializing__deletions_to_serialize_first__goes_to_a_job(
 @pytest.fixture
 def pulled_before(async_client, facility):
     """The facility, serialized when another device pulled it: nothing is dirty."""
-    facility_records(async_client, new_server_sync_session(facility))
+    device = new_server_sync_session(facility)
+    facility_records(async_client, device)
+    # that device's sync is over (this client's pull never moves past transferring)
+    TransferSession.objects.filter(sync_session=device).update(active=False)
 
 
 def test_pull_serializing__nothing_changed_but_deletions__goes_to_a_job(
@@ -453,7 +504,8 @@ def test_runs_inline__first_source_past_the_limit__decided_in_one_query(
         with CaptureQueriesContext(connection) as queries:
             assert not runs_inline(context)
 
-    assert len(queries) == 1
+    # one look at other devices' transfers, one count of the store
+    assert len(queries) == 2
 
 
 def test_pull_queuing__cheap_records__inline_where_serializing_as_many_is_not(

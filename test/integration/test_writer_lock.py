@@ -24,6 +24,7 @@ from kolibri_sync_extras_plugin.compat import aware_utc
 from kolibri_sync_extras_plugin.compat import run_queued_job_now
 from kolibri_sync_extras_plugin.job.small_stage import is_small
 from kolibri_sync_extras_plugin.piecewise.support import supports_installed_morango
+from kolibri_sync_extras_plugin.request.inline import RECENT_ACTIVITY
 from kolibri_sync_extras_plugin.request.poll import check_background_stage
 from kolibri_sync_extras_plugin.stage_status import has_run
 from kolibri_sync_extras_plugin.stage_status import job_id_for
@@ -312,6 +313,11 @@ def test_stage_run_in_the_request__wakes_the_longest_waiting_job(
         _due_now(waiting)
         _run(waiting)
     assert _scheduled(waiting) > timezone.now() + MAX_TURN_RETRY_DELAY / 2
+    # minutes of waiting without moving: its device no longer counts as syncing,
+    # which would send the new stage to a job (see request.inline)
+    TransferSession.objects.filter(active=True).update(
+        last_activity_timestamp=timezone.now() - RECENT_ACTIVITY - timedelta(seconds=1)
+    )
 
     with sync_options(INLINE_STAGE_RECORDS=500):
         transfer = async_client.create(new_server_sync_session(facility), push=False)
