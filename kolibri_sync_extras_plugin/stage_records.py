@@ -25,11 +25,12 @@ The sum over a stage's sources therefore bounds its work. Counted with a limit,
 each source's query stops one row past it, so a large stage costs no more to
 weigh than one just past the limit.
 
-The sources are counted in one statement. Building and compiling the queries of
-the changed app rows, one per syncable model, cost a small sync's server more
-than running them (about 40 ms of a 10-record push's 0.2 s), so that statement
-is kept once compiled, for each filter (see :func:`_serialized_first_count`):
-the models and their managers never change while Kolibri runs.
+What serializing writes, the deletion logs and every syncable model's changed
+rows, is counted in one statement. Building and compiling those 30-odd queries
+cost a small sync's server more than running them (30 to 60 ms of a 10-record
+push's 0.2 s request), so the statement is kept once compiled, for each
+profile, filter and limit (see :func:`_serialized_first_count`): the models and
+their managers never change while Kolibri runs. Never its count.
 
 .. |version| replace:: 0.8.15
 """
