@@ -119,16 +119,20 @@ _SOURCES = {
 def _count(context, sources, at_most=None):
     """
     The rows of ``sources`` (querysets, and :data:`SERIALIZED_FIRST`), exact up
-    to ``at_most`` and ``at_most + 1`` past it. Each source reads one row past
-    ``at_most`` at most: the same limit whatever the others held, so that the
-    statement of what serializing writes is compiled once for each limit.
+    to ``at_most`` and ``at_most + 1`` past it. A queryset is counted by Django
+    over what is left of the limit; what serializing writes reads one row past
+    the whole limit, so that its kept statement is the same whatever the other
+    sources held.
     """
     total = 0
     for source in sources:
         if source is SERIALIZED_FIRST:
             total += _serialized_first_count(context, at_most)
+        elif at_most is None:
+            total += source.count()
         else:
-            total += _run_count(*_counting_statement([source], at_most))
+            # COUNT over a LIMIT: the query stops at the row that settles it
+            total += source[: at_most - total + 1].count()
         if at_most is not None and total > at_most:
             return at_most + 1
     return total
@@ -158,10 +162,10 @@ def _serialized_first_statement(profile, filter_text, at_most):
     )
 
 
-def _counting_statement(querysets, at_most=None):
+def _counting_statement(querysets, at_most):
     """
     One ``COUNT`` over the rows of every queryset, each read no further than one
-    row past ``at_most``.
+    row past ``at_most`` (``None``: every row).
 
     :return: The database alias, the SQL and its parameters
     :rtype: tuple

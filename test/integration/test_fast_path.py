@@ -107,6 +107,23 @@ def test_pull_serializing__tiny_stage_while_another_device_syncs__goes_to_a_job(
     )
 
 
+def test_pull_serializing__tiny_stage_beside_a_transfer_at_its_cleanup__answered_by_the_request(
+    background_everything, async_client, server_sync_session, another_device_pulling
+):
+    # that device has closed its transfer: only its cleanup job is left
+    TransferSession.objects.filter(id=another_device_pulling["id"]).update(
+        transfer_stage=transfer_stages.CLEANUP
+    )
+
+    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
+        transfer, response = _pull_to_serializing(async_client, server_sync_session)
+
+    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
+    assert job_id_for(transfer["id"], transfer_stages.SERIALIZING) not in {
+        job.job_id for job in stage_jobs()
+    }
+
+
 def test_pull_serializing__tiny_stage_beside_a_transfer_idle_for_long__answered_by_the_request(
     background_everything, async_client, server_sync_session, another_device_pulling
 ):
