@@ -619,6 +619,55 @@ def _over(run, seconds):
     return sum(1 for e in run.exchanges if e.duration > seconds)
 
 
+def _in_flight_at(exchange, exchanges):
+    """How many other requests the server was serving as ``exchange`` began."""
+    return sum(
+        1
+        for other in exchanges
+        if other is not exchange and other.started <= exchange.started < other.ended
+    )
+
+
+def slow_request_lines(run, seconds=1.0):
+    """
+    The report's lines on the requests over ``seconds``, by phase and kind (see
+    :attr:`~sync_lab.harness.proxy.Exchange.kind`), each with how many requests the
+    server was already serving when one began: what tells a request kept waiting
+    by a stage's work from one that shared the server with a crowd.
+
+    :rtype: list[str]
+    """
+    groups = {}
+    for phase in ("pull", "push", "final"):
+        exchanges = getattr(run, phase + "_exchanges")
+        for exchange in exchanges:
+            if exchange.duration > seconds:
+                groups.setdefault((phase, exchange.kind), []).append(
+                    (exchange.duration, _in_flight_at(exchange, exchanges))
+                )
+    if not groups:
+        return []
+    lines = [
+        "over {:g} s, by phase and kind (longest; requests in flight as each "
+        "began, lower median and most):".format(seconds)
+    ]
+    for (phase, kind), slow in sorted(
+        groups.items(), key=lambda item: (-len(item[1]), item[0])
+    ):
+        in_flight = sorted(count for _, count in slow)
+        lines.append(
+            "  {:5} {:4d} x  {:7.3f} s  {:3d} / {:3d}  {}".format(
+                phase,
+                len(slow),
+                max(duration for duration, _ in slow),
+                in_flight[(len(in_flight) - 1) // 2],
+                in_flight[-1],
+                kind,
+            )
+        )
+    return lines
+
+
 def render_many_clients(runs):
     """
     :param runs: :class:`ManyClientsRun` objects
@@ -695,6 +744,7 @@ def render_many_clients(runs):
                 len(run.refused()),
             )
         )
+        lines.extend(slow_request_lines(run))
         for phase, cpu in run.cpu.items():
             lines.append(
                 "CPU during the {}: server {:.1f} s, clients {:.1f} s, in {:.1f} s "

@@ -180,17 +180,7 @@ def describe_wait(wait, spans, exchanges):
             names.append("{} job".format(stage))
     for exchange in exchanges:
         if exchange.started < wait.got and exchange.ended > wait.asked:
-            names.append(
-                "{} {}{}".format(
-                    exchange.method,
-                    exchange.path.split("?")[0].rstrip("/").split("/")[-1]
-                    if "transfersessions" not in exchange.path
-                    else "transfersessions",
-                    " ({})".format(exchange.requested_stage)
-                    if exchange.requested_stage
-                    else "",
-                )
-            )
+            names.append(exchange.kind)
     counted = {}
     for name in names:
         counted[name] = counted.get(name, 0) + 1

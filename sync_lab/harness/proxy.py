@@ -98,6 +98,21 @@ class Exchange:
         """Unix time at which the client had the whole answer. :rtype: float"""
         return self.started + (self.duration or 0.0)
 
+    @property
+    def kind(self):
+        """
+        The request named as the lab's reports group it: method, the last part of
+        the path (``transfersessions`` whatever the session) and the stage it asked
+        for, e.g. ``PATCH transfersessions (dequeuing)``. :rtype: str
+        """
+        path = self.path.split("?")[0]
+        if "transfersessions" in path:
+            endpoint = "transfersessions"
+        else:
+            endpoint = path.rstrip("/").split("/")[-1]
+        stage = " ({})".format(self.requested_stage) if self.requested_stage else ""
+        return "{} {}{}".format(self.method, endpoint, stage)
+
     def __repr__(self):
         return "<Exchange {} {} {} {:.3f}s>".format(
             self.method, self.path, self.status, self.duration or 0.0

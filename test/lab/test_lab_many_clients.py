@@ -6,6 +6,7 @@ from sync_lab.bench.many_clients import ManyClientsRun
 from sync_lab.bench.many_clients import many_clients_chart_figures
 from sync_lab.bench.many_clients import push_phase_seconds
 from sync_lab.bench.many_clients import render_many_clients
+from sync_lab.bench.many_clients import slow_request_lines
 from sync_lab.bench.many_clients import write_many_clients_chart
 from sync_lab.harness.checks import Differences
 from sync_lab.harness.cpu import PhaseCpu
@@ -191,6 +192,45 @@ def test_render__session_set_up_slower_than_the_stages__longest_stage_request_ap
 
     assert "longest push stage request: 0.600 s (POST /api/morango/v1/buffers/" in text
     assert "2        sqlite      on      9.000 s          0.600 s" in text
+
+
+def _timed_exchange(method, path, started, duration, requested_stage=None):
+    exchange = _exchange(method, path, duration)
+    exchange.started = started
+    exchange.requested_stage = requested_stage
+    return exchange
+
+
+def test_slow_requests__grouped_by_phase_and_kind__with_the_crowd_each_met():
+    run = _clean_run()
+    buffers = "/api/morango/v1/buffers/"
+    session = "/api/morango/v1/transfersessions/abc/"
+    run.push_exchanges = [
+        # two uploads over a second: the first began alone, the second beside
+        # the first upload and a poll
+        _timed_exchange("POST", buffers, 10.0, 1.5, "transferring"),
+        _timed_exchange("GET", session, 10.2, 0.1),
+        _timed_exchange("POST", buffers, 10.25, 1.2, "transferring"),
+        _timed_exchange("DELETE", session, 20.0, 3.0, "cleanup"),
+        _timed_exchange("POST", buffers, 30.0, 0.9, "transferring"),
+    ]
+
+    lines = slow_request_lines(run)
+
+    assert lines[1].split() == [
+        "push", "2", "x", "1.500", "s", "0", "/", "2",
+        "POST", "buffers", "(transferring)",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "push", "1", "x", "3.000", "s", "0", "/", "0",
+        "DELETE", "transfersessions", "(cleanup)",
+    ]  # fmt: skip
+    assert len(lines) == 3
+    assert "\n".join(lines) in render_many_clients([run])
+
+
+def test_slow_requests__none_over_a_second__no_lines():
+    assert slow_request_lines(_clean_run()) == []
 
 
 def test_render__cpu_of_each_phase__in_the_report_and_the_push_phase_in_the_summary():
