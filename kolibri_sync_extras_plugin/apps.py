@@ -17,7 +17,6 @@ class SyncExtrasConfig(AppConfig):
         from .request.limits import add_refusal_middleware
         from .request.limits import connect_refusal_signals
         from .request.pull_pages import connect_pull_pages
-        from .request.sync_work_lane import add_sync_work_lane_middleware
         from .session_saves import connect_session_saves
 
         # fail at start-up, naming the option, rather than at a client's first sync
@@ -26,6 +25,5 @@ class SyncExtrasConfig(AppConfig):
         connect_request_signals()
         connect_refusal_signals()
         add_refusal_middleware()
-        add_sync_work_lane_middleware()
         connect_pull_pages()
         connect_session_saves()

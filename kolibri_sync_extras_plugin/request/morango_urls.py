@@ -3,11 +3,7 @@ Which morango endpoint a request is for, read from its WSGI environ before
 Django routes it: the request hooks run on ``request_started``, ahead of the view.
 """
 
-__all__ = ["MORANGO_API_PATH", "morango_endpoint"]
-
-#: What the path of every request to morango's API holds, whatever Kolibri's
-#: URL prefix
-MORANGO_API_PATH = "/api/morango/"
+__all__ = ["morango_endpoint"]
 
 #: The morango endpoints the request hooks look at, by the text their path holds
 _PATH_MARKERS = {
