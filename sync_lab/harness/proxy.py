@@ -101,15 +101,15 @@ class Exchange:
     @property
     def kind(self):
         """
-        The request named as the lab's reports group it: method, the last part of
-        the path (``transfersessions`` whatever the session) and the stage it asked
-        for, e.g. ``PATCH transfersessions (dequeuing)``. :rtype: str
+        The request named as the lab's reports group it: method, endpoint (the
+        part of the path after the API's version, whatever id follows it) and the
+        stage it asked for, e.g. ``PATCH transfersessions (dequeuing)``.
+        :rtype: str
         """
-        path = self.path.split("?")[0]
-        if "transfersessions" in path:
-            endpoint = "transfersessions"
-        else:
-            endpoint = path.rstrip("/").split("/")[-1]
+        parts = [part for part in self.path.split("?")[0].split("/") if part]
+        # the endpoint is the part after the API's version, whatever id follows
+        after_version = parts.index("v1") + 1 if "v1" in parts else len(parts)
+        endpoint = parts[after_version] if after_version < len(parts) else parts[-1]
         stage = " ({})".format(self.requested_stage) if self.requested_stage else ""
         return "{} {}{}".format(self.method, endpoint, stage)
 

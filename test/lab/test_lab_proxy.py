@@ -16,6 +16,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from sync_lab.harness.instances import free_port
+from sync_lab.harness.proxy import Exchange
 from sync_lab.harness.proxy import TimingProxy
 
 
@@ -167,3 +168,26 @@ def test_many_devices_connecting_at_once__every_connection_waits_for_the_accept_
         proxy.stop()
 
     assert len(connections) == 40
+
+
+@pytest.mark.parametrize(
+    "method, path, requested_stage, kind",
+    [
+        (
+            "PATCH",
+            "/api/morango/v1/transfersessions/abc/",
+            "dequeuing",
+            "PATCH transfersessions (dequeuing)",
+        ),
+        ("DELETE", "/api/morango/v1/syncsessions/abc/", None, "DELETE syncsessions"),
+        ("GET", "/api/morango/v1/buffers/?limit=200", None, "GET buffers"),
+        ("GET", "/api/public/info/", None, "GET info"),
+    ],
+)
+def test_exchange_kind__endpoint_and_stage__whatever_the_id(
+    method, path, requested_stage, kind
+):
+    exchange = Exchange(method, path, 0.0)
+    exchange.requested_stage = requested_stage
+
+    assert exchange.kind == kind
