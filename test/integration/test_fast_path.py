@@ -107,29 +107,36 @@ def test_pull_serializing__tiny_stage_while_another_device_syncs__goes_to_a_job(
     )
 
 
-def test_pull_serializing__tiny_stage_beside_a_transfer_at_its_cleanup__answered_by_the_request(
-    background_everything, async_client, server_sync_session, another_device_pulling
+@pytest.mark.parametrize(
+    "no_longer_syncing",
+    [
+        # that device has closed its transfer: only its cleanup job is left
+        pytest.param(
+            dict(transfer_stage=transfer_stages.CLEANUP), id="other at its cleanup"
+        ),
+        # a client that died mid-sync leaves its session open: it is not syncing
+        pytest.param(
+            dict(
+                last_activity_timestamp=lambda: (
+                    timezone.now() - RECENT_ACTIVITY - timedelta(seconds=1)
+                )
+            ),
+            id="other idle for long",
+        ),
+    ],
+)
+def test_pull_serializing__tiny_stage_beside_a_transfer_no_longer_syncing__answered_by_the_request(
+    background_everything,
+    async_client,
+    server_sync_session,
+    another_device_pulling,
+    no_longer_syncing,
 ):
-    # that device has closed its transfer: only its cleanup job is left
     TransferSession.objects.filter(id=another_device_pulling["id"]).update(
-        transfer_stage=transfer_stages.CLEANUP
-    )
-
-    with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
-        transfer, response = _pull_to_serializing(async_client, server_sync_session)
-
-    assert response["transfer_stage_status"] == transfer_statuses.COMPLETED
-    assert job_id_for(transfer["id"], transfer_stages.SERIALIZING) not in {
-        job.job_id for job in stage_jobs()
-    }
-
-
-def test_pull_serializing__tiny_stage_beside_a_transfer_idle_for_long__answered_by_the_request(
-    background_everything, async_client, server_sync_session, another_device_pulling
-):
-    # a client that died mid-sync leaves its session open: it is not syncing
-    TransferSession.objects.filter(id=another_device_pulling["id"]).update(
-        last_activity_timestamp=timezone.now() - RECENT_ACTIVITY - timedelta(seconds=1)
+        **{
+            field: value() if callable(value) else value
+            for field, value in no_longer_syncing.items()
+        }
     )
 
     with sync_options(INLINE_STAGE_RECORDS=GENEROUS):
