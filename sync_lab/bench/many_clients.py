@@ -116,6 +116,11 @@ class ManyClientsRun:
         #: in the push phase, by kind (see
         #: :func:`~sync_lab.harness.thread_cpu.summarize`); else ``None``
         self.push_thread_cpu = None
+        #: With ``--time-server-threads``: the least the push phase's longest
+        #: request could have taken in any order of serving, on one processor and
+        #: on two, as :class:`~sync_lab.harness.thread_cpu.RequestBound`; else
+        #: ``None``
+        self.push_request_bounds = None
         #: The RSA implementation morango signed with (see
         #: :func:`~sync_lab.harness.signing.signing_backend`)
         self.signing = None
@@ -419,7 +424,10 @@ def run_many_clients(
             # server's: the jobs' work after the last client counts too
             run.push_phase_server_cpu = push_cpu.server_seconds_so_far()
             if server.thread_cpu_dir is not None:
-                run.push_thread_cpu = _thread_cpu_of_phase(
+                (
+                    run.push_thread_cpu,
+                    run.push_request_bounds,
+                ) = _thread_cpu_of_phase(
                     server.thread_cpu_dir, push_started, run.push_phase
                 )
             if churn is not None:
@@ -573,12 +581,54 @@ def is_stage_request(exchange):
     )
 
 
+#: The processors :func:`request_bound_line` gives the bound on: one
+#: interpreter, and both of the lab machine's cores.
+BOUND_PROCESSORS = (1, 2)
+
+
 def _thread_cpu_of_phase(directory, started, seconds):
-    """The requests and job runs begun in a phase, once the server has written them."""
+    """
+    The requests and job runs begun in a phase by kind, and the bounds on its
+    longest request, once the server has written them.
+    """
     # each server process appends its records every few seconds
     time.sleep(thread_cpu.FLUSH_SECONDS + 0.5)
-    return thread_cpu.summarize(
-        thread_cpu.read_records(directory), since=started, until=started + seconds
+    records = thread_cpu.read_records(directory)
+    window = {"since": started, "until": started + seconds}
+    bounds = {
+        processors: thread_cpu.least_longest_request(records, processors, **window)
+        for processors in BOUND_PROCESSORS
+    }
+    return thread_cpu.summarize(records, **window), bounds
+
+
+def request_bound_line(bounds):
+    """
+    The report's line on the least the push phase's longest request could have
+    taken, whatever the order the server served its requests in (see
+    :func:`~sync_lab.harness.thread_cpu.least_longest_request`): above a second,
+    no scheduling of the server's could have kept every request under one.
+
+    :param bounds: :class:`~sync_lab.harness.thread_cpu.RequestBound` by processors
+    :rtype: str
+    """
+    parts = []
+    for processors, bound in sorted(bounds.items()):
+        if bound is None:
+            continue
+        parts.append(
+            "{:.2f} s on {} ({} requests begun within {:.2f} s, {:.2f} s of CPU)".format(
+                max(bound.seconds, 0.0),
+                "one processor"
+                if processors == 1
+                else "{} processors".format(processors),
+                bound.requests,
+                bound.last - bound.first,
+                bound.cpu,
+            )
+        )
+    return "push phase, the least its longest request could take in any order: " + (
+        "; ".join(parts) or "-"
     )
 
 
@@ -707,6 +757,8 @@ def render_many_clients(runs):
             lines.extend(
                 thread_cpu_lines(run.push_thread_cpu, run.push_phase_server_cpu)
             )
+        if run.push_request_bounds is not None:
+            lines.append(request_bound_line(run.push_request_bounds))
         if run.process_peaks:
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))

@@ -34,7 +34,9 @@ __all__ = [
     "FLUSH_SECONDS",
     "SITE_DIR",
     "Record",
+    "RequestBound",
     "install",
+    "least_longest_request",
     "read_records",
     "summarize",
 ]
@@ -47,6 +49,12 @@ SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
 #: seconds of its thread and its wall seconds.
 Record = collections.namedtuple("Record", ("started", "kind", "cpu", "wall"))
+#: What :func:`least_longest_request` found: the least seconds, and the requests
+#: that force them: when the first and the last began (epoch seconds), how many
+#: they are and their CPU seconds in all.
+RequestBound = collections.namedtuple(
+    "RequestBound", ("seconds", "first", "last", "requests", "cpu")
+)
 
 #: How often a process appends its records to its file.
 FLUSH_SECONDS = 2
@@ -231,3 +239,60 @@ def summarize(records, since=None, until=None):
         total[2] += record.wall
     rows = [(kind, n, cpu, wall) for kind, (n, cpu, wall) in totals.items()]
     return sorted(rows, key=lambda row: (-row[2], row[0]))
+
+
+def least_longest_request(records, processors=1.0, since=None, until=None):
+    """
+    The least time the longest request begun between ``since`` and ``until`` could
+    have taken, whatever the order the server served them in, with the work they
+    took and ``processors`` to run it on: how much of a run's longest request the
+    server's scheduling could have saved.
+
+    Requests begun from ``a`` to ``b`` that need ``W`` seconds of CPU in all cannot
+    all be through before ``a + W / processors``, and the last of them began at
+    ``b`` at the latest, so one of them took ``W / processors - (b - a)`` at
+    least. The most of that over every such run of requests is the bound; the
+    job runs are left out, as a server could have put them all off. One
+    interpreter (``kolibri start``) runs Python one thread at a time, so its
+    ``processors`` is about 1; a request's time in SQLite's C code runs beside
+    it, which ``processors=2`` on a 2-core machine allows for in full. A request
+    runs on one processor however many there are, so it takes its own CPU at
+    least.
+
+    :return: The bound, or ``None`` when no request began in the window
+    :rtype: RequestBound
+    """
+    requests = sorted(
+        record
+        for record in records
+        if not record.kind.startswith("job ")
+        and (since is None or record.started >= since)
+        and (until is None or record.started <= until)
+    )
+    best = None
+    # the best first request of a run ending at the current one: the most of
+    # (when it began - the CPU of the requests before it / processors)
+    best_first = None
+    cpu_before = 0.0
+    for index, request in enumerate(requests):
+        as_first = request.started - cpu_before / processors
+        if best_first is None or as_first > best_first[0]:
+            best_first = (as_first, index, cpu_before)
+        cpu_before += request.cpu
+        seconds = best_first[0] + cpu_before / processors - request.started
+        if best is None or seconds > best.seconds:
+            first = requests[best_first[1]]
+            best = RequestBound(
+                seconds,
+                first.started,
+                request.started,
+                index - best_first[1] + 1,
+                cpu_before - best_first[2],
+            )
+    if requests:
+        costliest = max(requests, key=lambda request: request.cpu)
+        if costliest.cpu > best.seconds:
+            best = RequestBound(
+                costliest.cpu, costliest.started, costliest.started, 1, costliest.cpu
+            )
+    return best

@@ -10,12 +10,14 @@ from collections import namedtuple
 import pytest
 
 from sync_lab.bench import demo
+from sync_lab.bench.many_clients import request_bound_line
 from sync_lab.bench.many_clients import thread_cpu_lines
 from sync_lab.harness.instances import KolibriInstance
 from sync_lab.harness.thread_cpu import DIR_ENV
 from sync_lab.harness.thread_cpu import SITE_DIR
 from sync_lab.harness.thread_cpu import Record
 from sync_lab.harness.thread_cpu import job_kind
+from sync_lab.harness.thread_cpu import least_longest_request
 from sync_lab.harness.thread_cpu import read_records
 from sync_lab.harness.thread_cpu import request_kind
 from sync_lab.harness.thread_cpu import summarize
@@ -173,6 +175,68 @@ def test_thread_cpu_lines__total_each_kind_and_the_rest():
     assert "2 x" in lines[1] and "2000.0 ms each" in lines[1] and "job a" in lines[1]
     assert "GET b" in lines[2]
     assert lines[3].strip() == "0.10 s  the other 1 kinds"
+
+
+def test_least_longest_request__a_burst_needs_more_cpu_than_its_span__the_excess():
+    # ten uploads of 0.2 s of CPU begun within 0.9 s: whichever order they are
+    # served in, the last of them ends 2 s after the first began at the soonest,
+    # and it began 0.9 s after it
+    burst = [Record(10.0 + 0.1 * n, "POST buffers", 0.2, 1.0) for n in range(10)]
+    quiet = [Record(20.0 + n, "GET poll", 0.01, 0.01) for n in range(5)]
+
+    bound = least_longest_request(quiet + burst)
+
+    assert bound.seconds == pytest.approx(2.0 - 0.9)
+    assert (bound.first, bound.last) == (10.0, pytest.approx(10.9))
+    assert bound.requests == 10
+    assert bound.cpu == pytest.approx(2.0)
+
+
+def test_least_longest_request__two_processors__half_the_cpu_counts():
+    burst = [Record(10.0 + 0.05 * n, "POST buffers", 0.2, 1.0) for n in range(20)]
+
+    bound = least_longest_request(burst, processors=2)
+
+    assert bound.seconds == pytest.approx(4.0 / 2 - 0.95)
+
+
+def test_least_longest_request__one_costly_request__its_own_cpu_on_any_processors():
+    records = [Record(10.0, "PATCH deserializing", 6.0, 6.0)]
+
+    assert least_longest_request(records, processors=2).seconds == 6.0
+
+
+def test_least_longest_request__requests_spread_out__their_own_cpu_at_most():
+    spread = [Record(10.0 + n, "POST buffers", 0.3, 0.3) for n in range(5)]
+
+    assert least_longest_request(spread).seconds == pytest.approx(0.3)
+
+
+def test_least_longest_request__job_runs_and_requests_outside_the_window_left_out():
+    records = [
+        Record(5.0, "POST buffers", 9.0, 9.0),  # before the phase
+        Record(10.0, "job run_background_stage deserializing", 30.0, 30.0),
+        Record(11.0, "PATCH transfersessions", 0.02, 0.02),
+        Record(11.5, "POST buffers", 0.05, 0.05),
+    ]
+
+    bound = least_longest_request(records, since=10.0, until=20.0)
+
+    assert bound.seconds == pytest.approx(0.05)
+    assert least_longest_request(records, since=30.0) is None
+
+
+def test_request_bound_line__each_processor_count_with_the_requests_behind_it():
+    burst = [Record(10.0 + 0.05 * n, "POST buffers", 0.2, 1.0) for n in range(20)]
+    bounds = {n: least_longest_request(burst, processors=n) for n in (1, 2)}
+
+    line = request_bound_line(bounds)
+
+    assert (
+        "3.05 s on one processor (20 requests begun within 0.95 s, 4.00 s of CPU)"
+        in line
+    )
+    assert "1.05 s on 2 processors" in line
 
 
 def test_parse_args__time_server_threads_only_with_clients():
