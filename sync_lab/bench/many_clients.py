@@ -121,6 +121,10 @@ class ManyClientsRun:
         #: on two, as :class:`~sync_lab.harness.thread_cpu.RequestBound`; else
         #: ``None``
         self.push_request_bounds = None
+        #: With ``--time-server-threads``: the push phase's requests over a second
+        #: inside the server, as
+        #: :class:`~sync_lab.harness.thread_cpu.SlowRequests`; else ``None``
+        self.push_slow_requests = None
         #: The RSA implementation morango signed with (see
         #: :func:`~sync_lab.harness.signing.signing_backend`)
         self.signing = None
@@ -427,6 +431,7 @@ def run_many_clients(
                 (
                     run.push_thread_cpu,
                     run.push_request_bounds,
+                    run.push_slow_requests,
                 ) = _thread_cpu_of_phase(
                     server.thread_cpu_dir, push_started, run.push_phase
                 )
@@ -599,7 +604,35 @@ def _thread_cpu_of_phase(directory, started, seconds):
         processors: thread_cpu.least_longest_request(records, processors, **window)
         for processors in BOUND_PROCESSORS
     }
-    return thread_cpu.summarize(records, **window), bounds
+    return (
+        thread_cpu.summarize(records, **window),
+        bounds,
+        thread_cpu.slow_requests(records, **window),
+    )
+
+
+def slow_requests_line(slow):
+    """
+    The report's line on where the push phase's requests over a second spent
+    their time inside the server.
+
+    :param slow: :class:`~sync_lab.harness.thread_cpu.SlowRequests`
+    :rtype: str
+    """
+    if not slow.count:
+        return "push phase, requests over 1 s inside the server: none"
+    return (
+        "push phase, requests over 1 s inside the server: {}, {:.1f} s in all: "
+        "{:.0%} on their threads' processor, {:.0%} waiting to begin write "
+        "transactions, {:.0%} neither (the interpreter's lock, job storage, the "
+        "disk)".format(
+            slow.count,
+            slow.wall,
+            slow.cpu / slow.wall,
+            slow.lock / slow.wall,
+            max(0.0, slow.wall - slow.cpu - slow.lock) / slow.wall,
+        )
+    )
 
 
 def request_bound_line(bounds):
@@ -759,6 +792,8 @@ def render_many_clients(runs):
             )
         if run.push_request_bounds is not None:
             lines.append(request_bound_line(run.push_request_bounds))
+        if run.push_slow_requests is not None:
+            lines.append(slow_requests_line(run.push_slow_requests))
         if run.process_peaks:
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))

@@ -12,7 +12,10 @@ is set) and wrap two functions as they are imported:
 
 - Django's ``WSGIHandler.__call__``: a request, from the ``request_started``
   signal (where the plugin checks a polled stage) to the response;
-- Kolibri's ``Job.execute``: a job's run, its marks in job storage included.
+- Kolibri's ``Job.execute``: a job's run, its marks in job storage included;
+- on Kolibri 0.19, the start of each of its SQLite transactions (``BEGIN
+  IMMEDIATE``, which waits for the write lock), whose seconds count towards the
+  request or job run of the thread.
 
 Each process appends a line per request or job run to a file of its own in the
 directory the environment names (:data:`DIR_ENV`). Work outside both, such as
@@ -37,6 +40,7 @@ __all__ = [
     "RequestBound",
     "install",
     "least_longest_request",
+    "slow_requests",
     "read_records",
     "summarize",
 ]
@@ -47,8 +51,11 @@ DIR_ENV = "SYNC_LAB_THREAD_CPU_DIR"
 SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
-#: seconds of its thread and its wall seconds.
-Record = collections.namedtuple("Record", ("started", "kind", "cpu", "wall"))
+#: seconds of its thread, its wall seconds and the seconds it waited to begin
+#: write transactions (Kolibri 0.19's ``BEGIN IMMEDIATE``; 0 elsewhere).
+Record = collections.namedtuple(
+    "Record", ("started", "kind", "cpu", "wall", "lock"), defaults=(0.0,)
+)
 #: What :func:`least_longest_request` found: the least seconds, and the requests
 #: that force them: when the first and the last began (epoch seconds), how many
 #: they are and their CPU seconds in all.
@@ -84,10 +91,12 @@ class _Recorder:
         self.lines = []
         self.start()
 
-    def add(self, started, kind, cpu, wall):
+    def add(self, started, kind, cpu, wall, lock):
         with self.lock:
             self.lines.append(
-                "{:.3f}\t{}\t{:.5f}\t{:.5f}\n".format(started, kind, cpu, wall)
+                "{:.3f}\t{}\t{:.5f}\t{:.5f}\t{:.5f}\n".format(
+                    started, kind, cpu, wall, lock
+                )
             )
 
     def flush(self):
@@ -103,10 +112,15 @@ class _Recorder:
             self.flush()
 
 
+# per thread: the seconds its transactions waited to begin so far
+_lock_waits = threading.local()
+
+
 def _timed(recorder, function, kind_of):
     def timed(*args, **kwargs):
         cpu_started = time.thread_time()
         started = time.time()
+        lock_waited_before = getattr(_lock_waits, "seconds", 0.0)
         try:
             return function(*args, **kwargs)
         finally:
@@ -115,10 +129,24 @@ def _timed(recorder, function, kind_of):
                 kind_of(*args),
                 time.thread_time() - cpu_started,
                 time.time() - started,
+                getattr(_lock_waits, "seconds", 0.0) - lock_waited_before,
             )
 
     timed.__wrapped__ = function
     return timed
+
+
+def _timed_begin(begin):
+    def timed_begin(*args, **kwargs):
+        started = time.monotonic()
+        try:
+            return begin(*args, **kwargs)
+        finally:
+            waited = time.monotonic() - started
+            _lock_waits.seconds = getattr(_lock_waits, "seconds", 0.0) + waited
+
+    timed_begin.__wrapped__ = begin
+    return timed_begin
 
 
 def request_kind(environ):
@@ -145,9 +173,20 @@ def _wrap_job(module, recorder):
     job.execute = _timed(recorder, job.execute, job_kind)
 
 
+def _wrap_begin(module, recorder):
+    wrapper = module.DatabaseWrapper
+    wrapper._start_transaction_under_autocommit = _timed_begin(
+        wrapper._start_transaction_under_autocommit
+    )
+
+
+#: Kolibri 0.19's SQLite backend, which begins every transaction IMMEDIATE.
+BEGIN_MODULE = "kolibri.deployment.default.db.backends.sqlite3.base"
+
 _WRAPPERS = {
     "django.core.handlers.wsgi": _wrap_wsgi,
     "kolibri.core.tasks.job": _wrap_job,
+    BEGIN_MODULE: _wrap_begin,
 }
 
 
@@ -213,8 +252,10 @@ def read_records(directory):
     for path in sorted(Path(directory).glob("thread-cpu-*.tsv")):
         with open(path) as lines:
             for line in lines:
-                started, kind, cpu, wall = line.rstrip("\n").split("\t")
-                records.append(Record(float(started), kind, float(cpu), float(wall)))
+                started, kind, *seconds = line.rstrip("\n").split("\t")
+                records.append(
+                    Record(float(started), kind, *(float(n) for n in seconds))
+                )
     return sorted(records)
 
 
@@ -296,3 +337,33 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
                 costliest.cpu, costliest.started, costliest.started, 1, costliest.cpu
             )
     return best
+
+
+#: What :func:`slow_requests` found: how many, and their wall, CPU and lock-wait
+#: seconds in all.
+SlowRequests = collections.namedtuple("SlowRequests", ("count", "wall", "cpu", "lock"))
+
+
+def slow_requests(records, seconds=1.0, since=None, until=None):
+    """
+    The requests begun between ``since`` and ``until`` that took over ``seconds``
+    inside the server, and where their time went: on their thread's processor,
+    waiting to begin write transactions, or neither (waiting for the
+    interpreter, for job storage's database, for the disk).
+
+    :rtype: SlowRequests
+    """
+    slow = [
+        record
+        for record in records
+        if not record.kind.startswith("job ")
+        and record.wall > seconds
+        and (since is None or record.started >= since)
+        and (until is None or record.started <= until)
+    ]
+    return SlowRequests(
+        len(slow),
+        sum(record.wall for record in slow),
+        sum(record.cpu for record in slow),
+        sum(record.lock for record in slow),
+    )

@@ -3,15 +3,19 @@ With ``--time-server-threads`` the server's processes time each request and job
 run by its thread's CPU, and the report gives the push phase's by kind.
 """
 
+import importlib
 import subprocess
 import textwrap
+import time
 from collections import namedtuple
 
 import pytest
 
 from sync_lab.bench import demo
 from sync_lab.bench.many_clients import request_bound_line
+from sync_lab.bench.many_clients import slow_requests_line
 from sync_lab.bench.many_clients import thread_cpu_lines
+from sync_lab.harness import thread_cpu
 from sync_lab.harness.instances import KolibriInstance
 from sync_lab.harness.thread_cpu import DIR_ENV
 from sync_lab.harness.thread_cpu import SITE_DIR
@@ -20,9 +24,11 @@ from sync_lab.harness.thread_cpu import job_kind
 from sync_lab.harness.thread_cpu import least_longest_request
 from sync_lab.harness.thread_cpu import read_records
 from sync_lab.harness.thread_cpu import request_kind
+from sync_lab.harness.thread_cpu import slow_requests
 from sync_lab.harness.thread_cpu import summarize
 
 SESSION_ID = "0123456789abcdef0123456789abcdef"
+LOCK_SECONDS = 0.05
 
 
 def test_instance_env__timing_on__loads_the_timing_in_its_processes(tmp_path):
@@ -237,6 +243,66 @@ def test_request_bound_line__each_processor_count_with_the_requests_behind_it():
         in line
     )
     assert "1.05 s on 2 processors" in line
+
+
+class _Lines:
+    """A recorder that keeps what it is given."""
+
+    def __init__(self):
+        self.added = []
+
+    def add(self, *record):
+        self.added.append(Record(*record))
+
+
+def test_timed_request__waits_to_begin_transactions__counted_as_its_lock_wait():
+    recorder = _Lines()
+    begin = thread_cpu._timed_begin(lambda: time.sleep(LOCK_SECONDS))
+
+    def serve(environ):
+        begin()
+        begin()
+
+    thread_cpu._timed(recorder, serve, thread_cpu.request_kind)({"PATH_INFO": "/x/"})
+    thread_cpu._timed(recorder, lambda environ: None, thread_cpu.request_kind)({})
+
+    first, second = recorder.added
+    assert 2 * LOCK_SECONDS <= first.lock <= first.wall
+    assert second.lock == 0.0
+
+
+def test_lock_wait_timing__wraps_kolibri_s_sqlite_backend_where_it_begins_transactions():
+    module = importlib.import_module(thread_cpu.BEGIN_MODULE)
+
+    assert callable(module.DatabaseWrapper._start_transaction_under_autocommit)
+
+
+def test_read_records__lines_without_a_lock_wait__read_as_none_waited(tmp_path):
+    (tmp_path / "thread-cpu-1.tsv").write_text(
+        "10.0\tGET /x/\t0.1\t0.2\n11.0\tGET /y/\t0.1\t0.5\t0.3\n"
+    )
+
+    old, new = read_records(tmp_path)
+
+    assert (old.lock, new.lock) == (0.0, 0.3)
+
+
+def test_slow_requests_line__where_their_time_went():
+    records = [
+        Record(10.0, "POST buffers", 0.2, 2.0, 1.0),
+        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.5),
+        Record(12.0, "GET poll", 0.01, 0.5, 0.0),  # not over a second
+        Record(13.0, "job run_background_stage deserializing", 5.0, 9.0, 1.0),
+    ]
+
+    line = slow_requests_line(slow_requests(records))
+
+    assert line.endswith(
+        "2, 4.0 s in all: 8% on their threads' processor, 38% waiting to begin "
+        "write transactions, 55% neither (the interpreter's lock, job storage, "
+        "the disk)"
+    )
+    assert slow_requests_line(slow_requests(records[2:])).endswith(": none")
 
 
 def test_parse_args__time_server_threads_only_with_clients():
