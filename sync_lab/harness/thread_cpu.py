@@ -13,9 +13,12 @@ is set) and wrap two functions as they are imported:
 - Django's ``WSGIHandler.__call__``: a request, from the ``request_started``
   signal (where the plugin checks a polled stage) to the response;
 - Kolibri's ``Job.execute``: a job's run, its marks in job storage included;
-- on Kolibri 0.19, the start of each of its SQLite transactions (``BEGIN
-  IMMEDIATE``, which waits for the write lock), whose seconds count towards the
-  request or job run of the thread.
+- the statements the thread runs on Kolibri's database (Django's SQLite
+  cursor), among them, on Kolibri 0.19, the start of each transaction (``BEGIN
+  IMMEDIATE``, which waits for the write lock), and on job storage's (through
+  SQLAlchemy): their wall and CPU seconds count towards the request or job run of
+  the thread, so the time it spent outside both, and off the processor there,
+  is what it waited for the interpreter's lock (or slept).
 
 Each process appends a line per request or job run to a file of its own in the
 directory the environment names (:data:`DIR_ENV`). Work outside both, such as
@@ -50,11 +53,29 @@ DIR_ENV = "SYNC_LAB_THREAD_CPU_DIR"
 #: The directory whose ``sitecustomize`` installs the timing in a server process.
 SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 
+#: The statements timed inside a request or job run (see :data:`_STATEMENTS`):
+#: ``begin`` (Kolibri 0.19's ``BEGIN IMMEDIATE``, its wait for the write lock),
+#: ``database`` (every statement on Kolibri's database, ``begin`` included) and
+#: ``jobs`` (job storage's).
+STATEMENT_KINDS = ("begin", "database", "jobs")
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
-#: seconds of its thread, its wall seconds and the seconds it waited to begin
-#: write transactions (Kolibri 0.19's ``BEGIN IMMEDIATE``; 0 elsewhere).
+#: seconds of its thread and its wall seconds; then the wall seconds of its
+#: ``begin`` statements, the wall and CPU seconds of its ``database`` statements
+#: and of its ``jobs`` statements (0 in the files of older runs).
 Record = collections.namedtuple(
-    "Record", ("started", "kind", "cpu", "wall", "lock"), defaults=(0.0,)
+    "Record",
+    (
+        "started",
+        "kind",
+        "cpu",
+        "wall",
+        "lock",
+        "database",
+        "database_cpu",
+        "jobs",
+        "jobs_cpu",
+    ),
+    defaults=(0.0,) * 5,
 )
 #: What :func:`least_longest_request` found: the least seconds, and the requests
 #: that force them: when the first and the last began (epoch seconds), how many
@@ -91,12 +112,14 @@ class _Recorder:
         self.lines = []
         self.start()
 
-    def add(self, started, kind, cpu, wall, lock):
+    def add(self, started, kind, *seconds):
         with self.lock:
             self.lines.append(
-                "{:.3f}\t{}\t{:.5f}\t{:.5f}\t{:.5f}\n".format(
-                    started, kind, cpu, wall, lock
+                "\t".join(
+                    ["{:.3f}".format(started), kind]
+                    + ["{:.5f}".format(n) for n in seconds]
                 )
+                + "\n"
             )
 
     def flush(self):
@@ -112,41 +135,59 @@ class _Recorder:
             self.flush()
 
 
-# per thread: the seconds its transactions waited to begin so far
-_lock_waits = threading.local()
+# per thread: the wall and CPU seconds of its statements so far, by kind
+_statements = threading.local()
+
+
+def _statement_seconds():
+    """This thread's statement seconds so far, as :class:`Record` lists them."""
+    totals = getattr(_statements, "totals", None)
+    if totals is None:
+        totals = _statements.totals = {kind: [0.0, 0.0] for kind in STATEMENT_KINDS}
+    return (
+        totals["begin"][0],
+        totals["database"][0],
+        totals["database"][1],
+        totals["jobs"][0],
+        totals["jobs"][1],
+    )
 
 
 def _timed(recorder, function, kind_of):
     def timed(*args, **kwargs):
         cpu_started = time.thread_time()
         started = time.time()
-        lock_waited_before = getattr(_lock_waits, "seconds", 0.0)
+        before = _statement_seconds()
         try:
             return function(*args, **kwargs)
         finally:
+            after = _statement_seconds()
             recorder.add(
                 started,
                 kind_of(*args),
                 time.thread_time() - cpu_started,
                 time.time() - started,
-                getattr(_lock_waits, "seconds", 0.0) - lock_waited_before,
+                *(b - a for a, b in zip(before, after)),
             )
 
     timed.__wrapped__ = function
     return timed
 
 
-def _timed_begin(begin):
-    def timed_begin(*args, **kwargs):
+def _timed_statement(kind, function):
+    def timed_statement(*args, **kwargs):
+        _statement_seconds()
+        cpu_started = time.thread_time()
         started = time.monotonic()
         try:
-            return begin(*args, **kwargs)
+            return function(*args, **kwargs)
         finally:
-            waited = time.monotonic() - started
-            _lock_waits.seconds = getattr(_lock_waits, "seconds", 0.0) + waited
+            total = _statements.totals[kind]
+            total[0] += time.monotonic() - started
+            total[1] += time.thread_time() - cpu_started
 
-    timed_begin.__wrapped__ = begin
-    return timed_begin
+    timed_statement.__wrapped__ = function
+    return timed_statement
 
 
 def request_kind(environ):
@@ -173,20 +214,42 @@ def _wrap_job(module, recorder):
     job.execute = _timed(recorder, job.execute, job_kind)
 
 
-def _wrap_begin(module, recorder):
-    wrapper = module.DatabaseWrapper
-    wrapper._start_transaction_under_autocommit = _timed_begin(
-        wrapper._start_transaction_under_autocommit
-    )
-
-
 #: Kolibri 0.19's SQLite backend, which begins every transaction IMMEDIATE.
 BEGIN_MODULE = "kolibri.deployment.default.db.backends.sqlite3.base"
+
+#: The statements timed, by module: the class, the kind of statement (see
+#: :data:`STATEMENT_KINDS`) and the methods that run them.
+STATEMENT_METHODS = {
+    BEGIN_MODULE: (
+        "DatabaseWrapper",
+        "begin",
+        ("_start_transaction_under_autocommit",),
+    ),
+    "django.db.backends.sqlite3.base": (
+        "SQLiteCursorWrapper",
+        "database",
+        ("execute", "executemany"),
+    ),
+    # job storage is the server's one user of SQLAlchemy
+    "sqlalchemy.engine.default": (
+        "DefaultDialect",
+        "jobs",
+        ("do_execute", "do_executemany", "do_execute_no_params", "do_commit"),
+    ),
+}
+
+
+def _wrap_statements(module, recorder):
+    class_name, kind, names = STATEMENT_METHODS[module.__name__]
+    cls = getattr(module, class_name)
+    for name in names:
+        setattr(cls, name, _timed_statement(kind, getattr(cls, name)))
+
 
 _WRAPPERS = {
     "django.core.handlers.wsgi": _wrap_wsgi,
     "kolibri.core.tasks.job": _wrap_job,
-    BEGIN_MODULE: _wrap_begin,
+    **{module_name: _wrap_statements for module_name in STATEMENT_METHODS},
 }
 
 
@@ -339,17 +402,21 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
     return best
 
 
-#: What :func:`slow_requests` found: how many, and their wall, CPU and lock-wait
-#: seconds in all.
-SlowRequests = collections.namedtuple("SlowRequests", ("count", "wall", "cpu", "lock"))
+#: What :func:`slow_requests` found: how many, and their seconds in all: wall,
+#: in Kolibri's database (``database``; ``lock`` of it waiting to begin write
+#: transactions), in job storage's (``jobs``), and outside both, on their
+#: threads' processor (``cpu_outside``) or not (``waiting``: for the
+#: interpreter's lock, or asleep).
+SlowRequests = collections.namedtuple(
+    "SlowRequests",
+    ("count", "wall", "database", "lock", "jobs", "cpu_outside", "waiting"),
+)
 
 
 def slow_requests(records, seconds=1.0, since=None, until=None):
     """
     The requests begun between ``since`` and ``until`` that took over ``seconds``
-    inside the server, and where their time went: on their thread's processor,
-    waiting to begin write transactions, or neither (waiting for the
-    interpreter, for job storage's database, for the disk).
+    inside the server, and where their time went.
 
     :rtype: SlowRequests
     """
@@ -361,9 +428,16 @@ def slow_requests(records, seconds=1.0, since=None, until=None):
         and (since is None or record.started >= since)
         and (until is None or record.started <= until)
     ]
+    wall = sum(r.wall for r in slow)
+    database = sum(r.database for r in slow)
+    jobs = sum(r.jobs for r in slow)
+    cpu_outside = sum(max(0.0, r.cpu - r.database_cpu - r.jobs_cpu) for r in slow)
     return SlowRequests(
         len(slow),
-        sum(record.wall for record in slow),
-        sum(record.cpu for record in slow),
-        sum(record.lock for record in slow),
+        wall,
+        database,
+        sum(r.lock for r in slow),
+        jobs,
+        cpu_outside,
+        max(0.0, wall - database - jobs - cpu_outside),
     )

@@ -19,6 +19,7 @@ from sync_lab.harness import thread_cpu
 from sync_lab.harness.instances import KolibriInstance
 from sync_lab.harness.thread_cpu import DIR_ENV
 from sync_lab.harness.thread_cpu import SITE_DIR
+from sync_lab.harness.thread_cpu import STATEMENT_METHODS
 from sync_lab.harness.thread_cpu import Record
 from sync_lab.harness.thread_cpu import job_kind
 from sync_lab.harness.thread_cpu import least_longest_request
@@ -255,52 +256,64 @@ class _Lines:
         self.added.append(Record(*record))
 
 
-def test_timed_request__waits_to_begin_transactions__counted_as_its_lock_wait():
+def test_timed_request__its_statements__counted_by_kind():
     recorder = _Lines()
-    begin = thread_cpu._timed_begin(lambda: time.sleep(LOCK_SECONDS))
+    begin = thread_cpu._timed_statement("begin", lambda: time.sleep(LOCK_SECONDS))
+    statement = thread_cpu._timed_statement("database", lambda: begin())
+    job_storage = thread_cpu._timed_statement("jobs", lambda: time.sleep(LOCK_SECONDS))
 
     def serve(environ):
-        begin()
-        begin()
+        statement()
+        job_storage()
+        job_storage()
 
     thread_cpu._timed(recorder, serve, thread_cpu.request_kind)({"PATH_INFO": "/x/"})
     thread_cpu._timed(recorder, lambda environ: None, thread_cpu.request_kind)({})
 
     first, second = recorder.added
-    assert 2 * LOCK_SECONDS <= first.lock <= first.wall
-    assert second.lock == 0.0
+    assert LOCK_SECONDS <= first.lock <= first.database
+    assert 2 * LOCK_SECONDS <= first.jobs
+    assert first.database + first.jobs <= first.wall
+    # asleep, off the processor
+    assert first.database_cpu < LOCK_SECONDS
+    assert second[4:] == (0.0,) * 5
 
 
-def test_lock_wait_timing__wraps_kolibri_s_sqlite_backend_where_it_begins_transactions():
-    module = importlib.import_module(thread_cpu.BEGIN_MODULE)
+def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with():
+    for module_name, (class_name, kind, names) in STATEMENT_METHODS.items():
+        cls = getattr(importlib.import_module(module_name), class_name)
 
-    assert callable(module.DatabaseWrapper._start_transaction_under_autocommit)
+        assert kind in thread_cpu.STATEMENT_KINDS
+        assert all(callable(getattr(cls, name)) for name in names)
 
 
-def test_read_records__lines_without_a_lock_wait__read_as_none_waited(tmp_path):
+def test_read_records__lines_of_older_runs__read_as_no_statements(tmp_path):
     (tmp_path / "thread-cpu-1.tsv").write_text(
-        "10.0\tGET /x/\t0.1\t0.2\n11.0\tGET /y/\t0.1\t0.5\t0.3\n"
+        "10.0\tGET /x/\t0.1\t0.2\n"
+        "11.0\tGET /y/\t0.1\t0.5\t0.3\t0.4\t0.05\t0.01\t0.001\n"
     )
 
     old, new = read_records(tmp_path)
 
-    assert (old.lock, new.lock) == (0.0, 0.3)
+    assert old[4:] == (0.0,) * 5
+    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001)
 
 
 def test_slow_requests_line__where_their_time_went():
     records = [
-        Record(10.0, "POST buffers", 0.2, 2.0, 1.0),
-        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.5),
-        Record(12.0, "GET poll", 0.01, 0.5, 0.0),  # not over a second
-        Record(13.0, "job run_background_stage deserializing", 5.0, 9.0, 1.0),
+        # wall, cpu; begin, database, its cpu; job storage, its cpu
+        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0),
+        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1),
+        Record(12.0, "GET poll", 0.01, 0.5),  # not over a second
+        Record(13.0, "job run_background_stage deserializing", 5.0, 9.0),
     ]
 
     line = slow_requests_line(slow_requests(records))
 
     assert line.endswith(
-        "2, 4.0 s in all: 8% on their threads' processor, 38% waiting to begin "
-        "write transactions, 55% neither (the interpreter's lock, job storage, "
-        "the disk)"
+        "2, 4.0 s in all: 25% in Kolibri's database (12% waiting to begin write "
+        "transactions), 12% in job storage's, 5% outside both on the processor, "
+        "57% outside both waiting (the interpreter's lock, sleeps)"
     )
     assert slow_requests_line(slow_requests(records[2:])).endswith(": none")
 
