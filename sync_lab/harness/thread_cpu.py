@@ -56,12 +56,14 @@ SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 #: The statements timed inside a request or job run (see :data:`_STATEMENTS`):
 #: ``begin`` (Kolibri 0.19's ``BEGIN IMMEDIATE``, its wait for the write lock),
 #: ``database`` (every statement on Kolibri's database, ``begin`` included) and
-#: ``jobs`` (job storage's).
-STATEMENT_KINDS = ("begin", "database", "jobs")
+#: ``jobs`` (job storage's); ``reads`` are the ``database`` statements that only
+#: read (``SELECT``), which in SQLite's WAL mode wait for no other connection.
+STATEMENT_KINDS = ("begin", "database", "jobs", "reads")
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
 #: seconds of its thread and its wall seconds; then the wall seconds of its
 #: ``begin`` statements, the wall and CPU seconds of its ``database`` statements
-#: and of its ``jobs`` statements (0 in the files of older runs).
+#: and of its ``jobs`` statements, and the wall seconds of its ``reads`` (0 in
+#: the files of older runs).
 Record = collections.namedtuple(
     "Record",
     (
@@ -74,8 +76,9 @@ Record = collections.namedtuple(
         "database_cpu",
         "jobs",
         "jobs_cpu",
+        "reads",
     ),
-    defaults=(0.0,) * 5,
+    defaults=(0.0,) * 6,
 )
 #: What :func:`least_longest_request` found: the least seconds, and the requests
 #: that force them: when the first and the last began (epoch seconds), how many
@@ -150,6 +153,7 @@ def _statement_seconds():
         totals["database"][1],
         totals["jobs"][0],
         totals["jobs"][1],
+        totals["reads"][0],
     )
 
 
@@ -174,6 +178,11 @@ def _timed(recorder, function, kind_of):
     return timed
 
 
+def _is_read(args):
+    """Whether a cursor's ``execute(query, ...)`` only reads."""
+    return len(args) > 1 and str(args[1]).lstrip()[:6].upper() == "SELECT"
+
+
 def _timed_statement(kind, function):
     def timed_statement(*args, **kwargs):
         _statement_seconds()
@@ -182,9 +191,12 @@ def _timed_statement(kind, function):
         try:
             return function(*args, **kwargs)
         finally:
+            wall = time.monotonic() - started
             total = _statements.totals[kind]
-            total[0] += time.monotonic() - started
+            total[0] += wall
             total[1] += time.thread_time() - cpu_started
+            if kind == "database" and _is_read(args):
+                _statements.totals["reads"][0] += wall
 
     timed_statement.__wrapped__ = function
     return timed_statement
@@ -409,7 +421,7 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
 #: interpreter's lock, or asleep).
 SlowRequests = collections.namedtuple(
     "SlowRequests",
-    ("count", "wall", "database", "lock", "jobs", "cpu_outside", "waiting"),
+    ("count", "wall", "database", "lock", "reads", "jobs", "cpu_outside", "waiting"),
 )
 
 
@@ -437,6 +449,7 @@ def slow_requests(records, seconds=1.0, since=None, until=None):
         wall,
         database,
         sum(r.lock for r in slow),
+        sum(r.reads for r in slow),
         jobs,
         cpu_outside,
         max(0.0, wall - database - jobs - cpu_outside),

@@ -259,24 +259,30 @@ class _Lines:
 def test_timed_request__its_statements__counted_by_kind():
     recorder = _Lines()
     begin = thread_cpu._timed_statement("begin", lambda: time.sleep(LOCK_SECONDS))
-    statement = thread_cpu._timed_statement("database", lambda: begin())
+    database = thread_cpu._timed_statement(
+        "database",
+        lambda cursor, query: begin() if query == "BEGIN" else time.sleep(LOCK_SECONDS),
+    )
     job_storage = thread_cpu._timed_statement("jobs", lambda: time.sleep(LOCK_SECONDS))
 
     def serve(environ):
-        statement()
-        job_storage()
+        database(None, "BEGIN")
+        database(None, "  select 1")
+        database(None, "INSERT INTO x VALUES (1)")
         job_storage()
 
     thread_cpu._timed(recorder, serve, thread_cpu.request_kind)({"PATH_INFO": "/x/"})
     thread_cpu._timed(recorder, lambda environ: None, thread_cpu.request_kind)({})
 
     first, second = recorder.added
-    assert LOCK_SECONDS <= first.lock <= first.database
-    assert 2 * LOCK_SECONDS <= first.jobs
+    assert LOCK_SECONDS <= first.lock < 2 * LOCK_SECONDS
+    assert LOCK_SECONDS <= first.reads < 2 * LOCK_SECONDS
+    assert 3 * LOCK_SECONDS <= first.database
+    assert LOCK_SECONDS <= first.jobs
     assert first.database + first.jobs <= first.wall
     # asleep, off the processor
     assert first.database_cpu < LOCK_SECONDS
-    assert second[4:] == (0.0,) * 5
+    assert second[4:] == (0.0,) * 6
 
 
 def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with():
@@ -290,20 +296,20 @@ def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with(
 def test_read_records__lines_of_older_runs__read_as_no_statements(tmp_path):
     (tmp_path / "thread-cpu-1.tsv").write_text(
         "10.0\tGET /x/\t0.1\t0.2\n"
-        "11.0\tGET /y/\t0.1\t0.5\t0.3\t0.4\t0.05\t0.01\t0.001\n"
+        "11.0\tGET /y/\t0.1\t0.5\t0.3\t0.4\t0.05\t0.01\t0.001\t0.02\n"
     )
 
     old, new = read_records(tmp_path)
 
-    assert old[4:] == (0.0,) * 5
-    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001)
+    assert old[4:] == (0.0,) * 6
+    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001, 0.02)
 
 
 def test_slow_requests_line__where_their_time_went():
     records = [
-        # wall, cpu; begin, database, its cpu; job storage, its cpu
-        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0),
-        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1),
+        # cpu, wall; begin, database, its cpu; job storage, its cpu; reads
+        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0, 0.4),
+        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1, 0.0),
         Record(12.0, "GET poll", 0.01, 0.5),  # not over a second
         Record(13.0, "job run_background_stage deserializing", 5.0, 9.0),
     ]
@@ -312,7 +318,8 @@ def test_slow_requests_line__where_their_time_went():
 
     assert line.endswith(
         "2, 4.0 s in all: 25% in Kolibri's database (12% waiting to begin write "
-        "transactions), 12% in job storage's, 5% outside both on the processor, "
+        "transactions, 10% reading), 12% in job storage's, 5% outside both on the "
+        "processor, "
         "57% outside both waiting (the interpreter's lock, sleeps)"
     )
     assert slow_requests_line(slow_requests(records[2:])).endswith(": none")
