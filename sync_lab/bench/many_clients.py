@@ -624,7 +624,8 @@ def slow_requests_line(slow):
     return (
         "push phase, requests over 1 s inside the server: {}, {:.1f} s in all: "
         "{:.0%} in Kolibri's database ({:.0%} waiting to begin write "
-        "transactions, {:.0%} reading), {:.0%} in job storage's, {:.0%} outside "
+        "transactions, {:.0%} reading, {:.0%} writing outside a transaction), "
+        "{:.0%} in job storage's, {:.0%} outside "
         "both on the processor, {:.0%} outside both waiting (the interpreter's "
         "lock, sleeps)".format(
             slow.count,
@@ -632,6 +633,7 @@ def slow_requests_line(slow):
             slow.database / slow.wall,
             slow.lock / slow.wall,
             slow.reads / slow.wall,
+            slow.autocommit / slow.wall,
             slow.jobs / slow.wall,
             slow.cpu_outside / slow.wall,
             slow.waiting / slow.wall,

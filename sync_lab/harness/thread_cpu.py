@@ -57,13 +57,15 @@ SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 #: ``begin`` (Kolibri 0.19's ``BEGIN IMMEDIATE``, its wait for the write lock),
 #: ``database`` (every statement on Kolibri's database, ``begin`` included) and
 #: ``jobs`` (job storage's); ``reads`` are the ``database`` statements that only
-#: read (``SELECT``), which in SQLite's WAL mode wait for no other connection.
-STATEMENT_KINDS = ("begin", "database", "jobs", "reads")
+#: read (``SELECT``), which in SQLite's WAL mode wait for no other connection,
+#: and ``autocommit`` the ones that write outside a transaction, each of which
+#: waits for the write lock itself.
+STATEMENT_KINDS = ("begin", "database", "jobs", "reads", "autocommit")
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
 #: seconds of its thread and its wall seconds; then the wall seconds of its
 #: ``begin`` statements, the wall and CPU seconds of its ``database`` statements
-#: and of its ``jobs`` statements, and the wall seconds of its ``reads`` (0 in
-#: the files of older runs).
+#: and of its ``jobs`` statements, and the wall seconds of its ``reads`` and of
+#: its ``autocommit`` writes (0 in the files of older runs).
 Record = collections.namedtuple(
     "Record",
     (
@@ -77,8 +79,9 @@ Record = collections.namedtuple(
         "jobs",
         "jobs_cpu",
         "reads",
+        "autocommit",
     ),
-    defaults=(0.0,) * 6,
+    defaults=(0.0,) * 7,
 )
 #: What :func:`least_longest_request` found: the least seconds, and the requests
 #: that force them: when the first and the last began (epoch seconds), how many
@@ -99,12 +102,17 @@ class _Recorder:
         self.directory = Path(directory)
         self.lock = threading.Lock()
         self.lines = []
+        self.statements = []
         self.path = None
+        self.statements_path = None
         self.start()
 
     def start(self):
         """Write to a file of this process's own, every few seconds."""
         self.path = self.directory / "thread-cpu-{}.tsv".format(os.getpid())
+        self.statements_path = self.directory / "slow-statements-{}.tsv".format(
+            os.getpid()
+        )
         threading.Thread(
             target=self._flush_forever, name="sync-lab-thread-cpu", daemon=True
         ).start()
@@ -113,6 +121,7 @@ class _Recorder:
         """After a fork (uwsgi's workers): a file and a flushing thread of its own."""
         self.lock = threading.Lock()
         self.lines = []
+        self.statements = []
         self.start()
 
     def add(self, started, kind, *seconds):
@@ -125,12 +134,27 @@ class _Recorder:
                 + "\n"
             )
 
+    def add_statement(self, wall, autocommit, sql):
+        with self.lock:
+            self.statements.append(
+                "{:.3f}\t{:.5f}\t{}\t{}\n".format(
+                    time.time(),
+                    wall,
+                    "autocommit" if autocommit else "transaction",
+                    " ".join(sql.split())[:160],
+                )
+            )
+
     def flush(self):
         with self.lock:
             lines, self.lines = self.lines, []
+            statements, self.statements = self.statements, []
         if lines:
             with open(self.path, "a") as out:
                 out.write("".join(lines))
+        if statements:
+            with open(self.statements_path, "a") as out:
+                out.write("".join(statements))
 
     def _flush_forever(self):
         while True:
@@ -154,6 +178,7 @@ def _statement_seconds():
         totals["jobs"][0],
         totals["jobs"][1],
         totals["reads"][0],
+        totals["autocommit"][0],
     )
 
 
@@ -178,14 +203,26 @@ def _timed(recorder, function, kind_of):
     return timed
 
 
-def _is_read(args):
-    """Whether a cursor's ``execute(query, ...)`` only reads."""
-    return len(args) > 1 and str(args[1]).lstrip()[:6].upper() == "SELECT"
+#: A statement on Kolibri's database that takes longer is written, with the
+#: start of its SQL, to the process's ``slow-statements-<pid>.tsv``.
+SLOW_STATEMENT_SECONDS = 0.5
 
 
-def _timed_statement(kind, function):
+def _sql_of(args):
+    """The query of a cursor's ``execute(query, ...)``, or ``""``."""
+    return str(args[1]).lstrip() if len(args) > 1 else ""
+
+
+def _outside_a_transaction(args):
+    """Whether the cursor's connection (``args[0]``) has no transaction open."""
+    connection = getattr(args[0], "connection", None) if args else None
+    return connection is not None and not getattr(connection, "in_transaction", True)
+
+
+def _timed_statement(kind, function, recorder=None):
     def timed_statement(*args, **kwargs):
         _statement_seconds()
+        autocommit = kind == "database" and _outside_a_transaction(args)
         cpu_started = time.thread_time()
         started = time.monotonic()
         try:
@@ -195,8 +232,14 @@ def _timed_statement(kind, function):
             total = _statements.totals[kind]
             total[0] += wall
             total[1] += time.thread_time() - cpu_started
-            if kind == "database" and _is_read(args):
-                _statements.totals["reads"][0] += wall
+            if kind == "database":
+                verb = _sql_of(args)[:6].upper()
+                if verb == "SELECT":
+                    _statements.totals["reads"][0] += wall
+                elif autocommit and not verb.startswith("BEGIN"):
+                    _statements.totals["autocommit"][0] += wall
+                if wall > SLOW_STATEMENT_SECONDS and recorder is not None:
+                    recorder.add_statement(wall, autocommit, _sql_of(args))
 
     timed_statement.__wrapped__ = function
     return timed_statement
@@ -255,7 +298,7 @@ def _wrap_statements(module, recorder):
     class_name, kind, names = STATEMENT_METHODS[module.__name__]
     cls = getattr(module, class_name)
     for name in names:
-        setattr(cls, name, _timed_statement(kind, getattr(cls, name)))
+        setattr(cls, name, _timed_statement(kind, getattr(cls, name), recorder))
 
 
 _WRAPPERS = {
@@ -415,13 +458,24 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
 
 
 #: What :func:`slow_requests` found: how many, and their seconds in all: wall,
-#: in Kolibri's database (``database``; ``lock`` of it waiting to begin write
-#: transactions), in job storage's (``jobs``), and outside both, on their
+#: in Kolibri's database (``database``; of it, ``lock`` waiting to begin write
+#: transactions, ``reads`` reading and ``autocommit`` writing outside a
+#: transaction), in job storage's (``jobs``), and outside both, on their
 #: threads' processor (``cpu_outside``) or not (``waiting``: for the
 #: interpreter's lock, or asleep).
 SlowRequests = collections.namedtuple(
     "SlowRequests",
-    ("count", "wall", "database", "lock", "reads", "jobs", "cpu_outside", "waiting"),
+    (
+        "count",
+        "wall",
+        "database",
+        "lock",
+        "reads",
+        "autocommit",
+        "jobs",
+        "cpu_outside",
+        "waiting",
+    ),
 )
 
 
@@ -450,6 +504,7 @@ def slow_requests(records, seconds=1.0, since=None, until=None):
         database,
         sum(r.lock for r in slow),
         sum(r.reads for r in slow),
+        sum(r.autocommit for r in slow),
         jobs,
         cpu_outside,
         max(0.0, wall - database - jobs - cpu_outside),

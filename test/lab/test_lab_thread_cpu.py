@@ -4,6 +4,8 @@ run by its thread's CPU, and the report gives the push phase's by kind.
 """
 
 import importlib
+import os
+import sqlite3
 import subprocess
 import textwrap
 import time
@@ -282,7 +284,60 @@ def test_timed_request__its_statements__counted_by_kind():
     assert first.database + first.jobs <= first.wall
     # asleep, off the processor
     assert first.database_cpu < LOCK_SECONDS
-    assert second[4:] == (0.0,) * 6
+    assert second[4:] == (0.0,) * 7
+
+
+def test_database_statements__slow_ones_written_with_whether_in_a_transaction(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(thread_cpu, "SLOW_STATEMENT_SECONDS", -1)  # every one
+    recorder = thread_cpu._Recorder(tmp_path)
+    execute = thread_cpu._timed_statement("database", sqlite3.Cursor.execute, recorder)
+    cursor = sqlite3.connect(":memory:", isolation_level=None).cursor()
+
+    for sql in (
+        "CREATE TABLE x (a)",
+        "BEGIN IMMEDIATE",
+        "INSERT INTO x VALUES (1)",
+        "COMMIT",
+        "UPDATE x SET a = 2",
+        "SELECT a FROM x",
+    ):
+        execute(cursor, sql)
+    recorder.flush()
+
+    lines = (tmp_path / "slow-statements-{}.tsv".format(os.getpid())).read_text()
+    assert [line.split("\t")[2:] for line in lines.splitlines()] == [
+        ["autocommit", "CREATE TABLE x (a)"],
+        ["autocommit", "BEGIN IMMEDIATE"],
+        ["transaction", "INSERT INTO x VALUES (1)"],
+        ["transaction", "COMMIT"],
+        ["autocommit", "UPDATE x SET a = 2"],
+        ["autocommit", "SELECT a FROM x"],
+    ]
+
+
+def test_timed_request__writes_outside_a_transaction__counted_apart():
+    recorder = _Lines()
+    execute = thread_cpu._timed_statement("database", sqlite3.Cursor.execute)
+    cursor = sqlite3.connect(":memory:", isolation_level=None).cursor()
+    cursor.execute("CREATE TABLE x (a)")
+
+    def serve(environ):
+        execute(cursor, "BEGIN IMMEDIATE")
+        execute(cursor, "INSERT INTO x VALUES (1)")
+        execute(cursor, "COMMIT")
+
+    thread_cpu._timed(recorder, serve, thread_cpu.request_kind)({})
+    thread_cpu._timed(
+        recorder,
+        lambda environ: execute(cursor, "DELETE FROM x"),
+        thread_cpu.request_kind,
+    )({})
+
+    in_a_transaction, outside = recorder.added
+    assert in_a_transaction.autocommit == 0.0
+    assert 0.0 < outside.autocommit <= outside.database
 
 
 def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with():
@@ -296,20 +351,20 @@ def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with(
 def test_read_records__lines_of_older_runs__read_as_no_statements(tmp_path):
     (tmp_path / "thread-cpu-1.tsv").write_text(
         "10.0\tGET /x/\t0.1\t0.2\n"
-        "11.0\tGET /y/\t0.1\t0.5\t0.3\t0.4\t0.05\t0.01\t0.001\t0.02\n"
+        "11.0\tGET /y/\t0.1\t0.5\t0.3\t0.4\t0.05\t0.01\t0.001\t0.02\t0.03\n"
     )
 
     old, new = read_records(tmp_path)
 
-    assert old[4:] == (0.0,) * 6
-    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001, 0.02)
+    assert old[4:] == (0.0,) * 7
+    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001, 0.02, 0.03)
 
 
 def test_slow_requests_line__where_their_time_went():
     records = [
-        # cpu, wall; begin, database, its cpu; job storage, its cpu; reads
-        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0, 0.4),
-        Record(11.0, "PATCH transfersessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1, 0.0),
+        # cpu, wall; begin, database, its cpu; job storage, its cpu; reads, autocommit
+        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0, 0.4, 0.1),
+        Record(11.0, "PATCH sessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1, 0.0, 0.0),
         Record(12.0, "GET poll", 0.01, 0.5),  # not over a second
         Record(13.0, "job run_background_stage deserializing", 5.0, 9.0),
     ]
@@ -318,8 +373,8 @@ def test_slow_requests_line__where_their_time_went():
 
     assert line.endswith(
         "2, 4.0 s in all: 25% in Kolibri's database (12% waiting to begin write "
-        "transactions, 10% reading), 12% in job storage's, 5% outside both on the "
-        "processor, "
+        "transactions, 10% reading, 2% writing outside a transaction), 12% in job "
+        "storage's, 5% outside both on the processor, "
         "57% outside both waiting (the interpreter's lock, sleeps)"
     )
     assert slow_requests_line(slow_requests(records[2:])).endswith(": none")
