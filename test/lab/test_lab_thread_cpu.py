@@ -342,7 +342,13 @@ def test_timed_request__writes_outside_a_transaction__counted_apart():
 
 def test_statement_timing__wraps_what_kolibri_s_server_runs_its_statements_with():
     for module_name, (class_name, kind, names) in STATEMENT_METHODS.items():
-        cls = getattr(importlib.import_module(module_name), class_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            # before 0.19 Kolibri begins its transactions as Django does
+            assert module_name == thread_cpu.BEGIN_MODULE
+            continue
+        cls = getattr(module, class_name)
 
         assert kind in thread_cpu.STATEMENT_KINDS
         assert all(callable(getattr(cls, name)) for name in names)
