@@ -377,6 +377,21 @@ def read_records(directory):
     return sorted(records)
 
 
+def _begun(records, since, until):
+    """The records begun between ``since`` and ``until``, either left open."""
+    return [
+        record
+        for record in records
+        if (since is None or record.started >= since)
+        and (until is None or record.started <= until)
+    ]
+
+
+def _requests_begun(records, since, until):
+    """The requests (no job runs) among :func:`_begun`'s records."""
+    return [r for r in _begun(records, since, until) if not r.kind.startswith("job ")]
+
+
 def summarize(records, since=None, until=None):
     """
     The records begun between ``since`` and ``until`` (epoch seconds), by kind:
@@ -387,11 +402,7 @@ def summarize(records, since=None, until=None):
     :rtype: list[tuple]
     """
     totals = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    for record in records:
-        if since is not None and record.started < since:
-            continue
-        if until is not None and record.started > until:
-            continue
+    for record in _begun(records, since, until):
         total = totals[record.kind]
         total[0] += 1
         total[1] += record.cpu
@@ -421,13 +432,7 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
     :return: The bound, or ``None`` when no request began in the window
     :rtype: RequestBound
     """
-    requests = sorted(
-        record
-        for record in records
-        if not record.kind.startswith("job ")
-        and (since is None or record.started >= since)
-        and (until is None or record.started <= until)
-    )
+    requests = sorted(_requests_begun(records, since, until))
     best = None
     # the best first request of a run ending at the current one: the most of
     # (when it began - the CPU of the requests before it / processors)
@@ -486,14 +491,7 @@ def slow_requests(records, seconds=1.0, since=None, until=None):
 
     :rtype: SlowRequests
     """
-    slow = [
-        record
-        for record in records
-        if not record.kind.startswith("job ")
-        and record.wall > seconds
-        and (since is None or record.started >= since)
-        and (until is None or record.started <= until)
-    ]
+    slow = [r for r in _requests_begun(records, since, until) if r.wall > seconds]
     wall = sum(r.wall for r in slow)
     database = sum(r.database for r in slow)
     jobs = sum(r.jobs for r in slow)
