@@ -1,6 +1,7 @@
 """
 The plugin's Django app: checks the ``[Sync]`` options and hooks into request
-boundaries and transfer-session saves once Django is ready.
+boundaries, transfer-session saves and morango's record of a transfer's stage
+once Django is ready.
 """
 
 from django.apps import AppConfig
@@ -18,6 +19,7 @@ class SyncExtrasConfig(AppConfig):
         from .request.limits import connect_refusal_signals
         from .request.pull_pages import connect_pull_pages
         from .session_saves import connect_session_saves
+        from .stage_bookkeeping import install_stage_bookkeeping
 
         # fail at start-up, naming the option, rather than at a client's first sync
         validate_sync_options()
@@ -27,3 +29,4 @@ class SyncExtrasConfig(AppConfig):
         add_refusal_middleware()
         connect_pull_pages()
         connect_session_saves()
+        install_stage_bookkeeping()

@@ -15,9 +15,10 @@ Every write of ``transfer_stage_status`` the plugin makes is here, whoever asks
 for it: the stage job when it ends (:mod:`.job.run`), the job hook when job
 storage fails, cancels or clears a job (:mod:`.kolibri_plugin`), the check on a
 client's poll (:mod:`.request.poll`), an enqueue that failed
-(:mod:`.request.hooks`) and the release before the plugin is disabled
-(:mod:`.admin.disable`). Settling is a conditional UPDATE, so a late or repeated
-report never rewrites a stage that is already settled. (A full save of a
+(:mod:`.request.hooks`), the release before the plugin is disabled
+(:mod:`.admin.disable`), and morango's own record of each stage it invokes,
+which the plugin writes for it (:mod:`.stage_bookkeeping`). Settling is a
+conditional UPDATE, so a late or repeated report never rewrites a stage that is already settled. (A full save of a
 transfer session by another writer puts back the status it finds in the database,
 never one of its own: see :mod:`.session_saves`.)
 """
@@ -25,6 +26,8 @@ never one of its own: see :mod:`.session_saves`.)
 import logging
 import uuid
 
+from django.db import router
+from django.db import transaction
 from django.utils import timezone
 from kolibri.core.tasks.job import State
 from morango.constants import transfer_stages
@@ -58,6 +61,7 @@ __all__ = [
     "settle_for_job_state",
     "settle_from_completed_job",
     "settle_from_job",
+    "record_stage",
 ]
 
 #: The Kolibri job queue the plugin's stage jobs run in.
@@ -419,3 +423,35 @@ def settle_from_job(job, job_state):
         job.job_id,
         job_state,
     )
+
+
+def record_stage(transfer_session, stage=None, stage_status=None):
+    """
+    morango's record of a transfer's stage, as :mod:`.stage_bookkeeping` writes it.
+    Write ``stage``, ``stage_status`` and the time to the transfer session, and the
+    time to its sync session, in one transaction.
+
+    :raises ValueError: If ``stage`` is behind the transfer session's, as morango
+        refuses it
+    """
+    fields = ["last_activity_timestamp"]
+    if stage is not None:
+        current = transfer_session.transfer_stage
+        if current and transfer_stages.stage(current) > transfer_stages.stage(stage):
+            raise ValueError(
+                "Transfer session {} is at stage {}; it cannot go back to {}".format(
+                    transfer_session.id, current, stage
+                )
+            )
+        transfer_session.transfer_stage = stage
+        fields.append("transfer_stage")
+    if stage_status is not None:
+        transfer_session.transfer_stage_status = stage_status
+        fields.append("transfer_stage_status")
+    now = timezone.now()
+    transfer_session.last_activity_timestamp = now
+    sync_session = transfer_session.sync_session
+    sync_session.last_activity_timestamp = now
+    with transaction.atomic(using=router.db_for_write(TransferSession)):
+        transfer_session.save(update_fields=fields)
+        sync_session.save(update_fields=["last_activity_timestamp"])
