@@ -20,6 +20,7 @@ class SyncExtrasConfig(AppConfig):
         from .request.pull_pages import connect_pull_pages
         from .session_saves import connect_session_saves
         from .stage_bookkeeping import install_stage_bookkeeping
+        from .write_queue import install_write_queue
 
         # fail at start-up, naming the option, rather than at a client's first sync
         validate_sync_options()
@@ -30,3 +31,4 @@ class SyncExtrasConfig(AppConfig):
         connect_pull_pages()
         connect_session_saves()
         install_stage_bookkeeping()
+        install_write_queue()

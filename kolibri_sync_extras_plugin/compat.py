@@ -60,6 +60,7 @@ __all__ = [
     "job_storage_advisory_connection",
     "STATEMENTS_CAN_BE_WRAPPED",
     "workers_are_handed_a_log_queue",
+    "immediate_sqlite_backend",
 ]
 
 #: The running Kolibri's release line, e.g. ``(0, 19)``.
@@ -472,6 +473,18 @@ def workers_are_handed_a_log_queue():
     from kolibri.core.tasks.worker import Worker
 
     return "log_queue" in inspect.signature(Worker.__init__).parameters
+
+
+def immediate_sqlite_backend():
+    """
+    :return: Kolibri's SQLite database wrapper class that begins every transaction
+        with ``BEGIN IMMEDIATE`` (0.19 on), or ``None`` on a line without one
+    """
+    try:
+        from kolibri.deployment.default.db.backends.sqlite3.base import DatabaseWrapper
+    except ImportError:
+        return None
+    return DatabaseWrapper
 
 
 #: Whether a connection runs each statement through ``execute_wrappers`` (Django

@@ -31,6 +31,22 @@ from .helpers.sync_sessions import new_server_sync_session
 
 
 @pytest.fixture(autouse=True)
+def test_transaction_out_of_the_writers_line(_django_db_marker):
+    """
+    A test runs in one transaction of its own (pytest-django's default), which on
+    Kolibri 0.19 holds the writers' turn of the main database for the whole test
+    (see :mod:`kolibri_sync_extras_plugin.write_queue`). It is not one of the
+    server's writers: the threads a test starts as requests or jobs must not wait
+    for it.
+    """
+    from django.db import connection
+
+    from kolibri_sync_extras_plugin.write_queue import give_turn_back
+
+    give_turn_back(connection)
+
+
+@pytest.fixture(autouse=True)
 def stages_never_inline():
     """
     Every configured stage goes to the background, however small: the suite's

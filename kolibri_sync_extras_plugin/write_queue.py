@@ -1,0 +1,240 @@
+"""
+The writers of one server process take SQLite's write lock in the order they ask.
+
+SQLite lets one writer at a time into the database, and a writer that finds the
+lock taken sleeps in its busy handler and looks again: after 1, 2, 5, 10 ... ms,
+then every 100 ms. Nobody is woken when the lock is freed. With many writers at
+once the lock goes to whoever looks next, often a newcomer still on its short
+sleeps, while a writer that has waited long sleeps 100 ms at a time; and the lock
+stands free while its waiters sleep. With a class set pushing at once, that is
+where a slow request's time goes (``docs/many-clients.md``).
+
+Within one process the plugin queues the writers of the main database before
+SQLite sees them: a write transaction (Kolibri 0.19 begins every transaction
+with ``BEGIN IMMEDIATE``, so every transaction is one) and a write outside a
+transaction each wait their turn in a first-come queue, and the writer that ends
+hands the turn to the next at once. SQLite's own lock and busy handler stay as
+they are between processes (uwsgi's, ``kolibri services``). A request waiting
+in the queue is a writer waiting for the lock, as stage jobs see it
+(:mod:`.requests_in_flight`).
+
+The queue orders only what SQLite already serializes: a writer in the queue
+would otherwise be waiting for the same lock. A writer that waits longer than
+the database's busy timeout goes on to SQLite without its turn, as it would
+have without the queue, so a writer the queue cannot serve still gets
+SQLite's answer.
+"""
+
+import collections
+import os
+import threading
+import time
+
+__all__ = ["install_write_queue", "main_database_turn", "give_turn_back", "FairTurn"]
+
+
+class FairTurn:
+    """
+    A lock handed to its waiters in the order they asked for it. A holder whose
+    thread has ended without giving it back (nothing in Django lets that happen,
+    but a turn never given back would stall every writer) loses it to the next.
+    """
+
+    #: How often a waiter looks whether the holder's thread is still alive
+    LOOK_AT_HOLDER_SECONDS = 1.0
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._holder = None
+        self._waiting = collections.deque()
+
+    def acquire(self, timeout):
+        """
+        :return: Whether the turn was taken; ``False`` after ``timeout`` seconds
+        """
+        me = threading.current_thread()
+        with self._guard:
+            if self._holder is None and not self._waiting:
+                self._holder = me
+                return True
+            handed = threading.Event()
+            self._waiting.append((handed, me))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if handed.wait(max(0.0, min(left, self.LOOK_AT_HOLDER_SECONDS))):
+                return True
+            with self._guard:
+                if handed.is_set():
+                    return True
+                if self._holder is not None and not self._holder.is_alive():
+                    self._pass_on()
+                    continue
+                if left <= 0:
+                    self._waiting.remove((handed, me))
+                    return False
+
+    def release(self):
+        with self._guard:
+            self._pass_on()
+
+    def _pass_on(self):
+        # the turn goes straight to the next waiter, never free in between
+        if self._waiting:
+            handed, waiter = self._waiting.popleft()
+            self._holder = waiter
+            handed.set()
+        else:
+            self._holder = None
+
+    @property
+    def waiting(self):
+        """How many writers wait for the turn."""
+        with self._guard:
+            return len(self._waiting)
+
+    @property
+    def held(self):
+        with self._guard:
+            return self._holder is not None
+
+
+_HOLDS_TURN = "_sync_extras_holds_write_turn"
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+
+_turns = {}
+_turns_guard = threading.Lock()
+
+
+def _forget_turns():
+    """A forked child starts with no writer of its own holding a turn."""
+    global _turns_guard
+    _turns_guard = threading.Lock()
+    _turns.clear()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
+
+
+def _turn_of(wrapper):
+    name = wrapper.settings_dict.get("NAME")
+    with _turns_guard:
+        return _turns.setdefault(name, FairTurn())
+
+
+def main_database_turn():
+    """:return: The :class:`FairTurn` of this process's main database"""
+    from django.db import connections
+
+    return _turn_of(connections["default"])
+
+
+def _timeout(wrapper):
+    return float(wrapper.settings_dict.get("OPTIONS", {}).get("timeout", 5))
+
+
+def _take_turn(wrapper):
+    if wrapper.alias != "default" or getattr(wrapper, _HOLDS_TURN, False):
+        return
+    if _turn_of(wrapper).acquire(_timeout(wrapper)):
+        setattr(wrapper, _HOLDS_TURN, True)
+
+
+def give_turn_back(wrapper):
+    """
+    Give back the turn ``wrapper``'s thread holds, if any, even in the middle of
+    its transaction: for a transaction that is not one of the server's writers
+    (a test's own, open for the whole test).
+    """
+    if getattr(wrapper, _HOLDS_TURN, False):
+        setattr(wrapper, _HOLDS_TURN, False)
+        _turn_of(wrapper).release()
+
+
+def _takes_the_lock(sql):
+    """
+    :return: ``"transaction"`` for a statement that begins a transaction holding
+        the write lock, ``"statement"`` for a write, else ``None``
+    """
+    words = sql.lstrip()[:24].upper().split()
+    if not words:
+        return None
+    if words[0] == "BEGIN" and words[1:2] in (["IMMEDIATE"], ["EXCLUSIVE"]):
+        return "transaction"
+    if words[0] in _WRITES:
+        return "statement"
+    return None
+
+
+def _queued_statement(execute, sql, params, many, context):
+    """
+    Django's execute wrapper on the main database's connections: a writer outside
+    a transaction waits for its turn first. A transaction keeps the turn until it
+    commits or rolls back; a single write gives it back when it is through.
+    """
+    wrapper = context["connection"]
+    raw = wrapper.connection
+    takes = None
+    if not getattr(wrapper, _HOLDS_TURN, False) and raw is not None:
+        takes = None if raw.in_transaction else _takes_the_lock(str(sql))
+    if takes is None:
+        return execute(sql, params, many, context)
+    _take_turn(wrapper)
+    try:
+        result = execute(sql, params, many, context)
+    except BaseException:
+        give_turn_back(wrapper)
+        raise
+    if takes == "statement":
+        give_turn_back(wrapper)
+    return result
+
+
+def _give_back_as_transactions_end(cls):
+    """A transaction's turn goes back when it commits, rolls back or is closed."""
+    for name in ("_commit", "_rollback", "_close"):
+        setattr(cls, name, _then_give_turn_back(getattr(cls, name)))
+
+
+def _then_give_turn_back(method):
+    def ending_the_transaction(self):
+        try:
+            return method(self)
+        finally:
+            give_turn_back(self)
+
+    return ending_the_transaction
+
+
+def _queue_connection(sender, connection, **kwargs):
+    """Run this connection's statements through the queue (``connection_created``)."""
+    if (
+        connection.alias == "default"
+        and _queued_statement not in connection.execute_wrappers
+    ):
+        connection.execute_wrappers.append(_queued_statement)
+
+
+def install_write_queue():
+    """
+    Queue the writers of the main database, if it is SQLite under Kolibri's backend
+    that begins every transaction at once (0.19 on); before that a transaction
+    takes the lock at its first write, and the queue would not know when.
+    """
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    from .compat import immediate_sqlite_backend
+
+    backend = immediate_sqlite_backend()
+    if backend is None or not isinstance(connections["default"], backend):
+        return
+    if getattr(backend, "_sync_extras_queued", False):
+        return
+    _give_back_as_transactions_end(backend)
+    backend._sync_extras_queued = True
+    connection_created.connect(
+        _queue_connection, dispatch_uid="sync_extras_write_queue"
+    )
+    # this thread's connection may be open already
+    _queue_connection(None, connections["default"])

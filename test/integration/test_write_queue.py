@@ -1,0 +1,204 @@
+"""
+The writers of one server process take SQLite's write lock in the order they
+asked for it, and every way a writer ends hands the turn on: a commit, a
+rollback, a failed statement. Readers never wait for it. Without the queue, the writers below would meet SQLite's lock
+instead: in the order of whoever looked last, or, on the suite's shared in-memory
+database, with ``database table is locked``.
+"""
+
+import threading
+import time
+
+import pytest
+from django.db import IntegrityError
+from django.db import connection
+from django.db import connections
+from django.db import transaction
+
+from kolibri_sync_extras_plugin.compat import immediate_sqlite_backend
+from kolibri_sync_extras_plugin.write_queue import FairTurn
+from kolibri_sync_extras_plugin.write_queue import main_database_turn
+
+from ..helpers.constants import ALL_DATABASES
+
+# committed for real: the writers are threads with connections of their own
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+
+queued_here = pytest.mark.skipif(
+    immediate_sqlite_backend() is None,
+    reason="before Kolibri 0.19 a transaction takes SQLite's lock at its first write",
+)
+
+
+def _wait_until(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "waited {} s".format(seconds)
+        time.sleep(0.005)
+
+
+class _Writer(threading.Thread):
+    """A request or job of the server: a thread with its own connection."""
+
+    def __init__(self, work, *args):
+        super().__init__(daemon=True)
+        self.work = work
+        self.args = args
+        self.error = None
+
+    def run(self):
+        try:
+            self.work(*self.args)
+        except Exception as error:  # noqa: BLE001 - the test reads it
+            self.error = error
+        finally:
+            connections.close_all()
+
+    def finish(self):
+        self.join(30)
+        assert not self.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+# the turn itself ----------------------------------------------------------------
+
+
+def test_fair_turn__waiters_take_it_in_the_order_they_asked():
+    turn = FairTurn()
+    assert turn.acquire(timeout=1)
+    order = []
+
+    def take(name):
+        assert turn.acquire(timeout=10)
+        order.append(name)
+        turn.release()
+
+    waiters = []
+    for count, name in enumerate(("first", "second", "third"), start=1):
+        waiter = _Writer(take, name)
+        waiter.start()
+        waiters.append(waiter)
+        _wait_until(lambda count=count: turn.waiting == count)
+    turn.release()
+    for waiter in waiters:
+        waiter.finish()
+    assert order == ["first", "second", "third"]
+    assert not turn.held
+
+
+def test_fair_turn__a_waiter_that_gives_up__leaves_the_line():
+    turn = FairTurn()
+    turn.acquire(timeout=1)
+    assert turn.acquire(timeout=0.05) is False
+    assert turn.waiting == 0
+    turn.release()
+    assert not turn.held
+
+
+def test_fair_turn__a_holder_whose_thread_ended__loses_it(monkeypatch):
+    monkeypatch.setattr(FairTurn, "LOOK_AT_HOLDER_SECONDS", 0.05)
+    turn = FairTurn()
+    gone = _Writer(turn.acquire, 1)
+    gone.start()
+    gone.finish()
+    assert turn.held
+    assert turn.acquire(timeout=5)
+    turn.release()
+    assert not turn.held
+
+
+# the main database's writers ------------------------------------------------------
+
+TABLE = "sync_extras_queue_writes"
+
+
+@pytest.fixture
+def writes_table(django_db_blocker):
+    with django_db_blocker.unblock():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE TABLE {} (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " writer TEXT UNIQUE)".format(TABLE)
+            )
+        yield
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE {}".format(TABLE))
+
+
+def _write(writer):
+    with connections["default"].cursor() as cursor:
+        cursor.execute("INSERT INTO {} (writer) VALUES (%s)".format(TABLE), [writer])
+
+
+def _writers_in_order():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT writer FROM {} ORDER BY id".format(TABLE))
+        return [writer for (writer,) in cursor.fetchall()]
+
+
+@pytest.fixture
+def transaction_held(writes_table):
+    """A transaction in another thread that has written and waits to commit."""
+    commit = threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            _write("holder")
+            commit.wait(30)
+
+    holder = _Writer(hold)
+    holder.start()
+    _wait_until(lambda: main_database_turn().held)
+    yield commit
+    commit.set()
+    holder.finish()
+
+
+@queued_here
+def test_writers_waiting_for_a_transaction__write_in_the_order_they_came(
+    transaction_held,
+):
+    turn = main_database_turn()
+    writers = []
+    for count, name in enumerate(("first", "second", "third"), start=1):
+        writer = _Writer(_write, name)
+        writer.start()
+        writers.append(writer)
+        _wait_until(lambda count=count: turn.waiting == count)
+
+    transaction_held.set()
+    for writer in writers:
+        writer.finish()
+    assert _writers_in_order() == ["holder", "first", "second", "third"]
+    assert not turn.held
+
+
+@queued_here
+def test_a_read__does_not_wait_for_the_turn(transaction_held):
+    def read():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM morango_transfersession")
+
+    reader = _Writer(read)
+    reader.start()
+    reader.finish()
+    assert main_database_turn().held
+
+
+@queued_here
+def test_a_transaction_that_fails__gives_the_turn_back(writes_table):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            _write("rolled back")
+            raise RuntimeError("the request failed")
+    assert not main_database_turn().held
+    assert _writers_in_order() == []
+
+
+@queued_here
+def test_a_failed_write_outside_a_transaction__gives_the_turn_back(writes_table):
+    _write("once")
+    with pytest.raises(IntegrityError):
+        _write("once")
+    assert not main_database_turn().held
