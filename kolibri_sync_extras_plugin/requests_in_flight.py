@@ -117,8 +117,7 @@ def request_started():
         return
     _request.writers_file = _open_and_lock(WRITERS_LOCK_FILE_NAME, None)
     if _mark_writes not in database.execute_wrappers:
-        # outermost: a writer waiting in the writers' queue (write_queue) waits too
-        database.execute_wrappers.insert(0, _mark_writes)
+        database.execute_wrappers.append(_mark_writes)
 
 
 def _open_and_lock(name, operation):

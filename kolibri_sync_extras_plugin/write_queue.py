@@ -15,8 +15,9 @@ with ``BEGIN IMMEDIATE``, so every transaction is one) and a write outside a
 transaction each wait their turn in a first-come queue, and the writer that ends
 hands the turn to the next at once. SQLite's own lock and busy handler stay as
 they are between processes (uwsgi's, ``kolibri services``). A request waiting
-in the queue is a writer waiting for the lock, as stage jobs see it
-(:mod:`.requests_in_flight`).
+in the queue is not one of the writers a stage job pauses for between its pieces
+(:mod:`.requests_in_flight`): the job's next piece queues behind it anyway, and
+pausing for a queue that newcomers keep long held the jobs back for seconds.
 
 The queue orders only what SQLite already serializes: a writer in the queue
 would otherwise be waiting for the same lock. A writer that waits longer than
@@ -212,7 +213,9 @@ def _queue_connection(sender, connection, **kwargs):
         connection.alias == "default"
         and _queued_statement not in connection.execute_wrappers
     ):
-        connection.execute_wrappers.append(_queued_statement)
+        # outermost, whenever the connection opens: the wait in the queue is
+        # outside every other wrapper's statement (see the module's doc)
+        connection.execute_wrappers.insert(0, _queued_statement)
 
 
 def install_write_queue():

@@ -1,7 +1,8 @@
 """
 The writers of one server process take SQLite's write lock in the order they
 asked for it, and every way a writer ends hands the turn on: a commit, a
-rollback, a failed statement. Readers never wait for it. Without the queue, the writers below would meet SQLite's lock
+rollback, a failed statement. Readers never wait for it, and a request waiting
+in it is no writer a stage job pauses for. Without the queue, the writers below would meet SQLite's lock
 instead: in the order of whoever looked last, or, on the suite's shared in-memory
 database, with ``database table is locked``.
 """
@@ -15,6 +16,7 @@ from django.db import connection
 from django.db import connections
 from django.db import transaction
 
+from kolibri_sync_extras_plugin import requests_in_flight
 from kolibri_sync_extras_plugin.compat import immediate_sqlite_backend
 from kolibri_sync_extras_plugin.write_queue import FairTurn
 from kolibri_sync_extras_plugin.write_queue import main_database_turn
@@ -61,6 +63,17 @@ class _Writer(threading.Thread):
             raise self.error
 
 
+def _in_line_one_after_another(turn, work, names):
+    """Start a thread doing ``work(name)`` for each name, each once the one before waits."""
+    threads = []
+    for count, name in enumerate(names, start=1):
+        thread = _Writer(work, name)
+        thread.start()
+        threads.append(thread)
+        _wait_until(lambda count=count: turn.waiting == count)
+    return threads
+
+
 # the turn itself ----------------------------------------------------------------
 
 
@@ -74,12 +87,7 @@ def test_fair_turn__waiters_take_it_in_the_order_they_asked():
         order.append(name)
         turn.release()
 
-    waiters = []
-    for count, name in enumerate(("first", "second", "third"), start=1):
-        waiter = _Writer(take, name)
-        waiter.start()
-        waiters.append(waiter)
-        _wait_until(lambda count=count: turn.waiting == count)
+    waiters = _in_line_one_after_another(turn, take, ("first", "second", "third"))
     turn.release()
     for waiter in waiters:
         waiter.finish()
@@ -160,12 +168,7 @@ def test_writers_waiting_for_a_transaction__write_in_the_order_they_came(
     transaction_held,
 ):
     turn = main_database_turn()
-    writers = []
-    for count, name in enumerate(("first", "second", "third"), start=1):
-        writer = _Writer(_write, name)
-        writer.start()
-        writers.append(writer)
-        _wait_until(lambda count=count: turn.waiting == count)
+    writers = _in_line_one_after_another(turn, _write, ("first", "second", "third"))
 
     transaction_held.set()
     for writer in writers:
@@ -202,3 +205,27 @@ def test_a_failed_write_outside_a_transaction__gives_the_turn_back(writes_table)
     with pytest.raises(IntegrityError):
         _write("once")
     assert not main_database_turn().held
+
+
+@queued_here
+def test_a_request_waiting_in_the_queue__is_no_writer_a_stage_job_pauses_for(
+    transaction_held,
+):
+    # a stage job's next piece queues behind the request anyway; pausing the job
+    # for everyone in the queue would hold it back while newcomers keep coming
+    def request_writing():
+        requests_in_flight.request_started()
+        try:
+            _write("request")
+        finally:
+            requests_in_flight.request_finished()
+
+    request = _Writer(request_writing)
+    request.start()
+    _wait_until(lambda: main_database_turn().waiting == 1)
+    seen_while_queued = requests_in_flight.writers_waiting()
+
+    transaction_held.set()
+    request.finish()
+    assert not seen_while_queued
+    assert _writers_in_order() == ["holder", "request"]
