@@ -31,7 +31,7 @@ from .helpers.sync_sessions import new_server_sync_session
 
 
 @pytest.fixture(autouse=True)
-def test_transaction_out_of_the_writers_line(_django_db_marker):
+def test_transaction_out_of_the_writers_line(request):
     """
     A test runs in one transaction of its own (pytest-django's default), which on
     Kolibri 0.19 holds the writers' turn of the main database for the whole test
@@ -39,6 +39,12 @@ def test_transaction_out_of_the_writers_line(_django_db_marker):
     server's writers: the threads a test starts as requests or jobs must not wait
     for it.
     """
+    if "_django_db_marker" not in request.fixturenames:
+        # pytest-django is off (the end-to-end run): no test transaction
+        return
+    # after pytest-django has opened the test's transaction, if the test has one
+    request.getfixturevalue("_django_db_marker")
+
     from django.db import connection
 
     from kolibri_sync_extras_plugin.write_queue import give_turn_back
