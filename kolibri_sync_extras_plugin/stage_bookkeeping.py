@@ -53,7 +53,7 @@ ACTIVITY_REFRESH = datetime.timedelta(seconds=5)
 _MORANGO_UPDATE_STATE = "_sync_extras_morango_update_state"
 
 
-def only_the_time_would_change(transfer_session, stage, stage_status, now=None):
+def only_the_time_would_change(transfer_session, stage, stage_status):
     """
     :param transfer_session: The row as just read from the database
     :return: Whether recording ``stage`` and ``stage_status`` would change nothing
@@ -70,7 +70,7 @@ def only_the_time_would_change(transfer_session, stage, stage_status, now=None):
     last_activity = transfer_session.last_activity_timestamp
     if last_activity is None:
         return False
-    age = (now or timezone.now()) - last_activity
+    age = timezone.now() - last_activity
     # a clock set back leaves the time in the future: write it again
     return datetime.timedelta(0) <= age < ACTIVITY_REFRESH
 

@@ -18,9 +18,10 @@ client's poll (:mod:`.request.poll`), an enqueue that failed
 (:mod:`.request.hooks`), the release before the plugin is disabled
 (:mod:`.admin.disable`), and morango's own record of each stage it invokes,
 which the plugin writes for it (:mod:`.stage_bookkeeping`). Settling is a
-conditional UPDATE, so a late or repeated report never rewrites a stage that is already settled. (A full save of a
-transfer session by another writer puts back the status it finds in the database,
-never one of its own: see :mod:`.session_saves`.)
+conditional UPDATE, so a late or repeated report never rewrites a stage that is
+already settled. (A full save of a transfer session by another writer puts back
+the status it finds in the database, never one of its own: see
+:mod:`.session_saves`.)
 """
 
 import logging
@@ -429,7 +430,9 @@ def record_stage(transfer_session, stage=None, stage_status=None):
     """
     morango's record of a transfer's stage, as :mod:`.stage_bookkeeping` writes it.
     Write ``stage``, ``stage_status`` and the time to the transfer session, and the
-    time to its sync session, in one transaction.
+    time to its sync session, in one transaction. This is morango 0.19's
+    ``TransferSession.update_state`` in a transaction, on every Kolibri line:
+    morango before 0.19 saves both rows whole.
 
     :raises ValueError: If ``stage`` is behind the transfer session's, as morango
         refuses it

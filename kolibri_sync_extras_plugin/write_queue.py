@@ -135,8 +135,7 @@ def _timeout(wrapper):
 
 
 def _take_turn(wrapper):
-    if wrapper.alias != "default" or getattr(wrapper, _HOLDS_TURN, False):
-        return
+    # past the busy timeout, the writer goes on to SQLite without the turn
     if _turn_of(wrapper).acquire(_timeout(wrapper)):
         setattr(wrapper, _HOLDS_TURN, True)
 
