@@ -125,6 +125,13 @@ class ManyClientsRun:
         #: inside the server, as
         #: :class:`~sync_lab.harness.thread_cpu.SlowRequests`; else ``None``
         self.push_slow_requests = None
+        #: With the server's threads timed on Kolibri 0.19's SQLite: the turns
+        #: taken in the plugin's queue of writers in the push phase, by kind
+        #: (see :func:`~sync_lab.harness.thread_cpu.summarize_holds`), and the
+        #: longest of them (:class:`~sync_lab.harness.thread_cpu.Hold`); else
+        #: ``None``
+        self.push_turn_holds = None
+        self.push_longest_holds = None
         #: The RSA implementation morango signed with (see
         #: :func:`~sync_lab.harness.signing.signing_backend`)
         self.signing = None
@@ -432,6 +439,8 @@ def run_many_clients(
                     run.push_thread_cpu,
                     run.push_request_bounds,
                     run.push_slow_requests,
+                    run.push_turn_holds,
+                    run.push_longest_holds,
                 ) = _thread_cpu_of_phase(
                     server.thread_cpu_dir, push_started, run.push_phase
                 )
@@ -604,11 +613,55 @@ def _thread_cpu_of_phase(directory, started, seconds):
         processors: thread_cpu.least_longest_request(records, processors, **window)
         for processors in BOUND_PROCESSORS
     }
+    holds = thread_cpu.read_holds(directory)
+    in_phase = [h for h in holds if started <= h.started <= started + seconds]
     return (
         thread_cpu.summarize(records, **window),
         bounds,
         thread_cpu.slow_requests(records, **window),
+        thread_cpu.summarize_holds(holds, **window) if holds else None,
+        sorted(in_phase, key=lambda h: -h.held)[:LONGEST_HOLDS] if holds else None,
     )
+
+
+#: How many of the push phase's longest turns in the queue of writers the
+#: report lists.
+LONGEST_HOLDS = 8
+
+
+def turn_hold_lines(rows, longest, top=10):
+    """
+    The report's lines on who held the plugin's write turn in the push phase
+    (the time every queued writer waited for), and its longest holds.
+
+    :param rows: See :func:`~sync_lab.harness.thread_cpu.summarize_holds`
+    :param longest: The longest :class:`~sync_lab.harness.thread_cpu.Hold`\\ s
+    :rtype: list[str]
+    """
+    held = sum(row[2] for row in rows)
+    lines = [
+        "push phase, the write turn held (queue of writers): {:.1f} s in all, "
+        "{} turns".format(held, sum(row[1] for row in rows))
+    ]
+    for kind, count, seconds, cpu, most in rows[:top]:
+        lines.append(
+            "  {:7.2f} s  {:5d} x  {:6.1f} ms each, {:3.0%} on the processor, "
+            "longest {:5.2f} s  {}".format(
+                seconds,
+                count,
+                1000.0 * seconds / count,
+                cpu / seconds if seconds else 0,
+                most,
+                kind,
+            )
+        )
+    lines.append("push phase, the longest turns held:")
+    for hold in longest:
+        lines.append(
+            "  {:5.2f} s held ({:5.2f} s on the processor) after {:5.2f} s "
+            "waiting  {}".format(hold.held, hold.cpu, hold.waited, hold.kind)
+        )
+    return lines
 
 
 def slow_requests_line(slow):
@@ -626,8 +679,9 @@ def slow_requests_line(slow):
         "{:.0%} in Kolibri's database ({:.0%} waiting to begin write "
         "transactions, {:.0%} reading, {:.0%} writing outside a transaction), "
         "{:.0%} in job storage's, {:.0%} outside "
-        "both on the processor, {:.0%} outside both waiting (the interpreter's "
-        "lock, sleeps)".format(
+        "both on the processor, {:.0%} outside both waiting ({:.0%} in the "
+        "queue of writers, the rest for the interpreter's lock or in "
+        "sleeps)".format(
             slow.count,
             slow.wall,
             slow.database / slow.wall,
@@ -637,6 +691,7 @@ def slow_requests_line(slow):
             slow.jobs / slow.wall,
             slow.cpu_outside / slow.wall,
             slow.waiting / slow.wall,
+            slow.queued / slow.wall,
         )
     )
 
@@ -800,6 +855,8 @@ def render_many_clients(runs):
             lines.append(request_bound_line(run.push_request_bounds))
         if run.push_slow_requests is not None:
             lines.append(slow_requests_line(run.push_slow_requests))
+        if run.push_turn_holds:
+            lines.extend(turn_hold_lines(run.push_turn_holds, run.push_longest_holds))
         if run.process_peaks:
             lines.append("peak RSS: {}".format(peak_rss_line(run.process_peaks)))
         lines.append("longest pull request: " + _exchange_line(run.longest_of("pull")))

@@ -39,13 +39,16 @@ __all__ = [
     "DIR_ENV",
     "FLUSH_SECONDS",
     "SITE_DIR",
+    "Hold",
     "Record",
     "RequestBound",
     "install",
     "least_longest_request",
     "slow_requests",
+    "read_holds",
     "read_records",
     "summarize",
+    "summarize_holds",
 ]
 
 #: The environment variable naming the directory the records go to.
@@ -59,13 +62,16 @@ SITE_DIR = Path(__file__).resolve().parent / "thread_cpu_site"
 #: ``jobs`` (job storage's); ``reads`` are the ``database`` statements that only
 #: read (``SELECT``), which in SQLite's WAL mode wait for no other connection,
 #: and ``autocommit`` the ones that write outside a transaction, each of which
-#: waits for the write lock itself.
-STATEMENT_KINDS = ("begin", "database", "jobs", "reads", "autocommit")
+#: waits for the write lock itself; ``queued`` is not a statement but the wait
+#: for a turn in the plugin's queue of writers, before the statement that takes
+#: it (Kolibri 0.19 on SQLite).
+STATEMENT_KINDS = ("begin", "database", "jobs", "reads", "autocommit", "queued")
 #: One request or job run: when it began (epoch seconds), its kind, the CPU
 #: seconds of its thread and its wall seconds; then the wall seconds of its
 #: ``begin`` statements, the wall and CPU seconds of its ``database`` statements
 #: and of its ``jobs`` statements, and the wall seconds of its ``reads`` and of
-#: its ``autocommit`` writes (0 in the files of older runs).
+#: its ``autocommit`` writes, and its wait in the queue of writers (``queued``)
+#: (0 in the files of older runs).
 Record = collections.namedtuple(
     "Record",
     (
@@ -80,8 +86,9 @@ Record = collections.namedtuple(
         "jobs_cpu",
         "reads",
         "autocommit",
+        "queued",
     ),
-    defaults=(0.0,) * 7,
+    defaults=(0.0,) * 8,
 )
 #: What :func:`least_longest_request` found: the least seconds, and the requests
 #: that force them: when the first and the last began (epoch seconds), how many
@@ -103,8 +110,10 @@ class _Recorder:
         self.lock = threading.Lock()
         self.lines = []
         self.statements = []
+        self.holds = []
         self.path = None
         self.statements_path = None
+        self.holds_path = None
         self.start()
 
     def start(self):
@@ -113,6 +122,7 @@ class _Recorder:
         self.statements_path = self.directory / "slow-statements-{}.tsv".format(
             os.getpid()
         )
+        self.holds_path = self.directory / "turn-holds-{}.tsv".format(os.getpid())
         threading.Thread(
             target=self._flush_forever, name="sync-lab-thread-cpu", daemon=True
         ).start()
@@ -122,6 +132,7 @@ class _Recorder:
         self.lock = threading.Lock()
         self.lines = []
         self.statements = []
+        self.holds = []
         self.start()
 
     def add(self, started, kind, *seconds):
@@ -145,10 +156,27 @@ class _Recorder:
                 )
             )
 
+    def add_hold(self, started, kind, waited, held, held_cpu, statements):
+        with self.lock:
+            self.holds.append(
+                "{:.3f}\t{}\t{:.5f}\t{:.5f}\t{:.5f}\t{}\n".format(
+                    started,
+                    kind,
+                    waited,
+                    held,
+                    held_cpu,
+                    " | ".join(statements),
+                )
+            )
+
     def flush(self):
         with self.lock:
             lines, self.lines = self.lines, []
             statements, self.statements = self.statements, []
+            holds, self.holds = self.holds, []
+        if holds:
+            with open(self.holds_path, "a") as out:
+                out.write("".join(holds))
         if lines:
             with open(self.path, "a") as out:
                 out.write("".join(lines))
@@ -179,6 +207,7 @@ def _statement_seconds():
         totals["jobs"][1],
         totals["reads"][0],
         totals["autocommit"][0],
+        totals["queued"][0],
     )
 
 
@@ -187,13 +216,18 @@ def _timed(recorder, function, kind_of):
         cpu_started = time.thread_time()
         started = time.time()
         before = _statement_seconds()
+        # the kind of the thread's request or job run, for the turns it holds
+        kind = kind_of(*args)
+        kind_before = getattr(_statements, "kind", None)
+        _statements.kind = kind
         try:
             return function(*args, **kwargs)
         finally:
+            _statements.kind = kind_before
             after = _statement_seconds()
             recorder.add(
                 started,
-                kind_of(*args),
+                kind,
                 time.thread_time() - cpu_started,
                 time.time() - started,
                 *(b - a for a, b in zip(before, after)),
@@ -202,6 +236,11 @@ def _timed(recorder, function, kind_of):
     timed.__wrapped__ = function
     return timed
 
+
+#: How many of a turn's first statements its line in ``turn-holds-<pid>.tsv``
+#: gives, and how much of each one's SQL.
+HOLD_STATEMENTS = 3
+HOLD_SQL_CHARS = 70
 
 #: A statement on Kolibri's database that takes longer is written, with the
 #: start of its SQL, to the process's ``slow-statements-<pid>.tsv``.
@@ -233,6 +272,9 @@ def _timed_statement(kind, function, recorder=None):
             total[0] += wall
             total[1] += time.thread_time() - cpu_started
             if kind == "database":
+                hold = getattr(_statements, "hold", None)
+                if hold is not None and len(hold[4]) < HOLD_STATEMENTS:
+                    hold[4].append(" ".join(_sql_of(args).split())[:HOLD_SQL_CHARS])
                 verb = _sql_of(args)[:6].upper()
                 if verb == "SELECT":
                     _statements.totals["reads"][0] += wall
@@ -301,8 +343,57 @@ def _wrap_statements(module, recorder):
         setattr(cls, name, _timed_statement(kind, getattr(cls, name), recorder))
 
 
+#: The plugin's queue of the main database's writers (Kolibri 0.19 on SQLite).
+TURN_MODULE = "kolibri_sync_extras_plugin.write_queue"
+
+
+def _wrap_turn(module, recorder):
+    """
+    Each turn a thread takes in the plugin's queue of writers: when it took it,
+    the kind of the thread's request or job run, how long it waited, how long it
+    held the turn and its processor time while holding it.
+    """
+    turn = module.FairTurn
+    acquire, release = turn.acquire, turn.release
+
+    def timed_acquire(self, timeout):
+        asked = time.monotonic()
+        taken = acquire(self, timeout)
+        if getattr(_statements, "totals", None) is not None:
+            _statements.totals["queued"][0] += time.monotonic() - asked
+        if taken:
+            _statements.hold = (
+                time.time(),
+                time.monotonic(),
+                time.thread_time(),
+                time.monotonic() - asked,
+                [],
+            )
+        return taken
+
+    def timed_release(self):
+        hold = getattr(_statements, "hold", None)
+        _statements.hold = None
+        release(self)
+        if hold is not None:
+            started, monotonic, cpu, waited, statements = hold
+            recorder.add_hold(
+                started,
+                getattr(_statements, "kind", None) or "outside requests and jobs",
+                waited,
+                time.monotonic() - monotonic,
+                time.thread_time() - cpu,
+                statements,
+            )
+
+    timed_acquire.__wrapped__ = acquire
+    timed_release.__wrapped__ = release
+    turn.acquire, turn.release = timed_acquire, timed_release
+
+
 _WRAPPERS = {
     "django.core.handlers.wsgi": _wrap_wsgi,
+    TURN_MODULE: _wrap_turn,
     "kolibri.core.tasks.job": _wrap_job,
     **{module_name: _wrap_statements for module_name in STATEMENT_METHODS},
 }
@@ -375,6 +466,56 @@ def read_records(directory):
                     Record(float(started), kind, *(float(n) for n in seconds))
                 )
     return sorted(records)
+
+
+#: One turn a thread held in the plugin's queue of writers (see
+#: :func:`_wrap_turn`): when it took it (epoch seconds), its request or job
+#: run's kind, the seconds it waited, held it and ran while holding it,
+#: and the start of its first statements (:data:`HOLD_STATEMENTS`).
+Hold = collections.namedtuple(
+    "Hold", ("started", "kind", "waited", "held", "cpu", "statements")
+)
+
+
+def read_holds(directory):
+    """
+    :return: Every turn held in the server's processes, oldest first
+    :rtype: list[Hold]
+    """
+    holds = []
+    for path in sorted(Path(directory).glob("turn-holds-*.tsv")):
+        with open(path) as lines:
+            for line in lines:
+                started, kind, *seconds, statements = line.rstrip("\n").split("\t")
+                holds.append(
+                    Hold(
+                        float(started),
+                        kind,
+                        *(float(n) for n in seconds),
+                        statements,
+                    )
+                )
+    return sorted(holds)
+
+
+def summarize_holds(holds, since=None, until=None):
+    """
+    The turns taken between ``since`` and ``until`` (epoch seconds), by kind:
+    how many, the seconds held in all, of them on the processor, and the
+    longest; the most held first.
+
+    :return: ``[(kind, count, held, cpu, longest)]``
+    :rtype: list[tuple]
+    """
+    totals = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for hold in _begun(holds, since, until):
+        total = totals[hold.kind]
+        total[0] += 1
+        total[1] += hold.held
+        total[2] += hold.cpu
+        total[3] = max(total[3], hold.held)
+    rows = [(kind, *total) for kind, total in totals.items()]
+    return sorted(rows, key=lambda row: (-row[2], row[0]))
 
 
 def _begun(records, since, until):
@@ -467,7 +608,7 @@ def least_longest_request(records, processors=1.0, since=None, until=None):
 #: transactions, ``reads`` reading and ``autocommit`` writing outside a
 #: transaction), in job storage's (``jobs``), and outside both, on their
 #: threads' processor (``cpu_outside``) or not (``waiting``: for the
-#: interpreter's lock, or asleep).
+#: interpreter's lock, asleep, or in the plugin's queue of writers, ``queued``).
 SlowRequests = collections.namedtuple(
     "SlowRequests",
     (
@@ -480,7 +621,9 @@ SlowRequests = collections.namedtuple(
         "jobs",
         "cpu_outside",
         "waiting",
+        "queued",
     ),
+    defaults=(0.0,),
 )
 
 
@@ -506,4 +649,5 @@ def slow_requests(records, seconds=1.0, since=None, until=None):
         jobs,
         cpu_outside,
         max(0.0, wall - database - jobs - cpu_outside),
+        sum(r.queued for r in slow),
     )

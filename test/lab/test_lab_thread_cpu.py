@@ -8,8 +8,10 @@ import os
 import sqlite3
 import subprocess
 import textwrap
+import threading
 import time
 from collections import namedtuple
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +19,7 @@ from sync_lab.bench import demo
 from sync_lab.bench.many_clients import request_bound_line
 from sync_lab.bench.many_clients import slow_requests_line
 from sync_lab.bench.many_clients import thread_cpu_lines
+from sync_lab.bench.many_clients import turn_hold_lines
 from sync_lab.harness import thread_cpu
 from sync_lab.harness.instances import KolibriInstance
 from sync_lab.harness.thread_cpu import DIR_ENV
@@ -284,7 +287,7 @@ def test_timed_request__its_statements__counted_by_kind():
     assert first.database + first.jobs <= first.wall
     # asleep, off the processor
     assert first.database_cpu < LOCK_SECONDS
-    assert second[4:] == (0.0,) * 7
+    assert second[4:] == (0.0,) * 8
 
 
 def test_database_statements__slow_ones_written_with_whether_in_a_transaction(
@@ -362,14 +365,15 @@ def test_read_records__lines_of_older_runs__read_as_no_statements(tmp_path):
 
     old, new = read_records(tmp_path)
 
-    assert old[4:] == (0.0,) * 7
-    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001, 0.02, 0.03)
+    assert old[4:] == (0.0,) * 8
+    assert new[4:] == (0.3, 0.4, 0.05, 0.01, 0.001, 0.02, 0.03, 0.0)
 
 
 def test_slow_requests_line__where_their_time_went():
     records = [
-        # cpu, wall; begin, database, its cpu; job storage, its cpu; reads, autocommit
-        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0, 0.4, 0.1),
+        # cpu, wall; begin, database, its cpu; job storage, its cpu; reads,
+        # autocommit; queued for a turn
+        Record(10.0, "POST buffers", 0.3, 2.0, 0.5, 1.0, 0.1, 0.0, 0.0, 0.4, 0.1, 0.2),
         Record(11.0, "PATCH sessions", 0.1, 2.0, 0.0, 0.0, 0.0, 0.5, 0.1, 0.0, 0.0),
         Record(12.0, "GET poll", 0.01, 0.5),  # not over a second
         Record(13.0, "job run_background_stage deserializing", 5.0, 9.0),
@@ -381,7 +385,8 @@ def test_slow_requests_line__where_their_time_went():
         "2, 4.0 s in all: 25% in Kolibri's database (12% waiting to begin write "
         "transactions, 10% reading, 2% writing outside a transaction), 12% in job "
         "storage's, 5% outside both on the processor, "
-        "57% outside both waiting (the interpreter's lock, sleeps)"
+        "57% outside both waiting (5% in the queue of writers, the rest for the "
+        "interpreter's lock or in sleeps)"
     )
     assert slow_requests_line(slow_requests(records[2:])).endswith(": none")
 
@@ -393,3 +398,92 @@ def test_parse_args__time_server_threads_only_with_clients():
     assert not demo.parse_args(["--clients", "4"]).time_server_threads
     with pytest.raises(SystemExit):
         demo.parse_args(["--time-server-threads"])
+
+
+class _Holds(_Lines):
+    """A recorder that also keeps the turns held."""
+
+    def __init__(self):
+        super().__init__()
+        self.holds = []
+
+    def add_hold(self, *hold):
+        self.holds.append(hold)
+
+
+def _timed_turn(recorder):
+    """A queue of writers of its own, timed as the server's is."""
+    from kolibri_sync_extras_plugin.write_queue import FairTurn
+
+    module = SimpleNamespace(FairTurn=type("TimedTurn", (FairTurn,), {}))
+    thread_cpu._wrap_turn(module, recorder)
+    return module.FairTurn()
+
+
+def test_turn_timing__a_request_waits_then_holds__both_recorded():
+    """A request that waits for another writer's turn: its wait counts as
+    ``queued`` in its record, and its own hold is written with its kind, its
+    wait, how long it held the turn and the first statements it ran."""
+    recorder = _Holds()
+    turn = _timed_turn(recorder)
+    database = thread_cpu._timed_statement(
+        "database", lambda cursor, query: time.sleep(LOCK_SECONDS), recorder
+    )
+
+    def hold_a_while():
+        turn.acquire(timeout=5)
+        time.sleep(2 * LOCK_SECONDS)
+        turn.release()
+
+    other_writer = threading.Thread(target=hold_a_while)
+    other_writer.start()
+    while not turn.held:
+        time.sleep(0.001)
+
+    def serve(environ):
+        turn.acquire(timeout=5)
+        for number in range(1, 5):
+            database(None, "UPDATE t SET n = {}".format(number))
+        turn.release()
+
+    thread_cpu._timed(recorder, serve, thread_cpu.request_kind)(
+        {"REQUEST_METHOD": "PATCH", "PATH_INFO": "/x/"}
+    )
+    other_writer.join()
+
+    (request,) = recorder.added
+    assert 2 * LOCK_SECONDS <= request.queued < request.wall
+    # the other writer's, outside any request, and the request's
+    outside, (started, kind, waited, held, cpu, statements) = recorder.holds
+    assert outside[1] == "outside requests and jobs"
+    assert kind == "PATCH /x/"
+    assert waited == pytest.approx(request.queued, abs=0.01)
+    assert 4 * LOCK_SECONDS <= held < request.wall
+    assert cpu < held
+    assert statements == ["UPDATE t SET n = {}".format(n) for n in (1, 2, 3)]
+
+
+def test_read_holds__summarized_by_kind__most_held_first(tmp_path):
+    (tmp_path / "turn-holds-1.tsv").write_text(
+        "10.0\tjob cleanup\t0.01\t0.002\t0.001\tBEGIN IMMEDIATE\n"
+        "10.5\tPOST buffers\t0.2\t0.05\t0.04\tBEGIN IMMEDIATE | INSERT\n"
+        "11.0\tjob cleanup\t0.0\t0.004\t0.001\tBEGIN IMMEDIATE\n"
+        "99.0\tPOST buffers\t0.0\t9.0\t0.04\tlater, outside the phase\n"
+    )
+
+    holds = thread_cpu.read_holds(tmp_path)
+    rows = thread_cpu.summarize_holds(holds, since=10.0, until=20.0)
+
+    assert holds[1].statements == "BEGIN IMMEDIATE | INSERT"
+    assert rows == [
+        ("POST buffers", 1, 0.05, 0.04, 0.05),
+        ("job cleanup", 2, pytest.approx(0.006), 0.002, 0.004),
+    ]
+    lines = turn_hold_lines(rows, sorted(holds, key=lambda h: -h.held)[:1])
+    assert lines[0] == (
+        "push phase, the write turn held (queue of writers): 0.1 s in all, 3 turns"
+    )
+    assert lines[1].endswith("longest  0.05 s  POST buffers")
+    assert lines[-1] == (
+        "   9.00 s held ( 0.04 s on the processor) after  0.00 s waiting  POST buffers"
+    )
