@@ -43,6 +43,7 @@ __all__ = [
     "MAX_WRITER_WAIT_SECONDS",
     "request_started",
     "request_finished",
+    "serving_a_request",
     "requests_in_flight",
     "writers_waiting",
     "let_waiting_writers_in",
@@ -101,6 +102,7 @@ def request_started():
     Count the current thread's request as in flight until :func:`request_finished`,
     and its writes to Kolibri's database as writers that may wait.
     """
+    _request.serving = True
     if fcntl is None or getattr(_request, "lock_file", None) is not None:
         return
     # each open() is an open file description of its own: the requests of one
@@ -148,6 +150,7 @@ def writing_as_a_request():
 
 def request_finished():
     """The current thread's request has ended."""
+    _request.serving = False
     lock_file = getattr(_request, "lock_file", None)
     writers_file = getattr(_request, "writers_file", None)
     _request.lock_file = None
@@ -159,6 +162,15 @@ def request_finished():
     for open_file in (lock_file, writers_file):
         if open_file is not None:
             open_file.close()
+
+
+def serving_a_request():
+    """
+    :return: Whether the current thread serves a request (or writes as one, see
+        :func:`writing_as_a_request`) now
+    :rtype: bool
+    """
+    return getattr(_request, "serving", False)
 
 
 def _is_write(sql):

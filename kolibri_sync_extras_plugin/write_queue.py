@@ -14,7 +14,14 @@ SQLite sees them: a write transaction (Kolibri 0.19 begins every transaction
 with ``BEGIN IMMEDIATE``, so every transaction is one) and a write outside a
 transaction each wait their turn in a first-come queue, and the writer that ends
 hands the turn to the next at once. SQLite's own lock and busy handler stay as
-they are between processes (uwsgi's, ``kolibri services``). A request waiting
+they are between processes (uwsgi's, ``kolibri services``).
+
+A request's writers go ahead of the background's: its client waits for each
+one, while a stage job's piece is one of many the client polls for. Stage jobs
+hold most of the turn's time while a class set pushes, so in one line a
+request's every write waited for the job pieces that came before it. A writer
+that nobody waits for is put off for :data:`FairTurn.LONGEST_PUT_OFF_SECONDS` at
+most, so the background still moves under a steady crowd of requests. A request waiting
 in the queue is not one of the writers a stage job pauses for between its pieces
 (:mod:`.requests_in_flight`): the job's next piece queues behind it anyway, and
 pausing for a queue that newcomers keep long held the jobs back for seconds.
@@ -31,35 +38,47 @@ import os
 import threading
 import time
 
+from . import requests_in_flight
+
 __all__ = ["install_write_queue", "main_database_turn", "give_turn_back", "FairTurn"]
 
 
 class FairTurn:
     """
-    A lock handed to its waiters in the order they asked for it. A holder whose
-    thread has ended without giving it back (nothing in Django lets that happen,
-    but a turn never given back would stall every writer) loses it to the next.
+    A lock handed to its waiters in the order they asked for it, those that
+    someone waits for (``urgent``) first, unless a waiter that nobody waits for
+    has been put off for :data:`LONGEST_PUT_OFF_SECONDS`. A holder whose thread
+    has ended without giving it back (nothing in Django lets that happen, but a
+    turn never given back would stall every writer) loses it to the next.
     """
 
     #: How often a waiter looks whether the holder's thread is still alive
     LOOK_AT_HOLDER_SECONDS = 1.0
+    #: How long a waiter that is not urgent may be put off by urgent newcomers:
+    #: after that it is next, so work in the background still moves while a
+    #: crowd of requests writes.
+    LONGEST_PUT_OFF_SECONDS = 0.5
 
     def __init__(self):
         self._guard = threading.Lock()
         self._holder = None
+        self._urgent = collections.deque()
         self._waiting = collections.deque()
 
-    def acquire(self, timeout):
+    def acquire(self, timeout, urgent=False):
         """
+        :param urgent: Whether someone waits for the writer (a request's client):
+            it goes ahead of the waiters nobody waits for (background jobs)
         :return: Whether the turn was taken; ``False`` after ``timeout`` seconds
         """
         me = threading.current_thread()
         with self._guard:
-            if self._holder is None and not self._waiting:
+            if self._holder is None and not self._urgent and not self._waiting:
                 self._holder = me
                 return True
             handed = threading.Event()
-            self._waiting.append((handed, me))
+            line = self._urgent if urgent else self._waiting
+            line.append((handed, me, time.monotonic()))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -72,8 +91,11 @@ class FairTurn:
                     self._pass_on()
                     continue
                 if left <= 0:
-                    self._waiting.remove((handed, me))
-                    return False
+                    for line in (self._urgent, self._waiting):
+                        for entry in line:
+                            if entry[0] is handed:
+                                line.remove(entry)
+                                return False
 
     def release(self):
         with self._guard:
@@ -81,8 +103,14 @@ class FairTurn:
 
     def _pass_on(self):
         # the turn goes straight to the next waiter, never free in between
-        if self._waiting:
-            handed, waiter = self._waiting.popleft()
+        line = self._urgent
+        if not line or (
+            self._waiting
+            and time.monotonic() - self._waiting[0][2] >= self.LONGEST_PUT_OFF_SECONDS
+        ):
+            line = self._waiting
+        if line:
+            handed, waiter, _ = line.popleft()
             self._holder = waiter
             handed.set()
         else:
@@ -92,7 +120,7 @@ class FairTurn:
     def waiting(self):
         """How many writers wait for the turn."""
         with self._guard:
-            return len(self._waiting)
+            return len(self._urgent) + len(self._waiting)
 
     @property
     def held(self):
@@ -136,7 +164,8 @@ def _timeout(wrapper):
 
 def _take_turn(wrapper):
     # past the busy timeout, the writer goes on to SQLite without the turn
-    if _turn_of(wrapper).acquire(_timeout(wrapper)):
+    urgent = requests_in_flight.serving_a_request()
+    if _turn_of(wrapper).acquire(_timeout(wrapper), urgent=urgent):
         setattr(wrapper, _HOLDS_TURN, True)
 
 

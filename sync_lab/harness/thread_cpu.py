@@ -356,9 +356,9 @@ def _wrap_turn(module, recorder):
     turn = module.FairTurn
     acquire, release = turn.acquire, turn.release
 
-    def timed_acquire(self, timeout):
+    def timed_acquire(self, timeout, *args, **kwargs):
         asked = time.monotonic()
-        taken = acquire(self, timeout)
+        taken = acquire(self, timeout, *args, **kwargs)
         if getattr(_statements, "totals", None) is not None:
             _statements.totals["queued"][0] += time.monotonic() - asked
         if taken:

@@ -95,6 +95,59 @@ def test_fair_turn__waiters_take_it_in_the_order_they_asked():
     assert not turn.held
 
 
+def test_fair_turn__urgent_waiters__go_ahead_of_the_others_in_their_own_order():
+    turn = FairTurn()
+    assert turn.acquire(timeout=1)
+    order = []
+
+    def take(name):
+        assert turn.acquire(timeout=10, urgent=name.startswith("request"))
+        order.append(name)
+        turn.release()
+
+    waiters = _in_line_one_after_another(
+        turn, take, ("job 1", "request 1", "job 2", "request 2")
+    )
+    turn.release()
+    for waiter in waiters:
+        waiter.finish()
+    assert order == ["request 1", "request 2", "job 1", "job 2"]
+
+
+def test_fair_turn__a_waiter_put_off_too_long__goes_next(monkeypatch):
+    monkeypatch.setattr(FairTurn, "LONGEST_PUT_OFF_SECONDS", 0.2)
+    turn = FairTurn()
+    assert turn.acquire(timeout=1)
+    order = []
+
+    def take(name):
+        assert turn.acquire(timeout=10, urgent=name.startswith("request"))
+        order.append(name)
+        turn.release()
+
+    (job,) = _in_line_one_after_another(turn, take, ("job",))
+    time.sleep(0.25)
+    # requests keep coming: the job has been put off long enough
+    requests = []
+    for number in range(1, 3):
+        requests.append(_Writer(take, "request {}".format(number)))
+        requests[-1].start()
+        _wait_until(lambda count=number + 1: turn.waiting == count)
+    turn.release()
+    for waiter in [job] + requests:
+        waiter.finish()
+    assert order == ["job", "request 1", "request 2"]
+
+
+def test_fair_turn__an_urgent_waiter_that_gives_up__leaves_the_line():
+    turn = FairTurn()
+    turn.acquire(timeout=1)
+    assert turn.acquire(timeout=0.05, urgent=True) is False
+    assert turn.waiting == 0
+    turn.release()
+    assert not turn.held
+
+
 def test_fair_turn__a_waiter_that_gives_up__leaves_the_line():
     turn = FairTurn()
     turn.acquire(timeout=1)
@@ -177,6 +230,39 @@ def test_writers_waiting_for_a_transaction__write_in_the_order_they_came(
     assert not turn.held
 
 
+def _as_a_request(work):
+    """``work``, done the way a request's thread does it."""
+
+    def serving(*args):
+        requests_in_flight.request_started()
+        try:
+            work(*args)
+        finally:
+            requests_in_flight.request_finished()
+
+    return serving
+
+
+@queued_here
+def test_a_request_s_writer__goes_ahead_of_stage_jobs_that_came_before(
+    transaction_held,
+):
+    """A request's client waits for each of its writes; a job's piece is one of
+    many the client polls for."""
+    turn = main_database_turn()
+    job = _Writer(_write, "job")
+    job.start()
+    _wait_until(lambda: turn.waiting == 1)
+    request = _Writer(_as_a_request(_write), "request")
+    request.start()
+    _wait_until(lambda: turn.waiting == 2)
+
+    transaction_held.set()
+    job.finish()
+    request.finish()
+    assert _writers_in_order() == ["holder", "request", "job"]
+
+
 @queued_here
 def test_a_read__does_not_wait_for_the_turn(transaction_held):
     def read():
@@ -213,14 +299,7 @@ def test_a_request_waiting_in_the_queue__is_no_writer_a_stage_job_pauses_for(
 ):
     # a stage job's next piece queues behind the request anyway; pausing the job
     # for everyone in the queue would hold it back while newcomers keep coming
-    def request_writing():
-        requests_in_flight.request_started()
-        try:
-            _write("request")
-        finally:
-            requests_in_flight.request_finished()
-
-    request = _Writer(request_writing)
+    request = _Writer(_as_a_request(_write), "request")
     request.start()
     _wait_until(lambda: main_database_turn().waiting == 1)
     seen_while_queued = requests_in_flight.writers_waiting()
