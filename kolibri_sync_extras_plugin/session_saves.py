@@ -20,9 +20,17 @@ was read. Stage jobs write the same rows as the requests of the sync they serve:
   once, and one's marks would be lost (the operation would then run its first
   handling twice). Just before such a save, the field is read again and the
   saver's keys are laid over it, lists of marks joined.
+- **A ``PATCH`` that sets no field saves nothing.** A client moves a transfer
+  to its next stage with a ``PATCH`` naming the stage alone; morango's handler
+  takes the stage out, proceeds to it, and hands what is left (nothing) to the
+  model's update, which reads the row again and saves it whole: every column
+  written back as it was just read. On SQLite that write is one more turn at the
+  write lock for each stage a client asks for. Without it the row ends as the
+  save would have left it had it been made the moment the row was read, and a
+  change another writer made since is not put back.
 
-Each costs one query per save it concerns; what is left is the moment between
-that query and the save's own.
+The first two cost one query per save they concern; what is left is the moment
+between that query and the save's own.
 """
 
 import json
@@ -30,7 +38,7 @@ import json
 from django.db.models.signals import post_init
 from django.db.models.signals import pre_save
 
-__all__ = ["connect_session_saves", "KEPT_FIELDS"]
+__all__ = ["connect_session_saves", "KEPT_FIELDS", "save_only_what_a_patch_sets"]
 
 #: The columns a background stage writes, which a full save must not put back.
 KEPT_FIELDS = (
@@ -112,6 +120,29 @@ def _merge_extra_fields(sender, instance, update_fields=None, raw=False, **kwarg
     instance.extra_fields = json.dumps(_merged_storage(current, mine))
 
 
+def _save_what_was_set(serializer, perform_update):
+    if serializer.validated_data:
+        perform_update(serializer)
+
+
+def save_only_what_a_patch_sets():
+    """Make morango's transfer session ``PATCH`` skip a save that sets nothing."""
+    from morango.api.viewsets import TransferSessionViewSet
+
+    if getattr(TransferSessionViewSet, _STOCK_PERFORM_UPDATE, None) is not None:
+        return
+    stock = TransferSessionViewSet.perform_update
+    setattr(TransferSessionViewSet, _STOCK_PERFORM_UPDATE, stock)
+
+    def perform_update(self, serializer):
+        _save_what_was_set(serializer, lambda s: stock(self, s))
+
+    TransferSessionViewSet.perform_update = perform_update
+
+
+_STOCK_PERFORM_UPDATE = "_sync_extras_stock_perform_update"
+
+
 def connect_session_saves():
     """Connect the receivers above to morango's session models."""
     from django.db.models.signals import post_save
@@ -123,3 +154,4 @@ def connect_session_saves():
     pre_save.connect(_keep_what_others_wrote, sender=TransferSession, dispatch_uid=uid)
     post_save.connect(_remember_as_read, sender=TransferSession, dispatch_uid=uid)
     pre_save.connect(_merge_extra_fields, sender=SyncSession, dispatch_uid=uid)
+    save_only_what_a_patch_sets()

@@ -3,12 +3,15 @@ Saves of morango's session rows keep what another writer put there: a full save
 of a transfer session, as morango's PATCH handler makes, keeps what a
 background stage wrote to the row after the handler read it; two writers of a
 sync session's ``extra_fields`` (Kolibri's marks of what it handled) both keep
-their marks.
+their marks; a PATCH that sets no field but the stage saves nothing, so it puts
+back nothing another writer wrote.
 """
 
 import json
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from morango.api.viewsets import TransferSessionViewSet
 from morango.constants import transfer_stages
 from morango.constants import transfer_statuses
@@ -99,6 +102,66 @@ def test_retried_patch__while_the_job_finishes__leaves_the_stage_as_the_job_ende
     assert transfer_session.transfer_stage_status == transfer_statuses.COMPLETED
     server_fsic = json.loads(transfer_session.server_fsic)
     assert server_fsic and server_fsic != json.loads(EMPTY_FSIC)
+
+
+def _another_writer_after_the_patch_reads(monkeypatch, write):
+    """
+    ``write()`` runs after the second read of morango's PATCH handler (the model
+    update's), before its save.
+    """
+    real_get_object = TransferSessionViewSet.get_object
+    reads = []
+
+    def another_writer_after_the_second_read(viewset):
+        transfer_session = real_get_object(viewset)
+        reads.append(transfer_session.id)
+        if len(reads) == 2:
+            write(transfer_session.id)
+        return transfer_session
+
+    monkeypatch.setattr(
+        TransferSessionViewSet, "get_object", another_writer_after_the_second_read
+    )
+    return reads
+
+
+def _bytes_received_set_to_999(transfer_session_id):
+    TransferSession.objects.filter(id=transfer_session_id).update(bytes_received=999)
+
+
+def test_patch_naming_the_stage_alone__saves_nothing__another_writer_s_change_stays(
+    async_client, server_sync_session, monkeypatch
+):
+    transfer = async_client.create(server_sync_session, push=True, records_total=0)
+    reads = _another_writer_after_the_patch_reads(
+        monkeypatch, _bytes_received_set_to_999
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        async_client.proceed_to(transfer["id"], transfer_stages.TRANSFERRING)
+
+    assert len(reads) == 2
+    assert TransferSession.objects.get(id=transfer["id"]).bytes_received == 999
+    # the stage was recorded, naming its fields; no row saved whole
+    assert not [
+        query["sql"]
+        for query in queries.captured_queries
+        if query["sql"].startswith('UPDATE "morango_transfersession"')
+        and '"filter"' in query["sql"]
+    ]
+
+
+def test_patch_with_a_field__saves_it(async_client, server_sync_session):
+    transfer = async_client.create(server_sync_session, push=True, records_total=0)
+
+    async_client.proceed_to(
+        transfer["id"], transfer_stages.TRANSFERRING, records_transferred=0
+    )
+    async_client.ask_for_stage(
+        transfer["id"], transfer_stages.TRANSFERRING, records_total=7
+    )
+
+    assert TransferSession.objects.get(id=transfer["id"]).records_total == 7
 
 
 def _kolibri_marks_handled(sync_session, operation, mark):
