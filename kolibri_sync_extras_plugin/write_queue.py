@@ -34,13 +34,20 @@ SQLite's answer.
 """
 
 import collections
+import contextlib
 import os
 import threading
 import time
 
 from . import requests_in_flight
 
-__all__ = ["install_write_queue", "main_database_turn", "give_turn_back", "FairTurn"]
+__all__ = [
+    "install_write_queue",
+    "main_database_turn",
+    "give_turn_back",
+    "transactions_begun_at_their_first_statement",
+    "FairTurn",
+]
 
 
 class FairTurn:
@@ -129,6 +136,8 @@ class FairTurn:
 
 
 _HOLDS_TURN = "_sync_extras_holds_write_turn"
+_BEGIN_PENDING = "_sync_extras_begin_pending"
+_STOCK_BEGIN = "_sync_extras_stock_begin"
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 
 _turns = {}
@@ -199,9 +208,14 @@ def _queued_statement(execute, sql, params, many, context):
     """
     Django's execute wrapper on the main database's connections: a writer outside
     a transaction waits for its turn first. A transaction keeps the turn until it
-    commits or rolls back; a single write gives it back when it is through.
+    commits or rolls back; a single write gives it back when it is through. A
+    transaction whose beginning was put off begins now, before its first
+    statement.
     """
     wrapper = context["connection"]
+    if getattr(wrapper, _BEGIN_PENDING, False):
+        setattr(wrapper, _BEGIN_PENDING, False)
+        getattr(type(wrapper), _STOCK_BEGIN)(wrapper)
     raw = wrapper.connection
     takes = None
     if not getattr(wrapper, _HOLDS_TURN, False) and raw is not None:
@@ -227,12 +241,54 @@ def _give_back_as_transactions_end(cls):
 
 def _then_give_turn_back(method):
     def ending_the_transaction(self):
+        # a transaction that never began has nothing to end: sqlite3's commit
+        # and rollback do nothing outside one
+        setattr(self, _BEGIN_PENDING, False)
         try:
             return method(self)
         finally:
             give_turn_back(self)
 
     return ending_the_transaction
+
+
+# per thread: whether its transactions begin at their first statement
+_put_off = threading.local()
+
+
+@contextlib.contextmanager
+def transactions_begun_at_their_first_statement():
+    """
+    In the block, a transaction of the main database begins (``BEGIN
+    IMMEDIATE``, taking SQLite's write lock) just before its first statement
+    rather than as its atomic block opens, and one that runs no statement never
+    begins. Nothing runs on the connection between the two moments, so no
+    statement sees a difference; what changes is that an empty transaction takes
+    no turn at the lock.
+
+    For code that opens transactions with nothing to write in them: Kolibri's
+    notifications after a push open one on the main database for each record's
+    notifications, which it writes to a database of their own (a class set's
+    cleanups made some 7,000 such turns). Code that runs SQL on the raw sqlite3
+    connection, past Django's cursors, must stay out of the block: its statements
+    would run before the transaction begins.
+    """
+    before = getattr(_put_off, "active", False)
+    _put_off.active = True
+    try:
+        yield
+    finally:
+        _put_off.active = before
+
+
+def _begin_or_put_off(stock_begin):
+    def begin(self):
+        if getattr(_put_off, "active", False) and self.alias == "default":
+            setattr(self, _BEGIN_PENDING, True)
+            return
+        stock_begin(self)
+
+    return begin
 
 
 def _queue_connection(sender, connection, **kwargs):
@@ -263,6 +319,9 @@ def install_write_queue():
     if getattr(backend, "_sync_extras_queued", False):
         return
     _give_back_as_transactions_end(backend)
+    stock_begin = backend._start_transaction_under_autocommit
+    setattr(backend, _STOCK_BEGIN, stock_begin)
+    backend._start_transaction_under_autocommit = _begin_or_put_off(stock_begin)
     backend._sync_extras_queued = True
     connection_created.connect(
         _queue_connection, dispatch_uid="sync_extras_write_queue"

@@ -15,6 +15,7 @@ from ..stage_status import error_stage
 from ..stage_status import not_run_result
 from ..stage_status import ran_result
 from ..stages import stage_signal
+from ..write_queue import transactions_begun_at_their_first_statement
 from .context import BackgroundSessionContext
 from .controller import awaited_transfer_session
 from .controller import run_stage_operations
@@ -112,14 +113,14 @@ def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
         error_stage(transfer_session_id, stage)
         context.transfer_session.refresh_from_db()
         context.error = e
-        signal.completed.fire(context=context)
+        _stage_ended(signal, context)
         # job storage keeps the failure's message and traceback, which Kolibri's
         # tasks API shows; the full ones are in the server's log above
         raise BackgroundStageError(message) from None
 
     complete_stage(transfer_session_id, stage)
     context.transfer_session.refresh_from_db()
-    signal.completed.fire(context=context)
+    _stage_ended(signal, context)
     records = progress.finish(context)
     duration = progress.duration
     logger.info(
@@ -131,6 +132,19 @@ def run_stage(transfer_session_id, stage, request_data=None, capabilities=None):
         _count_or_unknown(records),
     )
     return ran_result(stage, duration, records)
+
+
+def _stage_ended(signal, context):
+    """
+    Tell the stage's listeners it has ended: Kolibri's among them, which after a
+    push's cleanup work out the coaches' notifications, opening a transaction on
+    the main database for each record's and writing to the notifications'
+    database. Their transactions begin at their first statement, so the empty
+    ones take no turn at SQLite's write lock (see
+    :func:`~kolibri_sync_extras_plugin.write_queue.transactions_begun_at_their_first_statement`).
+    """
+    with transactions_begun_at_their_first_statement():
+        signal.completed.fire(context=context)
 
 
 def _without_session_ids(text, transfer_session):

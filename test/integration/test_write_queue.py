@@ -15,11 +15,15 @@ from django.db import IntegrityError
 from django.db import connection
 from django.db import connections
 from django.db import transaction
+from django.test.utils import CaptureQueriesContext
 
 from kolibri_sync_extras_plugin import requests_in_flight
 from kolibri_sync_extras_plugin.compat import immediate_sqlite_backend
 from kolibri_sync_extras_plugin.write_queue import FairTurn
 from kolibri_sync_extras_plugin.write_queue import main_database_turn
+from kolibri_sync_extras_plugin.write_queue import (
+    transactions_begun_at_their_first_statement,
+)
 
 from ..helpers.constants import ALL_DATABASES
 
@@ -308,3 +312,104 @@ def test_a_request_waiting_in_the_queue__is_no_writer_a_stage_job_pauses_for(
     request.finish()
     assert not seen_while_queued
     assert _writers_in_order() == ["holder", "request"]
+
+
+# transactions begun at their first statement -------------------------------------
+
+
+def _in_a_thread_while_held(work):
+    """Run ``work`` in a thread of its own; :return: whether it ended within 2 s."""
+    thread = _Writer(work)
+    thread.start()
+    thread.join(2)
+    return not thread.is_alive(), thread
+
+
+@queued_here
+def test_put_off_begin__an_empty_transaction__takes_no_turn(transaction_held):
+    """Kolibri's notifications open transactions on the main database that run
+    nothing there: in the block they do not wait for the writer holding the turn."""
+
+    def empty_transaction():
+        with transactions_begun_at_their_first_statement():
+            with transaction.atomic():
+                pass
+
+    ended, thread = _in_a_thread_while_held(empty_transaction)
+
+    assert ended
+    thread.finish()
+    assert main_database_turn().held  # still the holder's
+
+
+@queued_here
+def test_stock_begin__an_empty_transaction__waits_for_the_turn(transaction_held):
+    def empty_transaction():
+        with transaction.atomic():
+            pass
+
+    ended, thread = _in_a_thread_while_held(empty_transaction)
+
+    assert not ended
+    transaction_held.set()
+    thread.finish()
+
+
+@queued_here
+def test_put_off_begin__begins_before_the_first_statement__which_waits_its_turn(
+    transaction_held,
+):
+    queries = []
+
+    def read_then_write():
+        with transactions_begun_at_their_first_statement():
+            with CaptureQueriesContext(connections["default"]) as captured:
+                with transaction.atomic():
+                    with connections["default"].cursor() as cursor:
+                        cursor.execute("SELECT count(*) FROM {}".format(TABLE))
+                    _write("put off")
+            queries.extend(query["sql"] for query in captured.captured_queries)
+
+    ended, thread = _in_a_thread_while_held(read_then_write)
+    assert not ended  # its first statement waits for the holder
+
+    transaction_held.set()
+    thread.finish()
+    assert queries[0] == "BEGIN IMMEDIATE"
+    assert queries[1].startswith("SELECT count(*)")
+    assert _writers_in_order() == ["holder", "put off"]
+    assert not main_database_turn().held
+
+
+@queued_here
+def test_put_off_begin__rolled_back__writes_nothing_and_gives_the_turn_back(
+    writes_table,
+):
+    with transactions_begun_at_their_first_statement():
+        with pytest.raises(RuntimeError):
+            with transaction.atomic():
+                _write("rolled back")
+                raise RuntimeError("the listener failed")
+        with transaction.atomic():
+            pass
+
+    assert _writers_in_order() == []
+    assert not main_database_turn().held
+
+
+@queued_here
+def test_put_off_begin__nested_blocks__one_transaction_with_its_savepoint(
+    writes_table,
+):
+    with transactions_begun_at_their_first_statement():
+        with CaptureQueriesContext(connection) as captured:
+            with transaction.atomic():
+                with transaction.atomic():
+                    _write("inner")
+                _write("outer")
+
+    sql = [query["sql"] for query in captured.captured_queries]
+    assert sql[0] == "BEGIN IMMEDIATE"
+    assert sql[1].startswith("SAVEPOINT")
+    assert _writers_in_order() == ["inner", "outer"]
+    assert not main_database_turn().held
