@@ -27,7 +27,8 @@ was read. Stage jobs write the same rows as the requests of the sync they serve:
   written back as it was just read. On SQLite that write is one more turn at the
   write lock for each stage a client asks for. Without it the row ends as the
   save would have left it had it been made the moment the row was read, and a
-  change another writer made since is not put back.
+  change another writer made since is not put back. The client's answer is the
+  row read once more (a read takes no turn at the lock).
 
 The first two cost one query per save they concern; what is left is the moment
 between that query and the save's own.
@@ -123,6 +124,9 @@ def _merge_extra_fields(sender, instance, update_fields=None, raw=False, **kwarg
 def _save_what_was_set(serializer, perform_update):
     if serializer.validated_data:
         perform_update(serializer)
+        return
+    # the answer is the row as it stands, as a save would have read it again
+    serializer.instance.refresh_from_db()
 
 
 def save_only_what_a_patch_sets():

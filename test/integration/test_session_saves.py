@@ -138,10 +138,12 @@ def test_patch_naming_the_stage_alone__saves_nothing__another_writer_s_change_st
     )
 
     with CaptureQueriesContext(connection) as queries:
-        async_client.proceed_to(transfer["id"], transfer_stages.TRANSFERRING)
+        answer = async_client.proceed_to(transfer["id"], transfer_stages.TRANSFERRING)
 
     assert len(reads) == 2
     assert TransferSession.objects.get(id=transfer["id"]).bytes_received == 999
+    # the client is answered with the row as it stands
+    assert answer["bytes_received"] == 999
     # the stage was recorded, naming its fields; no row saved whole
     assert not [
         query["sql"]
