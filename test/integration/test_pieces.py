@@ -125,7 +125,12 @@ def varied_push(pushed_and_dequeued, facility):
     learner = Store.objects.filter(model_name="facilityuser", dirty_bit=True).first()
     # picked before the new users exist, which would otherwise be candidates too
     deleted = Store.objects.filter(model_name="facilityuser", dirty_bit=True).last()
-    membership = Store.objects.filter(model_name="membership").first()
+    # not the deleted learner's: its repeat must fail for being a repeat alone
+    membership = (
+        Store.objects.filter(model_name="membership")
+        .exclude(serialized__contains=deleted.id)
+        .first()
+    )
     classroom = Store.objects.filter(model_name="classroom").first()
 
     def new_user(username, **fields):
