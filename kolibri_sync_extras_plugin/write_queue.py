@@ -20,11 +20,13 @@ A request's writers go ahead of the background's: its client waits for each
 one, while a stage job's piece is one of many the client polls for. Stage jobs
 hold most of the turn's time while a class set pushes, so in one line a
 request's every write waited for the job pieces that came before it. A writer
-that nobody waits for is put off for :data:`FairTurn.LONGEST_PUT_OFF_SECONDS` at
-most, so the background still moves under a steady crowd of requests. A request waiting
-in the queue is not one of the writers a stage job pauses for between its pieces
-(:mod:`.requests_in_flight`): the job's next piece queues behind it anyway, and
-pausing for a queue that newcomers keep long held the jobs back for seconds.
+that nobody waits for is put off for :data:`FairTurn.LONGEST_PUT_OFF_SECONDS`
+at most, so the background still moves under a steady crowd of requests.
+
+A request waiting in the queue is not one of the writers a stage job pauses for
+between its pieces (:mod:`.requests_in_flight`): the job's next piece queues
+behind it anyway, and pausing for a queue that newcomers keep long held the
+jobs back for seconds.
 
 The queue orders only what SQLite already serializes: a writer in the queue
 would otherwise be waiting for the same lock. A writer that waits longer than
