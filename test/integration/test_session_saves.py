@@ -69,39 +69,6 @@ def test_full_save__a_field_the_saver_changed__is_its_own(pull_waiting_on_its_jo
     assert TransferSession.objects.get(id=read_before.id).records_total == 42
 
 
-def test_retried_patch__while_the_job_finishes__leaves_the_stage_as_the_job_ended_it(
-    pull_waiting_on_its_job, async_client, monkeypatch
-):
-    # a client retries its PATCH after a connection error; the job finishes on
-    # another worker between the handler reading the row and saving it whole
-    real_get_object = TransferSessionViewSet.get_object
-    reads = []
-
-    def job_finishes_after_the_second_read(viewset):
-        transfer_session = real_get_object(viewset)
-        reads.append(transfer_session.id)
-        if len(reads) == 2:
-            [job] = run_stage_jobs()
-            assert job.state == "COMPLETED"
-        return transfer_session
-
-    monkeypatch.setattr(
-        TransferSessionViewSet, "get_object", job_finishes_after_the_second_read
-    )
-
-    async_client.ask_for_stage(
-        pull_waiting_on_its_job["id"],
-        transfer_stages.SERIALIZING,
-        client_fsic=EMPTY_FSIC,
-    )
-
-    assert len(reads) == 2
-    transfer_session = TransferSession.objects.get(id=pull_waiting_on_its_job["id"])
-    assert transfer_session.transfer_stage_status == transfer_statuses.COMPLETED
-    server_fsic = json.loads(transfer_session.server_fsic)
-    assert server_fsic and server_fsic != json.loads(EMPTY_FSIC)
-
-
 def _another_writer_after_the_patch_reads(monkeypatch, write):
     """
     ``write()`` runs after the second read of morango's PATCH handler (the model
@@ -121,6 +88,30 @@ def _another_writer_after_the_patch_reads(monkeypatch, write):
         TransferSessionViewSet, "get_object", another_writer_after_the_second_read
     )
     return reads
+
+
+def test_retried_patch__while_the_job_finishes__leaves_the_stage_as_the_job_ended_it(
+    pull_waiting_on_its_job, async_client, monkeypatch
+):
+    # a client retries its PATCH after a connection error; the job finishes on
+    # another worker between the handler reading the row and saving it whole
+    def job_finishes(transfer_session_id):
+        [job] = run_stage_jobs()
+        assert job.state == "COMPLETED"
+
+    reads = _another_writer_after_the_patch_reads(monkeypatch, job_finishes)
+
+    async_client.ask_for_stage(
+        pull_waiting_on_its_job["id"],
+        transfer_stages.SERIALIZING,
+        client_fsic=EMPTY_FSIC,
+    )
+
+    assert len(reads) == 2
+    transfer_session = TransferSession.objects.get(id=pull_waiting_on_its_job["id"])
+    assert transfer_session.transfer_stage_status == transfer_statuses.COMPLETED
+    server_fsic = json.loads(transfer_session.server_fsic)
+    assert server_fsic and server_fsic != json.loads(EMPTY_FSIC)
 
 
 def _bytes_received_set_to_999(transfer_session_id):

@@ -99,15 +99,22 @@ def test_fair_turn__waiters_take_it_in_the_order_they_asked():
     assert not turn.held
 
 
-def test_fair_turn__urgent_waiters__go_ahead_of_the_others_in_their_own_order():
-    turn = FairTurn()
-    assert turn.acquire(timeout=1)
-    order = []
+def _taking_in_turn(turn, order):
+    """A writer's work: take the turn (urgent for a request), note its name, go."""
 
     def take(name):
         assert turn.acquire(timeout=10, urgent=name.startswith("request"))
         order.append(name)
         turn.release()
+
+    return take
+
+
+def test_fair_turn__urgent_waiters__go_ahead_of_the_others_in_their_own_order():
+    turn = FairTurn()
+    assert turn.acquire(timeout=1)
+    order = []
+    take = _taking_in_turn(turn, order)
 
     waiters = _in_line_one_after_another(
         turn, take, ("job 1", "request 1", "job 2", "request 2")
@@ -123,11 +130,7 @@ def test_fair_turn__a_waiter_put_off_too_long__goes_next(monkeypatch):
     turn = FairTurn()
     assert turn.acquire(timeout=1)
     order = []
-
-    def take(name):
-        assert turn.acquire(timeout=10, urgent=name.startswith("request"))
-        order.append(name)
-        turn.release()
+    take = _taking_in_turn(turn, order)
 
     (job,) = _in_line_one_after_another(turn, take, ("job",))
     time.sleep(0.25)
