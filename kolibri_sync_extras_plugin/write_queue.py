@@ -87,7 +87,8 @@ class FairTurn:
                 return True
             handed = threading.Event()
             line = self._urgent if urgent else self._waiting
-            line.append((handed, me, time.monotonic()))
+            entry = (handed, me, time.monotonic())
+            line.append(entry)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -100,11 +101,8 @@ class FairTurn:
                     self._pass_on()
                     continue
                 if left <= 0:
-                    for line in (self._urgent, self._waiting):
-                        for entry in line:
-                            if entry[0] is handed:
-                                line.remove(entry)
-                                return False
+                    line.remove(entry)
+                    return False
 
     def release(self):
         with self._guard:
